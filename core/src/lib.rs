@@ -1,0 +1,8 @@
+//! Zoufang core: the offline-first household visit collector embedded in the Android and iOS
+//! apps.
+//!
+//! Layers, from the bottom: [`model`] (forms, answers, validation; pure Rust), [`store`]
+//! (SQLite, migrations, change log), and the [`Collector`] handle that the CLI, the bindings
+//! and the tests all use.
+
+pub mod model;
