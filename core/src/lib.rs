@@ -5,4 +5,12 @@
 //! (SQLite, migrations, change log), and the [`Collector`] handle that the CLI, the bindings
 //! and the tests all use.
 
+pub mod collector;
+pub mod error;
 pub mod model;
+pub mod records;
+pub mod store;
+
+pub use collector::{Collector, FieldState};
+pub use error::{Error, Result};
+pub use store::StoreOptions;

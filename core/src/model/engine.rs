@@ -175,6 +175,12 @@ fn normalize_answer(kind: FieldKind, json: Json) -> Json {
     }
 }
 
+/// Checks the shape of `value` for a field kind and returns its canonical spelling.
+pub fn canonical_answer(kind: FieldKind, value: Json) -> Result<Json, ()> {
+    json_to_value(kind, &value)?;
+    Ok(normalize_answer(kind, value))
+}
+
 /// A parsed answer path: the item and the instance index of each enclosing repeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnswerPath {
@@ -582,6 +588,36 @@ impl<'a> Evaluation<'a> {
         }
         path.push_str(&rep.name);
         path
+    }
+
+    pub fn form(&self) -> &'a Form {
+        self.form
+    }
+
+    /// Every field instance of the answers: (field id, repeat instance indices), in form order.
+    pub fn field_instances(&self) -> Vec<(usize, Vec<usize>)> {
+        let mut out = Vec::new();
+        let mut visit = |item: ItemRef, ctx: &[usize]| {
+            if let ItemRef::Field(id) = item {
+                out.push((id, ctx.to_vec()));
+            }
+        };
+        self.walk(&self.form.items, &mut Vec::new(), &mut visit);
+        out
+    }
+
+    /// The built-in check of a field's kind on one canonical value, whatever the rest of the
+    /// answers say (for direct household and member edits). Returns the failing code.
+    pub fn check_value(&self, field: usize, value: &Json) -> Option<&'static str> {
+        let f = self.form.fields.get(field)?;
+        let Ok(v) = json_to_value(f.kind, value) else {
+            return Some("type_mismatch");
+        };
+        if v.is_empty() {
+            return None;
+        }
+        let mut warnings = Vec::new();
+        self.kind_check(field, f, &[], &v, &mut warnings)
     }
 
     /// Every problem at once, in form order.

@@ -706,7 +706,7 @@ impl Form {
             }
         }
         form.definition = definition;
-        if problems.is_empty() {
+        {
             if let Some(cycle) = form.find_cycle() {
                 problems.push(FormProblem {
                     path: cycle.first().cloned().unwrap_or_default(),

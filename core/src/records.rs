@@ -1,0 +1,115 @@
+//! The records the API hands out: households, members, visits and summaries.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+/// Where a visit is in its life. Queued and synced states come with sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisitStatus {
+    Draft,
+    Completed,
+    Signed,
+    Void,
+}
+
+impl VisitStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Completed => "completed",
+            Self::Signed => "signed",
+            Self::Void => "void",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "draft" => Self::Draft,
+            "completed" => Self::Completed,
+            "signed" => Self::Signed,
+            "void" => Self::Void,
+            _ => return None,
+        })
+    }
+}
+
+/// A household as a list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HouseholdSummary {
+    pub id: String,
+    pub village_code: String,
+    pub head_name: Option<String>,
+    pub next_visit_due: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    pub id: String,
+    pub household_id: String,
+    /// The member's fields by record name (`name`, `id_number`, `relationship`...).
+    pub fields: Map<String, Json>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Household {
+    pub id: String,
+    pub village_code: String,
+    pub head_name: Option<String>,
+    pub next_visit_due: Option<String>,
+    /// The household's fields by record name (`phone`, `urban_rural`, `address`...).
+    pub fields: Map<String, Json>,
+    pub members: Vec<Member>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What a desk user or an import supplies to create a household.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewHousehold {
+    pub village_code: String,
+    #[serde(default)]
+    pub fields: Map<String, Json>,
+    #[serde(default)]
+    pub members: Vec<Map<String, Json>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Visit {
+    pub id: String,
+    pub household_id: Option<String>,
+    pub form_id: String,
+    pub form_version: u32,
+    pub visit_type: String,
+    pub status: VisitStatus,
+    pub answers: Map<String, Json>,
+    pub author: String,
+    pub revision_of: Option<String>,
+    pub void_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub completed_at: Option<String>,
+    pub signed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VisitSummary {
+    pub id: String,
+    pub household_id: Option<String>,
+    pub visit_type: String,
+    pub status: VisitStatus,
+    pub author: String,
+    pub updated_at: String,
+}
+
+/// Totals for a coordinator's home screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StoreCounts {
+    pub households: u64,
+    pub members: u64,
+    pub drafts: u64,
+    pub completed: u64,
+    pub signed: u64,
+    pub void: u64,
+    pub changes: u64,
+}

@@ -1,0 +1,137 @@
+//! Numbered schema migrations, applied in order from an empty file. A migration is never edited
+//! once released: changes come as a new migration, so every store upgrades the same way.
+
+use rusqlite_migration::{M, Migrations};
+
+/// The migrations, in order; `user_version` records how many are applied.
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(V1)])
+}
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const V1: &str = r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Several versions of a form live side by side: a visit keeps the version it was started with.
+CREATE TABLE form_definitions (
+    form_id      TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    definition   TEXT NOT NULL,
+    installed_at TEXT NOT NULL,
+    PRIMARY KEY (form_id, version)
+) WITHOUT ROWID;
+
+CREATE TABLE code_lists (
+    name         TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    entries      TEXT NOT NULL,
+    installed_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+) WITHOUT ROWID;
+
+-- A household: the indexed columns are copies of fields kept for the coordinator's queries;
+-- `fields` (JSON) is the record itself, edited field by field.
+CREATE TABLE households (
+    id             TEXT PRIMARY KEY,
+    village_code   TEXT NOT NULL,
+    head_name      TEXT,
+    next_visit_due TEXT,
+    fields         TEXT NOT NULL DEFAULT '{}',
+    created_at     TEXT NOT NULL,
+    updated_at     TEXT NOT NULL
+);
+CREATE INDEX households_by_village ON households (village_code, head_name);
+CREATE INDEX households_by_due ON households (next_visit_due) WHERE next_visit_due IS NOT NULL;
+
+CREATE TABLE members (
+    id           TEXT PRIMARY KEY,
+    household_id TEXT NOT NULL REFERENCES households (id),
+    name         TEXT,
+    id_number    TEXT,
+    relationship TEXT,
+    fields       TEXT NOT NULL DEFAULT '{}',
+    removed      INTEGER NOT NULL DEFAULT 0,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+CREATE INDEX members_by_household ON members (household_id);
+CREATE INDEX members_by_name ON members (name) WHERE removed = 0;
+CREATE INDEX members_by_id_number ON members (id_number) WHERE removed = 0;
+
+CREATE TABLE visits (
+    id           TEXT PRIMARY KEY,
+    household_id TEXT REFERENCES households (id),
+    form_id      TEXT NOT NULL,
+    form_version INTEGER NOT NULL,
+    visit_type   TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('draft', 'completed', 'signed', 'void')),
+    answers      TEXT NOT NULL,
+    author       TEXT NOT NULL,
+    revision_of  TEXT REFERENCES visits (id),
+    void_reason  TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    completed_at TEXT,
+    signed_at    TEXT,
+    voided_at    TEXT,
+    FOREIGN KEY (form_id, form_version) REFERENCES form_definitions (form_id, version)
+);
+CREATE INDEX visits_by_household ON visits (household_id, created_at);
+CREATE INDEX visits_by_author_status ON visits (author, status, updated_at);
+
+-- Metadata of photos and signatures; the files themselves live next to the store.
+CREATE TABLE attachments (
+    id           TEXT PRIMARY KEY,
+    visit_id     TEXT NOT NULL REFERENCES visits (id),
+    field_path   TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('photo', 'signature')),
+    content_hash TEXT,
+    size_bytes   INTEGER,
+    mime_type    TEXT,
+    metadata     TEXT NOT NULL DEFAULT '{}',
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX attachments_by_visit ON attachments (visit_id);
+
+-- Every change, written in the same transaction as the change itself: the sync engine builds
+-- its outbox from this log.
+CREATE TABLE change_log (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    change_id TEXT NOT NULL UNIQUE,
+    entity    TEXT NOT NULL CHECK (entity IN ('household', 'member', 'visit', 'attachment', 'form', 'code_list')),
+    entity_id TEXT NOT NULL,
+    op        TEXT NOT NULL,
+    field     TEXT,
+    value     TEXT,
+    author    TEXT NOT NULL,
+    at        TEXT NOT NULL
+);
+CREATE INDEX change_log_by_entity ON change_log (entity, entity_id);
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid_and_apply_from_empty() {
+        assert!(migrations().validate().is_ok());
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        migrations().to_latest(&mut conn).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 9);
+        // Applying again is a no-op.
+        migrations().to_latest(&mut conn).unwrap();
+    }
+}
