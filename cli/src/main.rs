@@ -1,1 +1,563 @@
-fn main() {}
+//! `zoufang`: Zoufang at a desk. Forms, stores, households and visits from the command line,
+//! the demo story and the benchmarks. `--json` gives machine-readable output; errors are one
+//! line on stderr with a stable code, and a non-zero exit.
+
+/// `println!` that stops quietly when the reader went away (`zoufang ... | head`) instead of
+/// panicking on a broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+mod bench;
+mod demo;
+mod sample;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use serde_json::{Map, Value as Json, json};
+use zoufang_core::model::default_form::HOUSEHOLD_VISIT_FORM_JSON;
+use zoufang_core::model::engine::Problem;
+use zoufang_core::model::form::{Form, ItemDef};
+use zoufang_core::model::text::Lang;
+use zoufang_core::records::NewHousehold;
+use zoufang_core::{Collector, Error, StoreOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zoufang",
+    version,
+    about = "Zoufang (走访): household visits, offline first"
+)]
+struct Cli {
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The store file.
+    #[arg(long, global = true, env = "ZOUFANG_STORE")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Form definitions.
+    #[command(subcommand)]
+    Form(FormCommand),
+    /// Create a store and sign a user in.
+    Init {
+        /// The coordinator's user id.
+        #[arg(long)]
+        user: String,
+    },
+    /// Households: add, list, search, show, edit.
+    #[command(subcommand)]
+    Household(HouseholdCommand),
+    /// Visits: start, answer, validate, complete, sign, void, list.
+    #[command(subcommand)]
+    Visit(VisitCommand),
+    /// Totals of the store.
+    Counts,
+    /// The demo story: a store, households, visits, Yi and Chinese labels, a bad ID caught.
+    Demo,
+    /// Benchmarks, reported as ratios against baselines measured in the same run.
+    Bench {
+        /// Households in the large store.
+        #[arg(long, default_value_t = 50_000)]
+        households: usize,
+        /// Repetitions of each timed step.
+        #[arg(long, default_value_t = 40)]
+        rounds: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FormCommand {
+    /// Print the default household visit form (or FILE): an outline, or the JSON with --json.
+    Print {
+        file: Option<PathBuf>,
+        /// Label language: zh, ii (Yi) or en.
+        #[arg(long, default_value = "zh")]
+        lang: String,
+    },
+    /// Check a form definition file; every problem is listed with its path.
+    Check { file: PathBuf },
+    /// Install a form definition into the store.
+    Install { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum HouseholdCommand {
+    /// Add a household: village code, then optional JSON for fields and members.
+    Add {
+        #[arg(long)]
+        village: String,
+        /// Household fields as a JSON object, e.g. '{"phone": "13812345678"}'.
+        #[arg(long)]
+        fields: Option<String>,
+        /// One member as a JSON object; repeat for each member.
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
+    /// Households of a village.
+    List {
+        #[arg(long)]
+        village: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+    },
+    /// Search by the start of a member's name or resident ID.
+    Search {
+        query: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Households with a visit due on or before a date (YYYY-MM-DD).
+    Due {
+        #[arg(long)]
+        before: String,
+        #[arg(long)]
+        village: Option<String>,
+    },
+    /// A household with its members and visits.
+    Show { id: String },
+    /// Set one household field to a JSON value (null clears it).
+    Edit {
+        id: String,
+        field: String,
+        value: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VisitCommand {
+    /// Start a draft visit of a type, for a household or (without one) a new discovery.
+    Start {
+        #[arg(long = "type")]
+        visit_type: String,
+        #[arg(long)]
+        household: Option<String>,
+    },
+    /// Set answers: from a JSON file shaped like the answers, or one PATH and JSON VALUE.
+    Set {
+        visit: String,
+        #[arg(long)]
+        answers: Option<PathBuf>,
+        path: Option<String>,
+        value: Option<String>,
+    },
+    /// Every problem of the visit's answers.
+    Validate {
+        visit: String,
+        #[arg(long, default_value = "zh")]
+        lang: String,
+    },
+    /// Complete a draft (refused while a blocking problem remains).
+    Complete {
+        visit: String,
+    },
+    Sign {
+        visit: String,
+    },
+    Void {
+        visit: String,
+        #[arg(long)]
+        reason: String,
+    },
+    Show {
+        visit: String,
+    },
+    /// Visits of a household, or the signed-in user's drafts.
+    List {
+        #[arg(long)]
+        household: Option<String>,
+    },
+}
+
+/// A failure of the CLI: a stable code and a one-line message.
+#[derive(Debug)]
+struct Failure {
+    code: String,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Self {
+            code: e.code().to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn fail(code: &str, message: impl Into<String>) -> Failure {
+    Failure {
+        code: code.to_owned(),
+        message: message.into(),
+    }
+}
+
+type CliResult = Result<(), Failure>;
+
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    /// Prints `value` as JSON with --json, else the human text.
+    fn emit(&self, value: &impl Serialize, human: impl FnOnce() -> String) -> CliResult {
+        if self.json {
+            let text =
+                serde_json::to_string_pretty(value).map_err(|e| fail("output", e.to_string()))?;
+            outln!("{text}");
+        } else {
+            outln!("{}", human());
+        }
+        Ok(())
+    }
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Json, Failure> {
+    serde_json::from_str(text)
+        .map_err(|e| fail("invalid_json", format!("{what} is not valid JSON: {e}")))
+}
+
+fn parse_object(what: &str, text: &str) -> Result<Map<String, Json>, Failure> {
+    match parse_json(what, text)? {
+        Json::Object(m) => Ok(m),
+        _ => Err(fail(
+            "invalid_json",
+            format!("{what} must be a JSON object"),
+        )),
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map_err(|e| fail("io", format!("cannot read {}: {e}", path.display())))
+}
+
+fn lang(code: &str) -> Result<Lang, Failure> {
+    Lang::parse(code).ok_or_else(|| fail("invalid_input", "--lang is zh, ii or en"))
+}
+
+fn open(store: &Option<PathBuf>) -> Result<Collector, Failure> {
+    let path = store
+        .as_ref()
+        .ok_or_else(|| fail("no_store", "give --store PATH or set ZOUFANG_STORE"))?;
+    Ok(Collector::open(path, &StoreOptions::default())?)
+}
+
+pub(crate) fn problem_lines(problems: &[Problem], lang: Lang) -> String {
+    if problems.is_empty() {
+        return "no problems".into();
+    }
+    problems
+        .iter()
+        .map(|p| {
+            let level = if p.blocks_completion() {
+                "ERROR  "
+            } else {
+                "warning"
+            };
+            let msg = if lang == Lang::En {
+                &p.message_en
+            } else {
+                &p.message_zh
+            };
+            format!("{level} {:<34} {:<30} {msg}", p.path, p.code)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn outline(items: &[ItemDef], lang: Lang, depth: usize, out: &mut String) {
+    for item in items {
+        let indent = "  ".repeat(depth);
+        let label = item.label.get(lang);
+        let req = match &item.required {
+            Some(zoufang_core::model::form::Condition::Fixed(true)) => " *",
+            Some(zoufang_core::model::form::Condition::Expr(_)) => " (*)",
+            _ => "",
+        };
+        out.push_str(&format!(
+            "{indent}{label}  [{} {}]{req}\n",
+            item.item_type, item.name
+        ));
+        outline(&item.items, lang, depth + 1, out);
+    }
+}
+
+fn run(cli: Cli) -> CliResult {
+    let out = Out { json: cli.json };
+    match cli.command {
+        Command::Form(FormCommand::Print { file, lang: l }) => {
+            let l = lang(&l)?;
+            let text = match &file {
+                Some(f) => read_file(f)?,
+                None => HOUSEHOLD_VISIT_FORM_JSON.to_owned(),
+            };
+            let form = Form::from_json(&text).map_err(Error::from)?;
+            out.emit(&form.definition, || {
+                let mut s = format!("{} (v{})\n", form.definition.title.get(l), form.version());
+                outline(&form.definition.sections, l, 0, &mut s);
+                s.trim_end().to_owned()
+            })
+        }
+        Command::Form(FormCommand::Check { file }) => match Form::from_json(&read_file(&file)?) {
+            Ok(form) => out.emit(&json!({"ok": true, "id": form.id(), "version": form.version(), "fields": form.fields.len()}), || {
+                format!("ok: {} v{} with {} fields; every expression compiled", form.id(), form.version(), form.fields.len())
+            }),
+            Err(e) => {
+                if cli.json {
+                    out.emit(&json!({"ok": false, "problems": e.problems}), String::new)?;
+                } else {
+                    for p in &e.problems {
+                        eprintln!("{p}");
+                    }
+                }
+                Err(fail("form_invalid", format!("{} problem(s) in the form definition", e.problems.len())))
+            }
+        },
+        Command::Form(FormCommand::Install { file }) => {
+            let c = open(&cli.store)?;
+            let form = c.install_form(&read_file(&file)?)?;
+            out.emit(&json!({"id": form.id(), "version": form.version()}), || format!("installed {} v{}", form.id(), form.version()))
+        }
+        Command::Init { user } => {
+            let c = open(&cli.store)?;
+            c.sign_in(&user)?;
+            let forms = c.installed_forms()?;
+            out.emit(&json!({"user": user, "forms": forms}), || format!("store ready; signed in as {user}"))
+        }
+        Command::Household(cmd) => household(cmd, &open(&cli.store)?, &out),
+        Command::Visit(cmd) => visit(cmd, &open(&cli.store)?, &out),
+        Command::Counts => {
+            let counts = open(&cli.store)?.counts()?;
+            out.emit(&counts, || format!("{counts:#?}"))
+        }
+        Command::Demo => demo::run(cli.json),
+        Command::Bench { households, rounds } => bench::run(households, rounds, cli.json),
+    }
+}
+
+fn household(cmd: HouseholdCommand, c: &Collector, out: &Out) -> CliResult {
+    match cmd {
+        HouseholdCommand::Add {
+            village,
+            fields,
+            members,
+        } => {
+            let fields = fields
+                .map(|f| parse_object("--fields", &f))
+                .transpose()?
+                .unwrap_or_default();
+            let members = members
+                .iter()
+                .map(|m| parse_object("--member", m))
+                .collect::<Result<Vec<_>, _>>()?;
+            let id = c.add_household(NewHousehold {
+                village_code: village,
+                fields,
+                members,
+            })?;
+            out.emit(&json!({"id": id}), || id.clone())
+        }
+        HouseholdCommand::List {
+            village,
+            limit,
+            offset,
+        } => {
+            let list = c.households_in_village(&village, limit, offset)?;
+            out.emit(&list, || summary_lines(&list))
+        }
+        HouseholdCommand::Search { query, limit } => {
+            let list = c.search_households(&query, limit)?;
+            out.emit(&list, || summary_lines(&list))
+        }
+        HouseholdCommand::Due { before, village } => {
+            let list = c.households_due(
+                &before,
+                village.as_deref(),
+                zoufang_core::collector::MAX_PAGE,
+            )?;
+            out.emit(&list, || summary_lines(&list))
+        }
+        HouseholdCommand::Show { id } => {
+            let h = c.household(&id)?;
+            let visits = c.visits_of_household(&id)?;
+            out.emit(&json!({"household": h, "visits": visits}), || {
+                let mut s = format!("household {} in {}\n", h.id, h.village_code);
+                for (k, v) in &h.fields {
+                    s.push_str(&format!("  {k}: {v}\n"));
+                }
+                for m in &h.members {
+                    let name = m.fields.get("name").and_then(Json::as_str).unwrap_or("?");
+                    let rel = m
+                        .fields
+                        .get("relationship")
+                        .and_then(Json::as_str)
+                        .unwrap_or("?");
+                    s.push_str(&format!("  member {} {name} (relationship {rel})\n", m.id));
+                }
+                for v in &visits {
+                    s.push_str(&format!(
+                        "  visit {} {} {}\n",
+                        v.id,
+                        v.visit_type,
+                        v.status.as_str()
+                    ));
+                }
+                s.trim_end().to_owned()
+            })
+        }
+        HouseholdCommand::Edit { id, field, value } => {
+            c.edit_household_field(&id, &field, parse_json("VALUE", &value)?)?;
+            out.emit(&json!({"ok": true}), || "saved".to_owned())
+        }
+    }
+}
+
+fn summary_lines(list: &[zoufang_core::records::HouseholdSummary]) -> String {
+    if list.is_empty() {
+        return "no households".into();
+    }
+    list.iter()
+        .map(|h| {
+            format!(
+                "{}  {}  {}  due {}",
+                h.id,
+                h.village_code,
+                h.head_name.as_deref().unwrap_or("-"),
+                h.next_visit_due.as_deref().unwrap_or("-")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn visit(cmd: VisitCommand, c: &Collector, out: &Out) -> CliResult {
+    match cmd {
+        VisitCommand::Start {
+            visit_type,
+            household,
+        } => {
+            let v = c.start_visit(household.as_deref(), &visit_type)?;
+            out.emit(
+                &json!({"id": v.id, "form": v.form_id, "version": v.form_version}),
+                || v.id.clone(),
+            )
+        }
+        VisitCommand::Set {
+            visit,
+            answers,
+            path,
+            value,
+        } => {
+            match (answers, path, value) {
+                (Some(file), None, None) => c.set_answers(
+                    &visit,
+                    &parse_object("the answers file", &read_file(&file)?)?,
+                )?,
+                (None, Some(path), Some(value)) => {
+                    c.set_answer(&visit, &path, parse_json("VALUE", &value)?)?
+                }
+                _ => {
+                    return Err(fail(
+                        "invalid_input",
+                        "give --answers FILE, or PATH and a JSON VALUE",
+                    ));
+                }
+            }
+            out.emit(&json!({"ok": true}), || "saved".to_owned())
+        }
+        VisitCommand::Validate { visit, lang: l } => {
+            let problems = c.validate_visit(&visit)?;
+            out.emit(&problems, || {
+                problem_lines(&problems, lang(&l).unwrap_or(Lang::Zh))
+            })
+        }
+        VisitCommand::Complete { visit } => match c.complete_visit(&visit) {
+            Ok(v) => out.emit(
+                &json!({"id": v.id, "status": v.status, "household": v.household_id}),
+                || {
+                    format!(
+                        "completed; household {}",
+                        v.household_id.as_deref().unwrap_or("-")
+                    )
+                },
+            ),
+            Err(Error::VisitHasProblems { problems }) => {
+                if out.json {
+                    out.emit(&json!({"ok": false, "problems": problems}), String::new)?;
+                } else {
+                    eprintln!("{}", problem_lines(&problems, Lang::Zh));
+                }
+                Err(Error::VisitHasProblems { problems }.into())
+            }
+            Err(e) => Err(e.into()),
+        },
+        VisitCommand::Sign { visit } => {
+            c.sign_visit(&visit)?;
+            out.emit(&json!({"ok": true}), || "signed".to_owned())
+        }
+        VisitCommand::Void { visit, reason } => {
+            c.void_visit(&visit, &reason)?;
+            out.emit(&json!({"ok": true}), || "voided".to_owned())
+        }
+        VisitCommand::Show { visit } => {
+            let v = c.visit(&visit)?;
+            out.emit(&v, || serde_json::to_string_pretty(&v).unwrap_or_default())
+        }
+        VisitCommand::List { household } => {
+            let list = match household {
+                Some(h) => c.visits_of_household(&h)?,
+                None => c.my_drafts()?,
+            };
+            out.emit(&list, || {
+                if list.is_empty() {
+                    return "no visits".to_owned();
+                }
+                list.iter()
+                    .map(|v| {
+                        format!(
+                            "{}  {}  {}  {}",
+                            v.id,
+                            v.visit_type,
+                            v.status.as_str(),
+                            v.updated_at
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if json {
+                eprintln!(
+                    "{}",
+                    json!({"error": {"code": f.code, "message": f.message}})
+                );
+            } else {
+                eprintln!("error[{}]: {}", f.code, f.message);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

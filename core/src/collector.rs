@@ -199,11 +199,9 @@ impl Collector {
             .clone()
             .unwrap_or_else(|| "system".to_owned());
         tx.prepare_cached(
-            "INSERT INTO change_log (change_id, entity, entity_id, op, field, value, author, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO change_log (entity, entity_id, op, field, value, author, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
-            new_id(),
             change.entity,
             change.entity_id,
             change.op,
@@ -442,6 +440,7 @@ impl Collector {
         for m in new.members {
             self.insert_member(tx, form, b, &id, m, at)?;
         }
+        refresh_head(tx, &id)?;
         Ok(id)
     }
 
@@ -535,7 +534,9 @@ impl Collector {
         let at = timestamp(self.now());
         self.write(|tx| {
             household_exists(tx, household_id)?;
-            self.insert_member(tx, &form, &b, household_id, fields, &at)
+            let id = self.insert_member(tx, &form, &b, household_id, fields, &at)?;
+            refresh_head(tx, household_id)?;
+            Ok(id)
         })
     }
 

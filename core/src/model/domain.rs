@@ -125,6 +125,19 @@ impl ResidentId {
     }
 }
 
+/// The check character for the first 17 digits of a resident ID (ISO 7064 MOD 11-2), or `None`
+/// when `body` is not 17 ASCII digits. For generating test and demo data.
+pub fn resident_id_check_char(body: &str) -> Option<char> {
+    if body.len() != 17 {
+        return None;
+    }
+    let mut sum = 0;
+    for (c, w) in body.chars().zip(ID_WEIGHTS) {
+        sum += c.to_digit(10)? * w;
+    }
+    ID_CHECK_CHARS.get((sum % 11) as usize).copied()
+}
+
 /// The canonical spelling of a resident ID: trimmed, lowercase `x` raised, full-width digits
 /// (common from Chinese IMEs) folded to ASCII.
 pub fn normalize_resident_id(raw: &str) -> String {

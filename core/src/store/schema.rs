@@ -82,7 +82,8 @@ CREATE TABLE visits (
     FOREIGN KEY (form_id, form_version) REFERENCES form_definitions (form_id, version)
 );
 CREATE INDEX visits_by_household ON visits (household_id, created_at);
-CREATE INDEX visits_by_author_status ON visits (author, status, updated_at);
+-- Not on updated_at: an autosave must not rewrite an index page.
+CREATE INDEX visits_by_author_status ON visits (author, status);
 
 -- Metadata of photos and signatures; the files themselves live next to the store.
 CREATE TABLE attachments (
@@ -99,10 +100,11 @@ CREATE TABLE attachments (
 CREATE INDEX attachments_by_visit ON attachments (visit_id);
 
 -- Every change, written in the same transaction as the change itself: the sync engine builds
--- its outbox from this log.
+-- its outbox from this log. `seq` orders changes; entries are only ever appended, and purges
+-- remove the oldest, so the rowid never goes back. No secondary index: each autosave writes
+-- as few pages as possible.
 CREATE TABLE change_log (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    change_id TEXT NOT NULL UNIQUE,
+    seq       INTEGER PRIMARY KEY,
     entity    TEXT NOT NULL CHECK (entity IN ('household', 'member', 'visit', 'attachment', 'form', 'code_list')),
     entity_id TEXT NOT NULL,
     op        TEXT NOT NULL,
@@ -111,7 +113,6 @@ CREATE TABLE change_log (
     author    TEXT NOT NULL,
     at        TEXT NOT NULL
 );
-CREATE INDEX change_log_by_entity ON change_log (entity, entity_id);
 "#;
 
 #[cfg(test)]

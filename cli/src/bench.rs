@@ -1,0 +1,229 @@
+//! `zoufang bench`: each figure is a ratio against a baseline measured in the same run, on the
+//! same disk, interleaved round by round, because shared machines are noisy.
+//!
+//! - save a full application survey (one user action, synchronous=FULL) against one bare
+//!   fsynced SQLite insert of the same bytes;
+//! - insert N households (with members) against bare inserts of the same bytes;
+//! - search N households by name prefix (target ≤ 5 ms);
+//! - open a store holding them, against a bare SQLite open and first read.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, params};
+use serde_json::{Value as Json, json};
+use zoufang_core::{Collector, StoreOptions};
+
+use crate::sample::{self, Rng};
+use crate::{CliResult, Failure, fail};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn bare_db(path: &Path) -> Result<Connection, Failure> {
+    let conn = Connection::open(path).map_err(|e| fail("bench", e.to_string()))?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+        .map_err(|e| fail("bench", e.to_string()))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| fail("bench", e.to_string()))?;
+    conn.execute_batch("CREATE TABLE t (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        .map_err(|e| fail("bench", e.to_string()))?;
+    Ok(conn)
+}
+
+fn bench_err(e: rusqlite::Error) -> Failure {
+    fail("bench", e.to_string())
+}
+
+pub fn run(households: usize, rounds: usize, json_output: bool) -> CliResult {
+    // On the project's disk, not a tmpfs: fsync must cost what it costs on a phone's flash.
+    let dir = tempfile::Builder::new()
+        .prefix("zoufang-bench")
+        .tempdir_in(".")
+        .map_err(|e| fail("io", e.to_string()))?;
+    let rounds = rounds.max(3);
+    let mut report = Vec::new();
+    let mut rng = Rng::new(7);
+    let say = |name: &str, line: String| {
+        if !json_output {
+            outln!("{name:<28} {line}");
+        }
+    };
+
+    // 1. Saving a full visit.
+    let c = Collector::open(&dir.path().join("store.db"), &StoreOptions::default())?;
+    c.sign_in("bench-coordinator")?;
+    let bare = bare_db(&dir.path().join("bare.db"))?;
+    let answers = sample::application_survey(&mut rng);
+    let count = sample::answer_count(&answers);
+    let (mut save, mut baseline, mut complete) = (Vec::new(), Vec::new(), Vec::new());
+    let mut stored_bytes = 0;
+    for round in 0..rounds {
+        let draft = c.start_visit(None, "application_survey")?;
+        let body = {
+            // The exact bytes the store writes for this visit.
+            let probe = c.start_visit(None, "application_survey")?;
+            c.set_answers(&probe.id, &answers)?;
+            Json::Object(c.visit(&probe.id)?.answers).to_string()
+        };
+        stored_bytes = body.len();
+        let time_save = || -> Result<Duration, Failure> {
+            let t = Instant::now();
+            c.set_answers(&draft.id, &answers)?;
+            Ok(t.elapsed())
+        };
+        let time_bare = || -> Result<Duration, Failure> {
+            let t = Instant::now();
+            bare.execute(
+                "INSERT INTO t (id, body) VALUES (?1, ?2)",
+                params![uuid::Uuid::now_v7().to_string(), body],
+            )
+            .map_err(bench_err)?;
+            Ok(t.elapsed())
+        };
+        if round % 2 == 0 {
+            save.push(time_save()?);
+            baseline.push(time_bare()?);
+        } else {
+            baseline.push(time_bare()?);
+            save.push(time_save()?);
+        }
+        let t = Instant::now();
+        c.complete_visit(&draft.id)?;
+        complete.push(t.elapsed());
+    }
+    let (s, b, k) = (median(save), median(baseline), median(complete));
+    let ratio = s.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    say(
+        "save full visit",
+        format!(
+            "{:.2} ms vs bare fsynced insert {:.2} ms: {ratio:.2}x (target <= 1.5x); {count} answers, {stored_bytes} bytes",
+            ms(s),
+            ms(b)
+        ),
+    );
+    say(
+        "complete visit",
+        format!(
+            "{:.2} ms ({:.2}x the bare insert; validates, derives, updates the household)",
+            ms(k),
+            ms(k) / ms(b).max(1e-9)
+        ),
+    );
+    report.push(json!({"name": "save_full_visit", "median_ms": ms(s), "baseline_ms": ms(b), "ratio": ratio, "target_ratio": 1.5,
+                       "answers": count, "bytes": stored_bytes, "rounds": rounds}));
+    report.push(json!({"name": "complete_visit", "median_ms": ms(k), "baseline_ms": ms(b), "ratio": ms(k) / ms(b).max(1e-9)}));
+    drop(c);
+
+    // 2. Inserting N households, in batches as a first download would.
+    let big = dir.path().join("big.db");
+    let c = Collector::open(&big, &StoreOptions::default())?;
+    c.sign_in("bench-coordinator")?;
+    let bare = bare_db(&dir.path().join("bare-households.db"))?;
+    let all: Vec<_> = (0..households)
+        .map(|_| sample::household(&mut rng))
+        .collect();
+    let batch = 1000;
+    let t = Instant::now();
+    for chunk in all.chunks(batch) {
+        c.import_households(chunk.to_vec())?;
+    }
+    let import = t.elapsed();
+    let mut bare_conn = bare;
+    let t = Instant::now();
+    for chunk in all.chunks(batch) {
+        let tx = bare_conn.transaction().map_err(bench_err)?;
+        for h in chunk {
+            let body = serde_json::to_string(h).map_err(|e| fail("bench", e.to_string()))?;
+            tx.execute(
+                "INSERT INTO t (id, body) VALUES (?1, ?2)",
+                params![uuid::Uuid::now_v7().to_string(), body],
+            )
+            .map_err(bench_err)?;
+        }
+        tx.commit().map_err(bench_err)?;
+    }
+    let bare_import = t.elapsed();
+    let members: usize = all.iter().map(|h| h.members.len()).sum();
+    say(
+        &format!("insert {households} households"),
+        format!(
+            "{:.0} ms ({:.1} µs each, {members} members) vs bare inserts of the same bytes {:.0} ms: {:.1}x",
+            ms(import),
+            import.as_secs_f64() * 1e6 / households.max(1) as f64,
+            ms(bare_import),
+            ms(import) / ms(bare_import).max(1e-9)
+        ),
+    );
+    report.push(json!({"name": "insert_households", "households": households, "members": members, "total_ms": ms(import),
+                       "baseline_ms": ms(bare_import), "ratio": ms(import) / ms(bare_import).max(1e-9)}));
+
+    // 3. Searching them by name prefix.
+    let mut times = Vec::new();
+    let mut hits = 0;
+    for _ in 0..(rounds * 5) {
+        let full = sample::name(&mut rng);
+        let prefix: String = full.chars().take(3).collect();
+        let t = Instant::now();
+        hits += c.search_households(&prefix, 50)?.len();
+        times.push(t.elapsed());
+    }
+    let (m, p95) = (median(times.clone()), percentile(times, 0.95));
+    say(
+        &format!("search {households} by name"),
+        format!(
+            "median {:.3} ms, p95 {:.3} ms (target <= 5 ms); {:.1} hits per query",
+            ms(m),
+            ms(p95),
+            hits as f64 / (rounds * 5) as f64
+        ),
+    );
+    report.push(json!({"name": "search_by_name_prefix", "median_ms": ms(m), "p95_ms": ms(p95), "target_ms": 5.0}));
+    drop(c);
+
+    // 4. Opening the store that holds them.
+    let (mut open, mut bare_open) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let c = Collector::open(&big, &StoreOptions::default())?;
+        open.push(t.elapsed());
+        drop(c);
+        let t = Instant::now();
+        let conn = Connection::open(&big).map_err(bench_err)?;
+        let _: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(bench_err)?;
+        bare_open.push(t.elapsed());
+    }
+    let (o, bo) = (median(open), median(bare_open));
+    say(
+        &format!("open store of {households}"),
+        format!(
+            "{:.2} ms vs bare SQLite open and first read {:.2} ms: {:.1}x",
+            ms(o),
+            ms(bo),
+            ms(o) / ms(bo).max(1e-9)
+        ),
+    );
+    report.push(json!({"name": "open_store", "households": households, "median_ms": ms(o), "baseline_ms": ms(bo), "ratio": ms(o) / ms(bo).max(1e-9)}));
+
+    if json_output {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"benchmarks": report})).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
