@@ -902,11 +902,10 @@ impl Collector {
             "SELECT id, household_id, form_id, form_version, visit_type, status, answers, author, revision_of, void_reason,
                     created_at, updated_at, completed_at, signed_at FROM visits WHERE id = ?1",
         )?;
-        let row = stmt
-            .query_row([id], visit_row)
+
+        stmt.query_row([id], visit_row)
             .optional()?
-            .ok_or_else(|| not_found("visit", id))?;
-        row
+            .ok_or_else(|| not_found("visit", id))?
     }
 
     /// Every problem of a visit's answers, as the form and the domain rules see them now.
@@ -954,7 +953,7 @@ impl Collector {
         }
         let form = self.form(&visit.form_id, visit.form_version)?;
         let now = self.now();
-        if !visit.answers.get("ended_at").is_some_and(|v| !v.is_null()) {
+        if visit.answers.get("ended_at").is_none_or(|v| v.is_null()) {
             let _ = engine::set_answer(
                 &form,
                 &mut visit.answers,
@@ -1038,10 +1037,10 @@ impl Collector {
             if read_only(*id) || !info.chain.is_empty() {
                 continue;
             }
-            if let Some(v) = answers.get(&info.name).filter(|v| !v.is_null()) {
-                if current.get(record) != Some(v) {
-                    set_household_field(self, tx, &household_id, record, v, at)?;
-                }
+            if let Some(v) = answers.get(&info.name).filter(|v| !v.is_null())
+                && current.get(record) != Some(v)
+            {
+                set_household_field(self, tx, &household_id, record, v, at)?;
             }
         }
         let Some(members_repeat) = b.members_repeat else {

@@ -287,10 +287,10 @@ pub fn check_disability_certificate(
     let (id_part, tail) = normalized.split_at(18);
     let id =
         ResidentId::parse(id_part, today).map_err(|_| DisabilityCertificateError::ResidentId)?;
-    if let Some(holder) = holder_id {
-        if normalize_resident_id(holder) != id.as_str() {
-            return Err(DisabilityCertificateError::OtherPerson);
-        }
+    if let Some(holder) = holder_id
+        && normalize_resident_id(holder) != id.as_str()
+    {
+        return Err(DisabilityCertificateError::OtherPerson);
     }
     let mut digits = tail.chars().map(|c| c.to_digit(10));
     let category = digits.next().flatten().filter(|d| (1..=7).contains(d));

@@ -93,57 +93,65 @@ fn expected_shape(kind: FieldKind) -> &'static str {
     }
 }
 
+/// An answer whose JSON shape does not fit its field's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrongShape;
+
 /// Reads a stored JSON answer as a typed value; `Err` when its shape is wrong for the kind.
-pub fn json_to_value(kind: FieldKind, json: &Json) -> Result<Value, ()> {
+pub fn json_to_value(kind: FieldKind, json: &Json) -> Result<Value, WrongShape> {
     if json.is_null() {
         return Ok(Value::Null);
     }
     match kind {
-        FieldKind::Integer | FieldKind::Money => {
-            json.as_i64().map(|n| Value::Number(n as f64)).ok_or(())
-        }
+        FieldKind::Integer | FieldKind::Money => json
+            .as_i64()
+            .map(|n| Value::Number(n as f64))
+            .ok_or(WrongShape),
         FieldKind::Decimal => json
             .as_f64()
             .filter(|n| n.is_finite())
             .map(Value::Number)
-            .ok_or(()),
+            .ok_or(WrongShape),
         FieldKind::Date => json
             .as_str()
             .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
             .map(Value::Date)
-            .ok_or(()),
+            .ok_or(WrongShape),
         FieldKind::Datetime => json
             .as_str()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|t| Value::DateTime(t.with_timezone(&Utc)))
-            .ok_or(()),
+            .ok_or(WrongShape),
         FieldKind::SelectMultiple => {
-            let items = json.as_array().ok_or(())?;
+            let items = json.as_array().ok_or(WrongShape)?;
             items
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).ok_or(()))
-                .collect::<Result<Vec<_>, ()>>()
+                .map(|v| v.as_str().map(str::to_owned).ok_or(WrongShape))
+                .collect::<Result<Vec<_>, WrongShape>>()
                 .map(Value::Choices)
         }
         FieldKind::Geopoint => {
-            let o = json.as_object().ok_or(())?;
+            let o = json.as_object().ok_or(WrongShape)?;
             let num = |k: &str| o.get(k).and_then(Json::as_f64);
             Ok(Value::Geopoint(GeoPoint {
-                lat: num("lat").ok_or(())?,
-                lon: num("lon").ok_or(())?,
+                lat: num("lat").ok_or(WrongShape)?,
+                lon: num("lon").ok_or(WrongShape)?,
                 accuracy_m: num("accuracy_m"),
                 provider: o.get("provider").and_then(Json::as_str).map(str::to_owned),
                 mock: o.get("mock").and_then(Json::as_bool).unwrap_or(false),
             }))
         }
-        FieldKind::Note => Err(()),
+        FieldKind::Note => Err(WrongShape),
         FieldKind::Calculate => Ok(match json {
             Json::Bool(b) => Value::Bool(*b),
             Json::Number(n) => n.as_f64().map_or(Value::Null, Value::Number),
             Json::String(s) => Value::Text(s.clone()),
             _ => Value::Null,
         }),
-        _ => json.as_str().map(|s| Value::Text(s.to_owned())).ok_or(()),
+        _ => json
+            .as_str()
+            .map(|s| Value::Text(s.to_owned()))
+            .ok_or(WrongShape),
     }
 }
 
@@ -209,9 +217,9 @@ fn answer_size(json: &Json) -> usize {
 }
 
 /// Checks the shape of `value` for a field kind and returns its canonical spelling.
-pub fn canonical_answer(kind: FieldKind, value: Json) -> Result<Json, ()> {
+pub fn canonical_answer(kind: FieldKind, value: Json) -> Result<Json, WrongShape> {
     if !has_shape(kind, &value) {
-        return Err(());
+        return Err(WrongShape);
     }
     Ok(normalize_answer(kind, value))
 }
@@ -740,10 +748,10 @@ impl<'a> Evaluation<'a> {
         if rep.max_count.is_some_and(|max| n > max as usize) {
             out.push(problem(path.clone(), "repeat_too_many", Severity::Error));
         }
-        if let Some(c) = &rep.constraint {
-            if !c.eval(self, ctx, &Value::Null).is_true() {
-                out.push(self.constraint_problem(path, r, true, rep.constraint_severity));
-            }
+        if let Some(c) = &rep.constraint
+            && !c.eval(self, ctx, &Value::Null).is_true()
+        {
+            out.push(self.constraint_problem(path, r, true, rep.constraint_severity));
         }
     }
 
@@ -781,13 +789,12 @@ impl<'a> Evaluation<'a> {
             return;
         }
         let path = self.path_of(f, ctx);
-        if f.calculate.is_none() {
-            if let Some(raw) = self.raw(f, ctx) {
-                if json_to_value(f.kind, raw).is_err() {
-                    out.push(problem(path, "type_mismatch", Severity::Error));
-                    return;
-                }
-            }
+        if f.calculate.is_none()
+            && let Some(raw) = self.raw(f, ctx)
+            && json_to_value(f.kind, raw).is_err()
+        {
+            out.push(problem(path, "type_mismatch", Severity::Error));
+            return;
         }
         let value = self.value(id, ctx);
         if value.is_empty() {
@@ -800,10 +807,10 @@ impl<'a> Evaluation<'a> {
             out.push(problem(path.clone(), code, Severity::Error));
             return;
         }
-        if let Some(c) = &f.constraint {
-            if !c.eval(self, ctx, &value).is_true() {
-                out.push(self.constraint_problem(path, id, false, f.constraint_severity));
-            }
+        if let Some(c) = &f.constraint
+            && !c.eval(self, ctx, &value).is_true()
+        {
+            out.push(self.constraint_problem(path, id, false, f.constraint_severity));
         }
     }
 

@@ -274,6 +274,17 @@ pub struct Form {
     field_defs: Vec<Vec<usize>>,
 }
 
+/// A definition item waiting to be walked: the item, its path, its container, the repeats
+/// around it, its index path in the definition, and its nesting depth.
+type Frame<'a> = (
+    &'a ItemDef,
+    String,
+    Option<Container>,
+    Vec<usize>,
+    Vec<usize>,
+    usize,
+);
+
 struct Pending<'a> {
     def: &'a ItemDef,
     item: ItemRef,
@@ -356,14 +367,7 @@ impl Form {
 
         // Pass 1: walk the tree, assign ids, register names.
         let mut pending: Vec<Pending<'_>> = Vec::new();
-        let mut stack: Vec<(
-            &ItemDef,
-            String,
-            Option<Container>,
-            Vec<usize>,
-            Vec<usize>,
-            usize,
-        )> = definition
+        let mut stack: Vec<Frame<'_>> = definition
             .sections
             .iter()
             .enumerate()
@@ -540,11 +544,11 @@ impl Form {
         for _ in 0..=calculated.len() {
             let mut changed = false;
             for (id, src, chain) in &calculated {
-                if let Ok(c) = expr::compile(src, &form, chain, None) {
-                    if let Some(field) = form.fields.get_mut(*id) {
-                        changed |= field.ty != c.ty();
-                        field.ty = c.ty();
-                    }
+                if let Ok(c) = expr::compile(src, &form, chain, None)
+                    && let Some(field) = form.fields.get_mut(*id)
+                {
+                    changed |= field.ty != c.ty();
+                    field.ty = c.ty();
                 }
             }
             if !changed {
@@ -591,35 +595,34 @@ impl Form {
                         ("required", &required),
                         ("constraint", &constraint),
                     ] {
-                        if let Some(c) = c {
-                            if c.ty() != Type::Bool {
-                                problem(
-                                    &format!("{}.{what}", p.path),
-                                    "expr_type",
-                                    format!(
-                                        "{what} must be a boolean expression, found a {}",
-                                        c.ty().name()
-                                    ),
-                                );
-                            }
+                        if let Some(c) = c
+                            && c.ty() != Type::Bool
+                        {
+                            problem(
+                                &format!("{}.{what}", p.path),
+                                "expr_type",
+                                format!(
+                                    "{what} must be a boolean expression, found a {}",
+                                    c.ty().name()
+                                ),
+                            );
                         }
                     }
                     for (what, c) in [("calculate", &calculate), ("default", &default)] {
-                        if let Some(c) = c {
-                            if kind != FieldKind::Calculate
-                                && c.ty() != own_ty
-                                && c.ty() != Type::Empty
-                            {
-                                problem(
-                                    &format!("{}.{what}", p.path),
-                                    "expr_type",
-                                    format!(
-                                        "{what} gives a {} but the field holds a {}",
-                                        c.ty().name(),
-                                        own_ty.name()
-                                    ),
-                                );
-                            }
+                        if let Some(c) = c
+                            && kind != FieldKind::Calculate
+                            && c.ty() != own_ty
+                            && c.ty() != Type::Empty
+                        {
+                            problem(
+                                &format!("{}.{what}", p.path),
+                                "expr_type",
+                                format!(
+                                    "{what} gives a {} but the field holds a {}",
+                                    c.ty().name(),
+                                    own_ty.name()
+                                ),
+                            );
                         }
                     }
                     if kind == FieldKind::Calculate && p.def.calculate.is_none() {

@@ -457,16 +457,15 @@ impl Checker<'_> {
                 )));
             }
         }
-        if matches!(func, Func::String | Func::Concat) {
-            if let Some((_, t)) = checked
+        if matches!(func, Func::String | Func::Concat)
+            && let Some((_, t)) = checked
                 .iter()
                 .find(|(_, t)| matches!(t, Type::Choices | Type::Geopoint))
-            {
-                return Err(type_error(format!(
-                    "{name}() cannot turn a {} into text",
-                    t.name()
-                )));
-            }
+        {
+            return Err(type_error(format!(
+                "{name}() cannot turn a {} into text",
+                t.name()
+            )));
         }
         Ok((
             Node::Call(func, checked.into_iter().map(|(n, _)| n).collect()),
@@ -476,10 +475,11 @@ impl Checker<'_> {
 
     fn aggregate(&mut self, agg: Agg, arg: &Ast, ctx: &[usize]) -> Result<(Node, Type), ExprError> {
         // count(${repeat}) is the number of instances.
-        if let (Agg::Count, Ast::Ref(name)) = (agg, arg) {
-            if self.scope.field(name).is_none() && self.scope.repeat(name).is_some() {
-                return self.reference(name, ctx);
-            }
+        if let (Agg::Count, Ast::Ref(name)) = (agg, arg)
+            && self.scope.field(name).is_none()
+            && self.scope.repeat(name).is_some()
+        {
+            return self.reference(name, ctx);
         }
         let mut over = None;
         let mut refs = Vec::new();
@@ -553,13 +553,13 @@ fn collect_refs<'a>(ast: &'a Ast, out: &mut Vec<&'a str>) {
 
 /// When a date is compared with a text literal that spells a date, the literal becomes a date.
 fn date_literal(node: &mut Node, own: Type, other: Type) -> Type {
-    if own == Type::Text && other == Type::Date {
-        if let Node::Lit(Value::Text(s)) = node {
-            if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-                *node = Node::Lit(Value::Date(d));
-                return Type::Date;
-            }
-        }
+    if own == Type::Text
+        && other == Type::Date
+        && let Node::Lit(Value::Text(s)) = node
+        && let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+    {
+        *node = Node::Lit(Value::Date(d));
+        return Type::Date;
     }
     own
 }
