@@ -136,6 +136,7 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
+        drop(stmt);
         assert_eq!(
             tables,
             [
