@@ -1,0 +1,299 @@
+//! The `zoufang` binary as a desk user and a script see it: outputs, JSON, one-line errors and
+//! exit codes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value as Json, json};
+
+fn zoufang(store: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoufang"));
+    cmd.args(args).env_remove("ZOUFANG_STORE");
+    if let Some(s) = store {
+        cmd.env("ZOUFANG_STORE", s);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok_json(store: Option<&Path>, args: &[&str]) -> Json {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = zoufang(store, &all);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn form_print_in_yi_and_check() {
+    let out = zoufang(None, &["form", "print", "--lang", "ii"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("ꅉꀨꁱꂷ"), "Yi section title");
+    assert!(
+        text.contains("[resident_id id_number] *"),
+        "Chinese fallback with types: {text}"
+    );
+    let def = ok_json(None, &["form", "print"]);
+    assert_eq!(def["id"], json!("household_visit"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, def.to_string()).unwrap();
+    let checked = ok_json(None, &["form", "check", good.to_str().unwrap()]);
+    assert_eq!(checked["ok"], json!(true));
+
+    let mut broken = def.clone();
+    broken["sections"][0]["items"][2]["relevant"] = json!("${no_such_field} = 'x'");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, broken.to_string()).unwrap();
+    let out = zoufang(None, &["form", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("sections[0] (visit).items[2] (task_id).relevant"),
+        "{err}"
+    );
+    assert!(err.contains("expr_unknown_field"), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .starts_with("error[form_invalid]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_desk_user_records_a_visit_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("desk.db");
+    let s = Some(store.as_path());
+    ok_json(s, &["init", "--user", "desk-1"]);
+    let added = ok_json(
+        s,
+        &[
+            "household",
+            "add",
+            "--village",
+            "513431104201",
+            "--fields",
+            r#"{"phone": "13812345678", "next_visit_due": "2026-12-01"}"#,
+            "--member",
+            r#"{"name": "吉克阿呷", "id_type": "resident_id", "id_number": "11010519491231002X", "relationship": "02", "lives_together": "yes", "health": "healthy"}"#,
+        ],
+    );
+    let hid = added["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ok_json(s, &["household", "search", "吉克"])[0]["id"],
+        json!(hid)
+    );
+    assert_eq!(
+        ok_json(s, &["household", "list", "--village", "513431104201"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        ok_json(s, &["household", "due", "--before", "2026-12-31"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let visit = ok_json(
+        s,
+        &[
+            "visit",
+            "start",
+            "--type",
+            "disability_check",
+            "--household",
+            &hid,
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answers = dir.path().join("answers.json");
+    std::fs::write(
+        &answers,
+        json!({
+            "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
+            "location": {"lat": 27.9, "lon": 102.2, "accuracy_m": 10.0, "provider": "gps"},
+            "urban_rural": "rural", "basic_living_difficulty": "no", "risk_level": "low", "recommendation": "monitor",
+            "emergency": "no", "next_visit_due": "2027-03-01", "investigator_1_name": "马海木呷", "consent_privacy": "yes",
+            "members": [{"id_number": "11010519491231002Y"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    ok_json(
+        s,
+        &[
+            "visit",
+            "set",
+            &visit,
+            "--answers",
+            answers.to_str().unwrap(),
+        ],
+    );
+    let problems = ok_json(s, &["visit", "validate", &visit]);
+    let ids: Vec<&Json> = problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["path"] == json!("members[0].id_number"))
+        .collect();
+    assert_eq!(ids[0]["code"], json!("resident_id_characters"));
+    assert_eq!(ids[0]["severity"], json!("error"));
+    assert!(ids[0]["message_zh"].as_str().unwrap().contains("身份证"));
+
+    // Completion is refused with the problems listed, exit code 1, one error line.
+    let out = zoufang(s, &["visit", "complete", &visit]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("members[0].id_number") && err.contains("resident_id_characters"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("11010519491231002Y"),
+        "no personal data in errors"
+    );
+
+    let out = zoufang(
+        s,
+        &[
+            "visit",
+            "set",
+            &visit,
+            "members[0].id_number",
+            r#""11010519491231002X""#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = ok_json(s, &["visit", "complete", &visit]);
+    assert_eq!(done["status"], json!("completed"));
+    let shown = ok_json(s, &["household", "show", &hid]);
+    assert_eq!(shown["household"]["next_visit_due"], json!("2027-03-01"));
+    assert_eq!(shown["visits"][0]["id"], json!(visit));
+    ok_json(s, &["visit", "sign", &visit]);
+    let counts = ok_json(s, &["counts"]);
+    assert_eq!(
+        (counts["households"].clone(), counts["signed"].clone()),
+        (json!(1), json!(1))
+    );
+}
+
+#[test]
+fn errors_are_one_line_with_a_code_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("e.db");
+    let s = Some(store.as_path());
+    let out = zoufang(None, &["counts"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error[no_store]: give --store PATH or set ZOUFANG_STORE"
+    );
+
+    let out = zoufang(s, &["visit", "start", "--type", "routine"]);
+    assert_eq!(
+        stderr(&out).trim(),
+        "error[not_signed_in]: no user is signed in on this store"
+    );
+    ok_json(s, &["init", "--user", "u"]);
+    let out = zoufang(
+        s,
+        &[
+            "--json",
+            "household",
+            "add",
+            "--village",
+            "5134",
+            "--fields",
+            "{bad",
+        ],
+    );
+    let err: Json = serde_json::from_str(stderr(&out).trim()).unwrap();
+    assert_eq!(err["error"]["code"], json!("invalid_json"));
+    let out = zoufang(s, &["household", "add", "--village", "5134"]);
+    assert!(
+        stderr(&out).starts_with("error[invalid_value]"),
+        "{}",
+        stderr(&out)
+    );
+    let out = zoufang(s, &["visit", "show", "nope"]);
+    assert_eq!(
+        stderr(&out).trim(),
+        "error[not_found]: visit nope does not exist"
+    );
+    assert_eq!(stderr(&out).lines().count(), 1);
+}
+
+#[test]
+fn the_demo_story_runs_and_reports_every_step() {
+    let out = ok_json(None, &["demo"]);
+    assert_eq!(out["ok"], json!(true));
+    let steps = out["steps"].as_array().unwrap();
+    assert!(steps.len() >= 9 && steps.iter().all(|s| s["ok"] == json!(true)));
+    let caught = steps
+        .iter()
+        .find(|s| s["what"].as_str().unwrap().contains("mistyped"))
+        .unwrap();
+    assert!(
+        caught["detail"]["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["path"] == json!("members[2].id_number"))
+    );
+}
+
+#[test]
+fn the_benchmark_runs_and_reports_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zoufang"))
+        .args(["--json", "bench", "--households", "300", "--rounds", "3"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = report["benchmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "save_full_visit",
+            "complete_visit",
+            "insert_households",
+            "search_by_name_prefix",
+            "open_store"
+        ]
+    );
+    let save = &report["benchmarks"][0];
+    assert!(save["ratio"].as_f64().unwrap() > 0.0 && save["answers"].as_u64().unwrap() > 120);
+    // The benchmark cleans up after itself.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
