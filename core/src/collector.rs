@@ -16,10 +16,10 @@ use crate::model::code_list::{CodeList, CodeLists};
 use crate::model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
 use crate::model::engine::{self, Evaluation, Problem};
 use crate::model::expr::Value;
-use crate::model::form::{Form, ItemRef};
+use crate::model::form::{FieldKind, Form, ItemRef};
 use crate::records::{
-    Household, HouseholdSummary, Member, NewHousehold, StoreCounts, Visit, VisitStatus,
-    VisitSummary,
+    Attachment, AttachmentKind, Household, HouseholdSummary, Member, NewAttachment, NewHousehold,
+    StoreCounts, Visit, VisitStatus, VisitSummary,
 };
 use crate::store::{self, Connections, StoreOptions};
 
@@ -271,6 +271,7 @@ impl Collector {
                 }
             }
         })?;
+        tracing::info!(form = %id, version, "form installed");
         let form = Arc::new(form);
         self.forms.lock().insert((id, version), form.clone());
         Ok(form)
@@ -806,7 +807,7 @@ impl Collector {
         let logged = value.clone();
         self.edit_draft(
             visit_id,
-            |form, answers| Ok(engine::set_answer(form, answers, path, value)?),
+            |_, form, answers| Ok(engine::set_answer(form, answers, path, value)?),
             "set_answer",
             Some(path),
             Some(&logged),
@@ -820,7 +821,7 @@ impl Collector {
         let keys = Json::Array(answers.keys().map(|k| Json::from(k.clone())).collect());
         self.edit_draft(
             visit_id,
-            |form, draft| {
+            |_, form, draft| {
                 let mut paths = Vec::new();
                 flatten_answers(form, answers, "", &mut paths);
                 for (path, value) in paths {
@@ -834,12 +835,135 @@ impl Collector {
         )
     }
 
+    /// Records a photo or signature for a draft's field (`house_exterior_photo`,
+    /// `interviewee_signature`): its metadata row and the answer that references it, in one
+    /// transaction. The file itself is stored by the attachments layer, content-addressed.
+    pub fn add_attachment(&self, visit_id: &str, new: &NewAttachment) -> Result<Attachment> {
+        self.require_user()?;
+        let hash_ok =
+            new.content_hash.len() == 64 && new.content_hash.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hash_ok {
+            return Err(Error::InvalidValue {
+                field: "content_hash".into(),
+                code: "attachment_hash",
+            });
+        }
+        // Far above the ~500 KB a recompressed photo takes; keeps the column in i64.
+        let size = i64::try_from(new.size_bytes)
+            .ok()
+            .filter(|s| *s <= 50 * 1024 * 1024);
+        let size = size.ok_or_else(|| Error::InvalidValue {
+            field: "size_bytes".into(),
+            code: "attachment_size",
+        })?;
+        if !matches!(
+            new.mime_type.as_str(),
+            "image/jpeg" | "image/png" | "image/webp"
+        ) {
+            return Err(Error::InvalidValue {
+                field: "mime_type".into(),
+                code: "attachment_type",
+            });
+        }
+        let attachment = Attachment {
+            id: new_id(),
+            visit_id: visit_id.to_owned(),
+            field_path: new.field_path.clone(),
+            kind: new.kind,
+            content_hash: new.content_hash.to_ascii_lowercase(),
+            size_bytes: new.size_bytes,
+            mime_type: new.mime_type.clone(),
+            metadata: new.metadata.clone(),
+            created_at: timestamp(self.now()),
+        };
+        let logged = Json::from(attachment.id.clone());
+        self.edit_draft(
+            visit_id,
+            |tx, form, answers| {
+                let target = engine::parse_path(form, &new.field_path)?;
+                let kind = match target.item {
+                    ItemRef::Field(f) => form.fields.get(f).map(|f| f.kind),
+                    _ => None,
+                };
+                let expected = match new.kind {
+                    AttachmentKind::Photo => FieldKind::Photo,
+                    AttachmentKind::Signature => FieldKind::Signature,
+                };
+                if kind != Some(expected) {
+                    return Err(Error::InvalidValue { field: "field_path".into(), code: "attachment_field" });
+                }
+                engine::set_answer(form, answers, &new.field_path, Json::from(attachment.id.clone()))?;
+                tx.execute(
+                    "INSERT INTO attachments (id, visit_id, field_path, kind, content_hash, size_bytes, mime_type, metadata, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        attachment.id,
+                        visit_id,
+                        attachment.field_path,
+                        attachment.kind.as_str(),
+                        attachment.content_hash,
+                        size,
+                        attachment.mime_type,
+                        Json::Object(attachment.metadata.clone()).to_string(),
+                        attachment.created_at
+                    ],
+                )?;
+                self.log(
+                    tx,
+                    &attachment.created_at,
+                    Change { entity: "attachment", entity_id: &attachment.id, op: "create", field: Some(visit_id), value: None },
+                )
+            },
+            "set_answer",
+            Some(&new.field_path),
+            Some(&logged),
+        )?;
+        Ok(attachment)
+    }
+
+    /// The attachments recorded for a visit, oldest first.
+    pub fn attachments_of_visit(&self, visit_id: &str) -> Result<Vec<Attachment>> {
+        let conn = self.db.reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, visit_id, field_path, kind, content_hash, size_bytes, mime_type, metadata, created_at
+             FROM attachments WHERE visit_id = ?1 ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([visit_id], |r| {
+            let kind: String = r.get(3)?;
+            let metadata: String = r.get(7)?;
+            Ok((
+                Attachment {
+                    id: r.get(0)?,
+                    visit_id: r.get(1)?,
+                    field_path: r.get(2)?,
+                    kind: if kind == "signature" {
+                        AttachmentKind::Signature
+                    } else {
+                        AttachmentKind::Photo
+                    },
+                    content_hash: r.get(4)?,
+                    size_bytes: r.get::<_, i64>(5)?.max(0) as u64,
+                    mime_type: r.get(6)?,
+                    metadata: Map::new(),
+                    created_at: r.get(8)?,
+                },
+                metadata,
+            ))
+        })?;
+        rows.map(|row| {
+            let (mut a, metadata) = row?;
+            a.metadata = parse_object(&metadata)?;
+            Ok(a)
+        })
+        .collect()
+    }
+
     /// Removes one repeat instance of a draft (`members[3]`).
     pub fn remove_repeat_instance(&self, visit_id: &str, path: &str) -> Result<()> {
         self.require_user()?;
         self.edit_draft(
             visit_id,
-            |form, answers| Ok(engine::remove_instance(form, answers, path)?),
+            |_, form, answers| Ok(engine::remove_instance(form, answers, path)?),
             "remove_instance",
             Some(path),
             None,
@@ -849,7 +973,7 @@ impl Collector {
     fn edit_draft(
         &self,
         visit_id: &str,
-        edit: impl FnOnce(&Form, &mut Map<String, Json>) -> Result<()>,
+        edit: impl FnOnce(&Transaction<'_>, &Form, &mut Map<String, Json>) -> Result<()>,
         op: &'static str,
         field: Option<&str>,
         value: Option<&Json>,
@@ -879,7 +1003,7 @@ impl Collector {
             }
             let form = self.form(&form_id, version)?;
             let mut answers = parse_object(&answers)?;
-            edit(&form, &mut answers)?;
+            edit(tx, &form, &mut answers)?;
             tx.prepare_cached("UPDATE visits SET answers = ?2, updated_at = ?3 WHERE id = ?1")?
                 .execute(params![visit_id, Json::Object(answers).to_string(), now])?;
             self.log(
@@ -985,6 +1109,8 @@ impl Collector {
             )?;
             self.log(tx, &at, Change { entity: "visit", entity_id: visit_id, op: "complete", field: None, value: None })
         })?;
+        // Ids only: answers are personal data and never reach a log.
+        tracing::debug!(visit = %visit.id, household = ?visit.household_id, "visit completed");
         visit.answers = answers;
         visit.status = VisitStatus::Completed;
         visit.completed_at = Some(at.clone());

@@ -113,3 +113,47 @@ pub struct StoreCounts {
     pub void: u64,
     pub changes: u64,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachmentKind {
+    Photo,
+    Signature,
+}
+
+impl AttachmentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Photo => "photo",
+            Self::Signature => "signature",
+        }
+    }
+}
+
+/// The metadata of a photo or signature being added to a draft. Capture time and location
+/// belong in `metadata`, not in the image file (which is stripped of them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewAttachment {
+    /// The answer it fills, e.g. `house_exterior_photo`.
+    pub field_path: String,
+    pub kind: AttachmentKind,
+    /// SHA-256 of the stored file, lowercase hex.
+    pub content_hash: String,
+    pub size_bytes: u64,
+    pub mime_type: String,
+    #[serde(default)]
+    pub metadata: Map<String, Json>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attachment {
+    pub id: String,
+    pub visit_id: String,
+    pub field_path: String,
+    pub kind: AttachmentKind,
+    pub content_hash: String,
+    pub size_bytes: u64,
+    pub mime_type: String,
+    pub metadata: Map<String, Json>,
+    pub created_at: String,
+}

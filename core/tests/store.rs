@@ -481,3 +481,53 @@ fn field_states_follow_the_answers() {
     let explanation = state("explanation").unwrap();
     assert!(explanation.relevant && explanation.required);
 }
+
+#[test]
+fn attachments_are_recorded_with_the_answer_that_references_them() {
+    use zoufang_core::records::{AttachmentKind, NewAttachment};
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(&dir);
+    let v = c.start_visit(None, "application_survey").unwrap();
+    let photo = NewAttachment {
+        field_path: "house_exterior_photo".into(),
+        kind: AttachmentKind::Photo,
+        content_hash: "ab".repeat(32),
+        size_bytes: 412_000,
+        mime_type: "image/jpeg".into(),
+        metadata: obj(json!({"captured_at": "2026-11-28T01:02:03Z"})),
+    };
+    let a = c.add_attachment(&v.id, &photo).unwrap();
+    assert_eq!(
+        c.visit(&v.id).unwrap().answers["house_exterior_photo"],
+        json!(a.id)
+    );
+    assert_eq!(c.attachments_of_visit(&v.id).unwrap(), vec![a]);
+
+    let log = changes(&c);
+    let wrong_field = NewAttachment {
+        field_path: "interviewee_signature".into(),
+        ..photo.clone()
+    };
+    assert_eq!(
+        c.add_attachment(&v.id, &wrong_field).unwrap_err().code(),
+        "invalid_value"
+    );
+    let bad_hash = NewAttachment {
+        content_hash: "xyz".into(),
+        ..photo.clone()
+    };
+    assert_eq!(
+        c.add_attachment(&v.id, &bad_hash).unwrap_err().code(),
+        "invalid_value"
+    );
+    let pdf = NewAttachment {
+        mime_type: "application/pdf".into(),
+        ..photo.clone()
+    };
+    assert_eq!(
+        c.add_attachment(&v.id, &pdf).unwrap_err().code(),
+        "invalid_value"
+    );
+    assert_eq!(c.attachments_of_visit(&v.id).unwrap().len(), 1);
+    assert_eq!(changes(&c), log, "refused attachments leave no trace");
+}
