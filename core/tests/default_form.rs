@@ -443,3 +443,83 @@ fn set_answer_normalises_and_rejects_wrong_shapes() {
     set_answer(&f, &mut a, "household_phone", Json::Null).unwrap();
     assert!(!a.contains_key("household_phone"));
 }
+
+#[test]
+fn every_engine_rule_is_reported_with_its_code() {
+    let f = form();
+    let mut v = application_survey();
+    v["village_code_year"] = json!("2023"); // a string where a number belongs
+    v["colour"] = json!("red"); // not part of the form
+    v["risk_level"] = json!("extreme"); // not a choice
+    v["suggested_programmes"] = json!(["dibao", "dibao"]);
+    v["members"][0]["ethnicity"] = json!("07");
+    v["next_visit_due"] = json!("2099-01-01");
+    v["location"] = json!({"lat": 95.0, "lon": 102.2});
+    v["investigator_1_signature"] = json!("not-an-attachment-id");
+    v["explanation"] = json!("很".repeat(2001));
+    v["hukou_region_code"] = json!("5134311042");
+    v["members"][1]["id_number"] = json!("440524203001010017"); // born 2030
+    v["difficulty_items"] = json!(
+        (0..51)
+            .map(|_| json!({"difficulty_type": "medical", "difficulty_severity": "mild"}))
+            .collect::<Vec<_>>()
+    );
+    let all = problems(&f, &v);
+    let has = |path: &str, code: &str| all.iter().any(|p| p.path == path && p.code == code);
+    for (path, code) in [
+        ("village_code_year", "type_mismatch"),
+        ("colour", "unknown_field"),
+        ("risk_level", "choice_unknown"),
+        ("suggested_programmes", "choice_duplicate"),
+        ("next_visit_due", "date_out_of_range"),
+        ("location", "geopoint_range"),
+        ("investigator_1_signature", "attachment_reference"),
+        ("explanation", "text_too_long"),
+        ("hukou_region_code", "region_code_syntax"),
+        ("members[1].id_number", "resident_id_birth_date"),
+        ("difficulty_items", "repeat_too_many"),
+    ] {
+        assert!(
+            has(path, code),
+            "{path} {code} missing: {:?}",
+            all.iter().map(|p| (&p.path, &p.code)).collect::<Vec<_>>()
+        );
+    }
+    // A code list the device has not received yet is a warning, not a block.
+    let a = obj(application_survey());
+    let none = CodeLists::default();
+    let without_lists = Evaluation::new(&f, &a, &none, now()).validate();
+    let unavailable: Vec<_> = without_lists
+        .iter()
+        .filter(|p| p.code == "code_list_unavailable")
+        .collect();
+    assert!(
+        unavailable
+            .iter()
+            .any(|p| p.path == "members[0].relationship")
+    );
+    assert!(unavailable.iter().all(|p| !p.blocks_completion()));
+    // ...but the exactly-one-head rule still holds without the list.
+    assert!(
+        !without_lists.iter().any(|p| p.blocks_completion()),
+        "{without_lists:?}"
+    );
+}
+
+#[test]
+fn messages_never_contain_the_answers() {
+    let f = form();
+    let mut v = application_survey();
+    v["members"][0]["id_number"] = json!("11010519491231002Y");
+    v["members"][0]["name"] = json!("吉克3号");
+    v["household_phone"] = json!("99999");
+    for p in problems(&f, &v) {
+        for secret in ["11010519491231002Y", "吉克3号", "99999"] {
+            assert!(
+                !p.message_zh.contains(secret)
+                    && !p.message_en.contains(secret)
+                    && !p.path.contains(secret)
+            );
+        }
+    }
+}
