@@ -741,21 +741,22 @@ impl Collector {
             completed_at: None,
             signed_at: None,
         };
-        self.write(|tx| {
-            insert_visit(tx, &visit)?;
-            self.log(
-                tx,
-                &visit.created_at,
-                Change {
-                    entity: "visit",
-                    entity_id: &visit.id,
-                    op: "create",
-                    field: Some(&visit.visit_type),
-                    value: None,
-                },
-            )
-        })?;
+        self.store_new_visit(&visit, "create", Some(&visit.visit_type))?;
         Ok(visit)
+    }
+
+    fn store_new_visit(&self, visit: &Visit, op: &'static str, field: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            insert_visit(tx, visit)?;
+            let change = Change {
+                entity: "visit",
+                entity_id: &visit.id,
+                op,
+                field,
+                value: None,
+            };
+            self.log(tx, &visit.created_at, change)
+        })
     }
 
     /// Starts a correction of a completed or signed visit: a new draft that names the visit it
@@ -783,20 +784,7 @@ impl Collector {
             void_reason: None,
             ..old
         };
-        self.write(|tx| {
-            insert_visit(tx, &visit)?;
-            self.log(
-                tx,
-                &visit.created_at,
-                Change {
-                    entity: "visit",
-                    entity_id: &visit.id,
-                    op: "revise",
-                    field: visit.revision_of.as_deref(),
-                    value: None,
-                },
-            )
-        })?;
+        self.store_new_visit(&visit, "revise", visit.revision_of.as_deref())?;
         Ok(visit)
     }
 

@@ -523,3 +523,18 @@ fn messages_never_contain_the_answers() {
         }
     }
 }
+
+#[test]
+fn answers_in_the_wrong_scope_are_flagged() {
+    let f = form();
+    let mut v = routine();
+    v["id_number"] = json!("11010519491231002X"); // a member field at the top level
+    v["members"] = json!([{"visit_type": "routine"}]); // a top-level field inside a member
+    let all = problems(&f, &v);
+    let flagged: Vec<_> = all
+        .iter()
+        .filter(|p| p.code == "unknown_field")
+        .map(|p| p.path.as_str())
+        .collect();
+    assert_eq!(flagged, vec!["id_number", "members[0].visit_type"]);
+}

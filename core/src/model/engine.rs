@@ -673,57 +673,52 @@ impl<'a> Evaluation<'a> {
             ItemRef::Group(_) => {}
         };
         self.walk(&form.items, &mut Vec::new(), &mut visit);
-        self.check_unknown_keys(&form.items, self.answers, "", &mut problems);
+        self.check_unknown_keys(self.answers, &[], "", &mut problems);
         problems
     }
 
+    /// Answers the form has no place for (an unknown name, or a name used in the wrong
+    /// repeat) are reported as warnings; a repeat that is not a list of objects is an error.
     fn check_unknown_keys(
         &self,
-        items: &[ItemRef],
         scope: &Map<String, Json>,
+        chain: &[usize],
         prefix: &str,
         out: &mut Vec<Problem>,
     ) {
         for (key, value) in scope {
+            let path = format!("{prefix}{key}");
             match self.form.lookup(key) {
-                Some(ItemRef::Field(_)) => {}
-                Some(ItemRef::Repeat(r)) => {
-                    let Some(rep) = self.form.repeats.get(r) else {
+                Some(ItemRef::Field(f))
+                    if self.form.fields.get(f).is_some_and(|f| f.chain == chain) => {}
+                Some(ItemRef::Repeat(r))
+                    if self
+                        .form
+                        .repeats
+                        .get(r)
+                        .is_some_and(|rep| rep.chain == chain) =>
+                {
+                    let Some(list) = value.as_array() else {
+                        out.push(problem(path, "type_mismatch", Severity::Error));
                         continue;
                     };
-                    match value.as_array() {
-                        Some(list) => {
-                            for (i, inst) in list.iter().enumerate() {
-                                match inst.as_object() {
-                                    Some(obj) => self.check_unknown_keys(
-                                        &rep.items,
-                                        obj,
-                                        &format!("{prefix}{key}[{i}]."),
-                                        out,
-                                    ),
-                                    None => out.push(problem(
-                                        format!("{prefix}{key}[{i}]"),
-                                        "type_mismatch",
-                                        Severity::Error,
-                                    )),
-                                }
+                    let inner: Vec<usize> = chain.iter().copied().chain([r]).collect();
+                    for (i, instance) in list.iter().enumerate() {
+                        match instance.as_object() {
+                            Some(obj) => {
+                                self.check_unknown_keys(obj, &inner, &format!("{path}[{i}]."), out)
                             }
+                            None => out.push(problem(
+                                format!("{path}[{i}]"),
+                                "type_mismatch",
+                                Severity::Error,
+                            )),
                         }
-                        None => out.push(problem(
-                            format!("{prefix}{key}"),
-                            "type_mismatch",
-                            Severity::Error,
-                        )),
                     }
                 }
-                _ => out.push(problem(
-                    format!("{prefix}{key}"),
-                    "unknown_field",
-                    Severity::Warning,
-                )),
+                _ => out.push(problem(path, "unknown_field", Severity::Warning)),
             }
         }
-        let _ = items;
     }
 
     fn check_repeat(&self, r: usize, ctx: &[usize], out: &mut Vec<Problem>) {

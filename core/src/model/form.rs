@@ -635,9 +635,7 @@ impl Form {
                     let is_select =
                         matches!(kind, FieldKind::SelectOne | FieldKind::SelectMultiple);
                     match (&p.def.choices, &p.def.code_list, is_select) {
-                        (Some(list), None, true)
-                            if !form.definition_has_list(&definition, list) =>
-                        {
+                        (Some(list), None, true) if !definition.choice_lists.contains_key(list) => {
                             problem(
                                 &p.path,
                                 "form_unknown_choices",
@@ -726,10 +724,6 @@ impl Form {
         } else {
             Err(FormLoadError { problems })
         }
-    }
-
-    fn definition_has_list(&self, def: &FormDefinition, list: &str) -> bool {
-        def.choice_lists.contains_key(list)
     }
 
     pub fn id(&self) -> &str {

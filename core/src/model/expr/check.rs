@@ -246,11 +246,11 @@ impl Checker<'_> {
     ) -> Result<(Node, Type), ExprError> {
         let (mut na, ta) = self.check(a, ctx)?;
         let (mut nb, tb) = self.check(b, ctx)?;
-        let (ba, bb) = (Box::new(na.clone()), Box::new(nb.clone()));
         match op {
             BinOp::And | BinOp::Or => {
                 self.expect(ta, Type::Bool, "operand of 'and'/'or'")?;
                 self.expect(tb, Type::Bool, "operand of 'and'/'or'")?;
+                let (ba, bb) = (Box::new(na), Box::new(nb));
                 let node = if op == BinOp::And {
                     Node::And(ba, bb)
                 } else {
@@ -261,7 +261,7 @@ impl Checker<'_> {
             BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Mod => {
                 self.expect(ta, Type::Number, "operand of arithmetic")?;
                 self.expect(tb, Type::Number, "operand of arithmetic")?;
-                Ok((Node::Arith(op, ba, bb), Type::Number))
+                Ok((Node::Arith(op, Box::new(na), Box::new(nb)), Type::Number))
             }
             BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
                 let equality = matches!(op, BinOp::Eq | BinOp::Ne);

@@ -7,7 +7,7 @@
 use super::ExprError;
 
 pub const MAX_EXPRESSION_LEN: usize = 4096;
-pub const MAX_DEPTH: usize = 48;
+pub const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ast {
@@ -212,6 +212,9 @@ impl Parser {
             ));
         }
         let mut lhs = self.unary(depth)?;
+        // Each operator of a chain deepens the (left-leaning) tree by one: count it, so that
+        // `1+1+…+1` is bounded like `((…))` and no later recursion can exhaust a small stack.
+        let mut depth = depth;
         while let Some(Token::Op(op)) = self.peek() {
             let op = *op;
             let prec = op.precedence();
@@ -219,8 +222,15 @@ impl Parser {
                 break;
             }
             self.bump();
+            depth += 1;
+            if depth > MAX_DEPTH {
+                return Err(ExprError::new(
+                    "expr_too_deep",
+                    format!("expression nested deeper than {MAX_DEPTH} levels"),
+                ));
+            }
             // All operators are left-associative.
-            let rhs = self.expr(prec + 1, depth + 1)?;
+            let rhs = self.expr(prec + 1, depth)?;
             lhs = Ast::Binary(op, Box::new(lhs), Box::new(rhs));
         }
         Ok(lhs)
@@ -399,5 +409,13 @@ mod tests {
         assert_eq!(parse(&negs).unwrap_err().code, "expr_too_deep");
         let long = "1+".repeat(3000) + "1";
         assert_eq!(parse(&long).unwrap_err().code, "expr_too_long");
+        let chain = "1+".repeat(1500) + "1";
+        assert_eq!(parse(&chain).unwrap_err().code, "expr_too_deep");
+        // A realistic long condition is fine.
+        let alternatives = (0..40)
+            .map(|i| format!("${{t}} = '{i}'"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        assert!(parse(&alternatives).is_ok());
     }
 }
