@@ -73,8 +73,42 @@ fn bad_files_and_keys_are_typed_errors() {
     let keyed = StoreOptions {
         encryption_key: Some("k".into()),
     };
-    let err = Collector::open(&dir.path().join("k.db"), &keyed).unwrap_err();
-    assert_eq!(err.code(), "encryption_unavailable");
+    let path = dir.path().join("k.db");
+    #[cfg(not(feature = "sqlcipher"))]
+    {
+        // Without an encryption build a key is refused, never silently ignored.
+        assert_eq!(
+            Collector::open(&path, &keyed).unwrap_err().code(),
+            "encryption_unavailable"
+        );
+        assert!(!path.exists());
+    }
+    #[cfg(feature = "sqlcipher")]
+    {
+        let c = Collector::open(&path, &keyed).unwrap();
+        c.sign_in("coordinator-1").unwrap();
+        drop(c);
+        let wrong = StoreOptions {
+            encryption_key: Some("not-k".into()),
+        };
+        assert_eq!(
+            Collector::open(&path, &wrong).unwrap_err().code(),
+            "wrong_key_or_not_a_store"
+        );
+        assert_eq!(
+            Collector::open(&path, &StoreOptions::default())
+                .unwrap_err()
+                .code(),
+            "wrong_key_or_not_a_store"
+        );
+        assert_eq!(
+            Collector::open(&path, &keyed)
+                .unwrap()
+                .current_user()
+                .as_deref(),
+            Some("coordinator-1")
+        );
+    }
 }
 
 #[test]

@@ -57,6 +57,10 @@ fn configure(conn: &Connection) -> Result<()> {
 }
 
 pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Connections> {
+    // Refuse a key this build cannot use before the file is created.
+    if options.encryption_key.is_some() && !cfg!(feature = "sqlcipher") {
+        return Err(Error::EncryptionUnavailable);
+    }
     let mut writer = Connection::open(path)?;
     apply_key(&writer, options.encryption_key.as_deref())?;
     // The first read of the file is where a wrong key or a foreign file shows.
