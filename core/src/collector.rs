@@ -1009,15 +1009,7 @@ impl Collector {
     }
 
     pub fn visit(&self, id: &str) -> Result<Visit> {
-        let conn = self.db.reader.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, household_id, form_id, form_version, visit_type, status, answers, author, revision_of, void_reason,
-                    created_at, updated_at, completed_at, signed_at FROM visits WHERE id = ?1",
-        )?;
-
-        stmt.query_row([id], visit_row)
-            .optional()?
-            .ok_or_else(|| not_found("visit", id))?
+        load_visit(&self.db.reader.lock(), id)
     }
 
     /// Every problem of a visit's answers, as the form and the domain rules see them now.
@@ -1055,54 +1047,46 @@ impl Collector {
     /// transaction.
     pub fn complete_visit(&self, visit_id: &str) -> Result<Visit> {
         self.require_user()?;
-        let mut visit = self.visit(visit_id)?;
-        if visit.status != VisitStatus::Draft {
-            return Err(Error::VisitWrongStatus {
-                id: visit.id,
-                status: visit.status.as_str(),
-                action: "completed",
-            });
-        }
-        let form = self.form(&visit.form_id, visit.form_version)?;
-        let now = self.now();
-        if visit.answers.get("ended_at").is_none_or(|v| v.is_null()) {
-            let _ = engine::set_answer(
-                &form,
-                &mut visit.answers,
-                "ended_at",
-                Json::from(timestamp(now)),
-            );
-        }
-        let lists = self.code_lists();
-        let ev = Evaluation::new(&form, &visit.answers, &lists, now);
-        let problems = ev.validate();
-        if problems.iter().any(Problem::blocks_completion) {
-            return Err(Error::VisitHasProblems { problems });
-        }
-        let completed = ev.value_by_name("completed").is_true();
-        let mut answers = ev.materialize(true);
-        let at = timestamp(now);
-        let b = record_bindings(&form);
-        self.write(|tx| {
-            let status: String = tx.query_row("SELECT status FROM visits WHERE id = ?1", [visit_id], |r| r.get(0))?;
-            if status != "draft" {
-                return Err(Error::VisitNotEditable { id: visit_id.to_owned(), status: VisitStatus::parse(&status).map_or("void", VisitStatus::as_str) });
+        // Read, check and write under the writer lock: an autosave racing with completion is
+        // either in the completed visit or refused as "not editable", never lost.
+        let visit = self.write(|tx| {
+            let mut visit = load_visit(tx, visit_id)?;
+            if visit.status != VisitStatus::Draft {
+                return Err(Error::VisitWrongStatus { id: visit.id, status: visit.status.as_str(), action: "completed" });
             }
+            let form = self.form(&visit.form_id, visit.form_version)?;
+            let now = self.now();
+            if visit.answers.get("ended_at").is_none_or(Json::is_null) {
+                let _ = engine::set_answer(&form, &mut visit.answers, "ended_at", Json::from(timestamp(now)));
+            }
+            let lists = self.code_lists();
+            let ev = Evaluation::new(&form, &visit.answers, &lists, now);
+            let problems = ev.validate();
+            if problems.iter().any(Problem::blocks_completion) {
+                return Err(Error::VisitHasProblems { problems });
+            }
+            let completed = ev.value_by_name("completed").is_true();
+            let mut answers = ev.materialize(true);
+            let at = timestamp(now);
             if completed {
-                visit.household_id = Some(self.apply_to_household(tx, &form, &b, visit.household_id.as_deref(), &mut answers, &at)?);
+                let b = record_bindings(&form);
+                let household = self.apply_to_household(tx, &form, &b, visit.household_id.as_deref(), &mut answers, &at)?;
+                visit.household_id = Some(household);
             }
             tx.execute(
-                "UPDATE visits SET status = 'completed', answers = ?2, household_id = ?3, completed_at = ?4, updated_at = ?4 WHERE id = ?1",
+                "UPDATE visits SET status = 'completed', answers = ?2, household_id = ?3, completed_at = ?4, updated_at = ?4
+                 WHERE id = ?1",
                 params![visit_id, Json::Object(answers.clone()).to_string(), visit.household_id, at],
             )?;
-            self.log(tx, &at, Change { entity: "visit", entity_id: visit_id, op: "complete", field: None, value: None })
+            self.log(tx, &at, Change { entity: "visit", entity_id: visit_id, op: "complete", field: None, value: None })?;
+            visit.answers = answers;
+            visit.status = VisitStatus::Completed;
+            visit.completed_at = Some(at.clone());
+            visit.updated_at = at;
+            Ok(visit)
         })?;
         // Ids only: answers are personal data and never reach a log.
         tracing::debug!(visit = %visit.id, household = ?visit.household_id, "visit completed");
-        visit.answers = answers;
-        visit.status = VisitStatus::Completed;
-        visit.completed_at = Some(at.clone());
-        visit.updated_at = at;
         Ok(visit)
     }
 
@@ -1503,6 +1487,16 @@ fn insert_visit(tx: &Transaction<'_>, v: &Visit) -> Result<()> {
         v.updated_at
     ])?;
     Ok(())
+}
+
+fn load_visit(conn: &rusqlite::Connection, id: &str) -> Result<Visit> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, household_id, form_id, form_version, visit_type, status, answers, author, revision_of, void_reason,
+                created_at, updated_at, completed_at, signed_at FROM visits WHERE id = ?1",
+    )?;
+    stmt.query_row([id], visit_row)
+        .optional()?
+        .ok_or_else(|| not_found("visit", id))?
 }
 
 fn visit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Visit>> {

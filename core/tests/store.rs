@@ -565,3 +565,49 @@ fn attachments_are_recorded_with_the_answer_that_references_them() {
     assert_eq!(c.attachments_of_visit(&v.id).unwrap().len(), 1);
     assert_eq!(changes(&c), log, "refused attachments leave no trace");
 }
+
+#[test]
+fn an_autosave_racing_with_completion_is_never_lost() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Collector>();
+    let dir = tempfile::tempdir().unwrap();
+    let c = std::sync::Arc::new(open(&dir));
+    let v = c.start_visit(None, "routine").unwrap();
+    c.set_answers(
+        &v.id,
+        &obj(json!({
+            "trigger_source": "schedule", "village_code": "513431104201", "outcome": "completed",
+            "interviewee_name": "吉克阿呷", "location_missing_reason": "no_signal", "urban_rural": "rural",
+            "basic_living_difficulty": "no", "risk_level": "low", "recommendation": "monitor", "emergency": "no",
+            "next_visit_due": "2027-03-01", "investigator_1_name": "马海木呷", "consent_privacy": "yes"
+        })),
+    )
+    .unwrap();
+    let writer = {
+        let (c, id) = (c.clone(), v.id.clone());
+        std::thread::spawn(move || {
+            let mut last = None;
+            for i in 0.. {
+                match c.set_answer(&id, "address", json!(format!("{i}号"))) {
+                    Ok(()) => last = Some(i),
+                    Err(e) => {
+                        assert_eq!(e.code(), "visit_not_editable");
+                        return last;
+                    }
+                }
+            }
+            last
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let done = c.complete_visit(&v.id).unwrap();
+    let last = writer
+        .join()
+        .unwrap()
+        .expect("some autosaves landed before completion");
+    assert_eq!(done.answers["address"], json!(format!("{last}号")));
+    assert_eq!(
+        c.visit(&v.id).unwrap().answers["address"],
+        json!(format!("{last}号"))
+    );
+}
