@@ -10,6 +10,7 @@ pub mod error;
 pub mod model;
 pub mod records;
 pub mod store;
+pub mod sync;
 
 pub use collector::{Collector, FieldState};
 pub use error::{Error, Result};

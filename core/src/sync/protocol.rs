@@ -1,0 +1,435 @@
+//! The sync protocol's messages, shared by the device and the server so both sides always
+//! agree on the wire format. Bodies are JSON compressed with zstd; every message carries the
+//! protocol version. `docs/protocol.md` describes the exchanges.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+use crate::model::code_list::CodeList;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest decompressed message either side accepts (a defence against zip bombs).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Coordinator,
+    TownshipStaff,
+    CountyReviewer,
+    Administrator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Coordinator => "coordinator",
+            Self::TownshipStaff => "township_staff",
+            Self::CountyReviewer => "county_reviewer",
+            Self::Administrator => "administrator",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "coordinator" => Self::Coordinator,
+            "township_staff" => Self::TownshipStaff,
+            "county_reviewer" => Self::CountyReviewer,
+            "administrator" => Self::Administrator,
+            _ => return None,
+        })
+    }
+    /// Who may resolve conflicts from the review screen (devices resolve through a push).
+    pub fn can_review(self) -> bool {
+        !matches!(self, Self::Coordinator)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub id: String,
+    pub role: Role,
+    /// Region-code prefixes the user may read and write (e.g. a village's 12 digits).
+    pub areas: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub protocol: u32,
+    pub enrollment_token: String,
+    pub device_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub protocol: u32,
+    pub device_id: String,
+    /// Shown once; the server keeps only its hash.
+    pub device_token: String,
+    pub token_expires_at: String,
+    pub user: UserInfo,
+    pub server_time: String,
+}
+
+/// The record kinds that are edited field by field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    Household,
+    Member,
+}
+
+impl Entity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Household => "household",
+            Self::Member => "member",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "household" => Some(Self::Household),
+            "member" => Some(Self::Member),
+            _ => None,
+        }
+    }
+}
+
+/// A completed visit as it travels: immutable once submitted, idempotent by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisitRecord {
+    pub id: String,
+    pub household_id: Option<String>,
+    pub village_code: String,
+    pub form_id: String,
+    pub form_version: u32,
+    pub visit_type: String,
+    pub status: String,
+    pub answers: Map<String, Json>,
+    pub author: String,
+    pub revision_of: Option<String>,
+    pub void_reason: Option<String>,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+    pub signed_at: Option<String>,
+}
+
+/// One change of a device's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Numbered per device, never reused: the server deduplicates on (device, seq).
+    pub seq: u64,
+    /// Hybrid logical clock of the device when the change was made.
+    pub hlc: String,
+    /// The device's wall clock then (UTC), for display; ordering uses server sequence numbers.
+    pub device_time: String,
+    #[serde(flatten)]
+    pub op: ChangeOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ChangeOp {
+    CreateHousehold {
+        id: String,
+        village_code: String,
+        fields: Map<String, Json>,
+    },
+    CreateMember {
+        id: String,
+        household_id: String,
+        fields: Map<String, Json>,
+    },
+    /// One field of one record. `base` is the server version of the field the editor last saw
+    /// (0: never seen). `resolves` names the conflict this edit settles.
+    SetField {
+        entity: Entity,
+        id: String,
+        field: String,
+        value: Json,
+        base: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resolves: Option<String>,
+        /// The device's own earlier change of this field still waiting for its acknowledgement:
+        /// its result is not a competing value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
+    SubmitVisit {
+        visit: Box<VisitRecord>,
+    },
+    SetVisitStatus {
+        id: String,
+        status: String,
+        reason: Option<String>,
+        at: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub protocol: u32,
+    /// The device's clock when sending, to measure its offset from the server.
+    pub device_time: String,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Applied as sent.
+    Applied,
+    /// Someone else had already set the same value: nothing to do, no conflict.
+    Unchanged,
+    /// Another value landed since the base: both are kept, a person decides.
+    Conflict,
+    /// Refused (out of area, invalid, not allowed); the device keeps and lists it.
+    Rejected,
+}
+
+/// The server's answer to one change, named by its device sequence number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub seq: u64,
+    pub outcome: Outcome,
+    /// Server sequence number of the accepted change (the field's version afterwards).
+    pub version: Option<u64>,
+    /// The field's server value afterwards (the provisional value in a conflict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Json>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ConflictInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushResponse {
+    pub protocol: u32,
+    pub server_time: String,
+    pub acks: Vec<Ack>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub protocol: u32,
+    /// Last server sequence number applied, per assigned area (region-code prefix).
+    pub cursors: BTreeMap<String, u64>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullResponse {
+    pub protocol: u32,
+    pub server_time: String,
+    pub entries: Vec<FeedEntry>,
+    pub cursors: BTreeMap<String, u64>,
+    pub more: bool,
+    /// Per village in scope, once the device is up to date (`more == false`): the checksum of
+    /// the server's field state, to detect divergence and repair only that village.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldValue {
+    pub value: Json,
+    pub version: u64,
+}
+
+/// The full server state of one household or member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordState {
+    pub entity: Entity,
+    pub id: String,
+    pub household_id: Option<String>,
+    pub village_code: String,
+    pub fields: BTreeMap<String, FieldValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    pub seq: u64,
+    pub village_code: String,
+    #[serde(flatten)]
+    pub item: FeedItem,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FeedItem {
+    Record {
+        record: RecordState,
+    },
+    Field {
+        entity: Entity,
+        id: String,
+        field: String,
+        value: Json,
+        version: u64,
+    },
+    Conflict {
+        conflict: ConflictInfo,
+    },
+    Visit {
+        visit: Box<VisitRecord>,
+    },
+    VisitStatus {
+        id: String,
+        status: String,
+        reason: Option<String>,
+        at: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompetingValue {
+    pub value: Json,
+    pub user: String,
+    pub device: String,
+    /// When the server received it.
+    pub received_at: String,
+    /// The editing device's clock at the edit.
+    pub device_time: String,
+    pub seq: u64,
+    /// The device's clock was far from the server's when it sent this.
+    pub clock_skewed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictStatus {
+    Open,
+    Resolved,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictInfo {
+    pub id: String,
+    pub entity: Entity,
+    pub entity_id: String,
+    pub household_id: String,
+    pub village_code: String,
+    pub field: String,
+    /// Every competing value, in server receive order.
+    pub values: Vec<CompetingValue>,
+    /// What the record shows until a person decides: the last value received.
+    pub provisional: Json,
+    pub status: ConflictStatus,
+    pub resolution: Option<Json>,
+    pub resolved_by: Option<String>,
+    /// A resolving edit must have seen this version (its base covers every competing value).
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub protocol: u32,
+    pub village_code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotResponse {
+    pub protocol: u32,
+    pub server_time: String,
+    pub records: Vec<RecordState>,
+    pub conflicts: Vec<ConflictInfo>,
+    pub checksum: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogRequest {
+    pub protocol: u32,
+    /// Form versions the device has.
+    pub forms: Vec<(String, u32)>,
+    /// Code-list versions the device has.
+    pub code_lists: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogResponse {
+    pub protocol: u32,
+    pub server_time: String,
+    /// Form definitions (JSON documents) the device does not have yet.
+    pub forms: Vec<Json>,
+    pub code_lists: Vec<CodeList>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictsResponse {
+    pub protocol: u32,
+    pub conflicts: Vec<ConflictInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolveRequest {
+    pub protocol: u32,
+    pub value: Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// The body of every non-2xx response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub protocol: u32,
+    pub error: ErrorDetail,
+}
+
+/// Compresses a message body.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, std::io::Error> {
+    let json = serde_json::to_vec(message)?;
+    zstd::bulk::compress(&json, 3)
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// The JSON of a body: zstd frames are decompressed (bounded); anything else is taken as plain
+/// JSON, so error bodies stay readable with any HTTP tool.
+fn json_bytes(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
+    if body.starts_with(&ZSTD_MAGIC) {
+        zstd::bulk::decompress(body, MAX_MESSAGE_BYTES)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|_| DecodeError::Compression)
+    } else if body.len() > MAX_MESSAGE_BYTES {
+        Err(DecodeError::Compression)
+    } else {
+        Ok(std::borrow::Cow::Borrowed(body))
+    }
+}
+
+/// Decompresses (bounded) and parses a message body.
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, DecodeError> {
+    let json = json_bytes(body)?;
+    serde_json::from_slice(&json).map_err(|e| DecodeError::Json(e.to_string()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the body is not valid zstd, or too large once decompressed")]
+    Compression,
+    #[error("the body is not a valid message: {0}")]
+    Json(String),
+}
+
+/// Reads the `protocol` field before anything else, so an old or future client gets a clear
+/// "unsupported protocol" error rather than a parse error.
+pub fn protocol_of(body: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct Probe {
+        protocol: u32,
+    }
+    let json = json_bytes(body).ok()?;
+    serde_json::from_slice::<Probe>(&json)
+        .ok()
+        .map(|p| p.protocol)
+}

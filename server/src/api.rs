@@ -1,0 +1,275 @@
+//! The HTTP API (axum). Handlers authenticate, check the protocol version, run the storage
+//! call on the blocking pool, and answer zstd-compressed JSON. Errors are JSON with a stable
+//! code. Logs carry routes, device ids, counts and timings — never personal data.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zoufang_core::sync::protocol::{
+    self, CatalogRequest, CatalogResponse, ConflictsResponse, EnrollRequest, EnrollResponse,
+    ErrorBody, ErrorDetail, PROTOCOL_VERSION, PullRequest, PushRequest, PushResponse,
+    ResolveRequest, SnapshotRequest,
+};
+
+use crate::storage::{DeviceAuth, ServerError, Storage};
+
+/// Largest request body accepted, compressed.
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Most changes in one push.
+pub const MAX_PUSH_CHANGES: usize = 5000;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<dyn Storage>,
+    pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppState")
+    }
+}
+
+impl AppState {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self {
+            storage,
+            clock: Arc::new(Utc::now),
+        }
+    }
+}
+
+struct ApiError(ServerError);
+
+impl From<ServerError> for ApiError {
+    fn from(e: ServerError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = self.0.code(), "request failed: {}", self.0);
+        }
+        let body = ErrorBody {
+            protocol: PROTOCOL_VERSION,
+            error: ErrorDetail {
+                code: self.0.code().to_owned(),
+                message: self.0.to_string(),
+            },
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            json,
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn message<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServerError> {
+    match protocol::protocol_of(body) {
+        Some(PROTOCOL_VERSION) => {}
+        Some(got) => {
+            return Err(ServerError::Protocol {
+                got,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        None => {
+            return Err(ServerError::bad(
+                "bad_message",
+                "the body is not a Zoufang message with a protocol version",
+            ));
+        }
+    }
+    protocol::decode(body).map_err(|e| ServerError::bad("bad_message", e.to_string()))
+}
+
+fn reply<T: Serialize>(value: &T) -> ApiResult {
+    let body = protocol::encode(value).map_err(|e| ServerError::Storage(e.to_string()))?;
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CONTENT_ENCODING, HeaderValue::from_static("zstd")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ServerError::Storage("a storage task failed".into()))?
+}
+
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<DeviceAuth, ServerError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ServerError::Unauthorized("missing bearer token"))?
+        .to_owned();
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    blocking(move || storage.authenticate(&token, now)).await
+}
+
+async fn enroll(State(state): State<AppState>, body: Bytes) -> ApiResult {
+    let req: EnrollRequest = message(&body)?;
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let enrolled =
+        blocking(move || storage.enroll(&req.enrollment_token, &req.device_name, now)).await?;
+    tracing::info!(device = %enrolled.device_id, user = %enrolled.user.id, "device enrolled");
+    reply(&EnrollResponse {
+        protocol: PROTOCOL_VERSION,
+        device_id: enrolled.device_id,
+        device_token: enrolled.device_token,
+        token_expires_at: enrolled.token_expires_at,
+        user: enrolled.user,
+        server_time: now.to_rfc3339(),
+    })
+}
+
+async fn catalog(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    authenticate(&state, &headers).await?;
+    let req: CatalogRequest = message(&body)?;
+    let storage = state.storage.clone();
+    let (forms, code_lists) = blocking(move || storage.catalog(&req)).await?;
+    reply(&CatalogResponse {
+        protocol: PROTOCOL_VERSION,
+        server_time: (state.clock)().to_rfc3339(),
+        forms,
+        code_lists,
+    })
+}
+
+async fn push(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let started = Instant::now();
+    let auth = authenticate(&state, &headers).await?;
+    let req: PushRequest = message(&body)?;
+    if req.changes.len() > MAX_PUSH_CHANGES {
+        return Err(ServerError::bad(
+            "too_many_changes",
+            format!("at most {MAX_PUSH_CHANGES} changes per push"),
+        )
+        .into());
+    }
+    let device_now = DateTime::parse_from_rfc3339(&req.device_time)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ServerError::bad("bad_message", "device_time is not an RFC 3339 instant"))?;
+    let now = (state.clock)();
+    let storage = state.storage.clone();
+    let device = auth.device_id.clone();
+    let count = req.changes.len();
+    let acks = blocking(move || storage.push(&auth, &req.changes, device_now, now)).await?;
+    tracing::info!(device = %device, changes = count, bytes = body.len(), ms = started.elapsed().as_millis() as u64, "push");
+    reply(&PushResponse {
+        protocol: PROTOCOL_VERSION,
+        server_time: now.to_rfc3339(),
+        acks,
+    })
+}
+
+async fn pull(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let started = Instant::now();
+    let auth = authenticate(&state, &headers).await?;
+    let req: PullRequest = message(&body)?;
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let device = auth.device_id.clone();
+    let response = blocking(move || storage.pull(&auth, &req, now)).await?;
+    tracing::info!(device = %device, entries = response.entries.len(), more = response.more, ms = started.elapsed().as_millis() as u64, "pull");
+    reply(&response)
+}
+
+async fn snapshot(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let auth = authenticate(&state, &headers).await?;
+    let req: SnapshotRequest = message(&body)?;
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let device = auth.device_id.clone();
+    let response = blocking(move || storage.snapshot(&auth, &req.village_code, now)).await?;
+    tracing::info!(device = %device, records = response.records.len(), "snapshot");
+    reply(&response)
+}
+
+async fn conflicts(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    let auth = authenticate(&state, &headers).await?;
+    let storage = state.storage.clone();
+    let conflicts = blocking(move || storage.conflicts(&auth)).await?;
+    reply(&ConflictsResponse {
+        protocol: PROTOCOL_VERSION,
+        conflicts,
+    })
+}
+
+async fn resolve(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let auth = authenticate(&state, &headers).await?;
+    let req: ResolveRequest = message(&body)?;
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let user = auth.user.id.clone();
+    let resolved = blocking(move || storage.resolve_conflict(&auth, &id, &req.value, now)).await?;
+    tracing::info!(conflict = %resolved.id, reviewer = %user, "conflict resolved by a reviewer");
+    reply(&resolved)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/catalog", post(catalog))
+        .route("/v1/push", post(push))
+        .route("/v1/pull", post(pull))
+        .route("/v1/snapshot", post(snapshot))
+        .route("/v1/conflicts", get(conflicts))
+        .route("/v1/conflicts/{id}/resolve", post(resolve))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes. Returns the bound address through `bound` first.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(address = ?addr, "zoufang server listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,1568 @@
+//! The embedded storage: one SQLite file in the data directory, zero set-up. One writer
+//! connection (SQLite has one writer anyway) and one reader for pulls, each behind a lock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use parking_lot::Mutex;
+use rand::RngCore;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite_migration::{M, Migrations};
+use serde_json::{Map, Value as Json};
+use sha2::{Digest, Sha256};
+use zoufang_core::model::code_list::CodeList;
+use zoufang_core::model::domain::check_region_code;
+use zoufang_core::model::form::Form;
+use zoufang_core::sync::checksum::field_hash;
+use zoufang_core::sync::protocol::{
+    Ack, CatalogRequest, Change, ChangeOp, CompetingValue, ConflictInfo, ConflictStatus, Entity,
+    FeedEntry, FeedItem, FieldValue, Outcome, PROTOCOL_VERSION, PullRequest, PullResponse,
+    RecordState, Role, SnapshotResponse, UserInfo, VisitRecord,
+};
+
+use crate::merge::{Decision, Edit, FieldNow, decide};
+use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, Result, ServerError, Stats, Storage};
+
+/// How long a device token lives before the device must enrol again.
+pub const DEVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(180 * 24 * 3600);
+/// A device clock further than this from the server's is flagged on its edits.
+pub const CLOCK_SKEW_LIMIT: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// Most feed entries in one pull response.
+pub const MAX_PULL_LIMIT: u32 = 5000;
+/// Largest value of one field accepted.
+const MAX_FIELD_BYTES: usize = 16 * 1024;
+
+const SCHEMA: &str = r#"
+CREATE TABLE users (
+    id         TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    areas      TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE enrollment_tokens (
+    token_hash TEXT PRIMARY KEY,
+    user_id    TEXT NOT NULL REFERENCES users (id),
+    expires_at TEXT NOT NULL,
+    used_at    TEXT
+);
+CREATE TABLE devices (
+    id               TEXT PRIMARY KEY,
+    user_id          TEXT NOT NULL REFERENCES users (id),
+    name             TEXT NOT NULL,
+    token_hash       TEXT NOT NULL UNIQUE,
+    token_expires_at TEXT NOT NULL,
+    enrolled_at      TEXT NOT NULL,
+    revoked_at       TEXT,
+    last_seen_at     TEXT,
+    clock_offset_ms  INTEGER
+);
+-- Households and members, and each field with the server sequence number that set it.
+CREATE TABLE records (
+    entity       TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    household_id TEXT,
+    village_code TEXT NOT NULL,
+    created_seq  INTEGER NOT NULL,
+    PRIMARY KEY (entity, id)
+) WITHOUT ROWID;
+CREATE INDEX records_by_village ON records (village_code);
+CREATE TABLE fields (
+    entity        TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    field         TEXT NOT NULL,
+    value         TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    writer_device TEXT NOT NULL,
+    writer_seq    INTEGER NOT NULL,
+    writer_user   TEXT NOT NULL,
+    received_at   TEXT NOT NULL,
+    device_time   TEXT NOT NULL,
+    skewed        INTEGER NOT NULL,
+    conflict_id   TEXT,
+    PRIMARY KEY (entity, id, field)
+) WITHOUT ROWID;
+CREATE TABLE conflicts (
+    id           TEXT PRIMARY KEY,
+    village_code TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    info         TEXT NOT NULL
+);
+CREATE INDEX conflicts_open ON conflicts (village_code) WHERE status = 'open';
+CREATE TABLE visits (
+    id           TEXT PRIMARY KEY,
+    village_code TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    body         TEXT NOT NULL
+);
+-- Everything devices pull, in server receive order. `seq` is the server sequence number.
+CREATE TABLE feed (
+    seq           INTEGER PRIMARY KEY,
+    village_code  TEXT NOT NULL,
+    origin_device TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    payload       TEXT NOT NULL
+);
+CREATE INDEX feed_by_village ON feed (village_code, seq);
+-- Idempotency: the answer given to each (device, change), returned again on a re-push.
+CREATE TABLE device_changes (
+    device_id TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    ack       TEXT NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE checksums (
+    village_code TEXT PRIMARY KEY,
+    sum          INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE forms (
+    form_id      TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    definition   TEXT NOT NULL,
+    published_at TEXT NOT NULL,
+    PRIMARY KEY (form_id, version)
+) WITHOUT ROWID;
+CREATE TABLE code_lists (
+    name         TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    entries      TEXT NOT NULL,
+    published_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+) WITHOUT ROWID;
+"#;
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Tokens are 256 random bits; a plain SHA-256 is the right hash for such secrets (no
+/// dictionary to guess from), and it is what the server stores.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn new_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+fn area_upper(prefix: &str) -> String {
+    // Codes are ASCII digits: every code with this prefix sorts below prefix + '~'.
+    format!("{prefix}~")
+}
+
+/// The SQLite storage of a server data directory.
+pub struct SqliteStorage {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStorage")
+    }
+}
+
+impl SqliteStorage {
+    /// Opens (creating and migrating) `server.db` in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
+        let path = data_dir.join("server.db");
+        let mut writer = Connection::open(&path)?;
+        writer.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.busy_timeout(Duration::from_secs(30))?;
+        Migrations::new(vec![M::up(SCHEMA)])
+            .to_latest(&mut writer)
+            .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;
+        let reader = Connection::open(&path)?;
+        reader.busy_timeout(Duration::from_secs(30))?;
+        Ok(Self {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.reader.lock();
+        // One read transaction: a consistent snapshot while writers go on (WAL).
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn to_user((id, role, areas): (String, String, String)) -> Result<UserInfo> {
+    Ok(UserInfo {
+        id,
+        role: Role::parse(&role)
+            .ok_or_else(|| ServerError::Storage("unknown role stored".into()))?,
+        areas: serde_json::from_str(&areas)?,
+    })
+}
+
+/// Areas are region-code prefixes; nested ones are redundant and would send entries twice.
+fn normalize_areas(areas: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for a in areas {
+        let a = a.trim();
+        if a.is_empty() || a.len() > 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ServerError::bad(
+                "invalid_area",
+                "an area is 1 to 12 digits of a region code",
+            ));
+        }
+        out.push(a.to_owned());
+    }
+    out.sort();
+    out.dedup();
+    let all = out.clone();
+    out.retain(|a| !all.iter().any(|b| b != a && a.starts_with(b.as_str())));
+    Ok(out)
+}
+
+fn next_seq(tx: &Transaction<'_>) -> Result<u64> {
+    let max: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM feed", [], |r| r.get(0))?;
+    Ok(max as u64 + 1)
+}
+
+fn append_feed(
+    tx: &Transaction<'_>,
+    seq: u64,
+    village: &str,
+    origin: &str,
+    item: &FeedItem,
+) -> Result<()> {
+    let kind = match item {
+        FeedItem::Record { .. } => "record",
+        FeedItem::Field { .. } => "field",
+        FeedItem::Conflict { .. } => "conflict",
+        FeedItem::Visit { .. } => "visit",
+        FeedItem::VisitStatus { .. } => "visit_status",
+    };
+    tx.prepare_cached("INSERT INTO feed (seq, village_code, origin_device, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![seq as i64, village, origin, kind, serde_json::to_string(item)?])?;
+    Ok(())
+}
+
+fn adjust_checksum(
+    tx: &Transaction<'_>,
+    village: &str,
+    remove: Option<u64>,
+    add: u64,
+) -> Result<()> {
+    let delta = add.wrapping_sub(remove.unwrap_or(0)) as i64;
+    tx.prepare_cached(
+        "INSERT INTO checksums (village_code, sum) VALUES (?1, ?2)
+         ON CONFLICT (village_code) DO UPDATE SET sum = sum + ?2",
+    )?
+    .execute(params![village, delta])?;
+    Ok(())
+}
+
+/// Who wrote a value, for the conflict list.
+struct Writer<'a> {
+    device: &'a str,
+    seq: u64,
+    user: &'a str,
+    received_at: &'a str,
+    device_time: &'a str,
+    skewed: bool,
+}
+
+struct StoredField {
+    value: Json,
+    version: u64,
+    writer_device: String,
+    writer_seq: u64,
+    writer_user: String,
+    received_at: String,
+    device_time: String,
+    skewed: bool,
+    conflict_id: Option<String>,
+}
+
+fn load_field(
+    tx: &Transaction<'_>,
+    entity: Entity,
+    id: &str,
+    field: &str,
+) -> Result<Option<StoredField>> {
+    let row = tx
+        .prepare_cached(
+            "SELECT value, version, writer_device, writer_seq, writer_user, received_at, device_time, skewed, conflict_id
+             FROM fields WHERE entity = ?1 AND id = ?2 AND field = ?3",
+        )?
+        .query_row(params![entity.as_str(), id, field], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                StoredField {
+                    value: Json::Null,
+                    version: r.get::<_, i64>(1)? as u64,
+                    writer_device: r.get(2)?,
+                    writer_seq: r.get::<_, i64>(3)? as u64,
+                    writer_user: r.get(4)?,
+                    received_at: r.get(5)?,
+                    device_time: r.get(6)?,
+                    skewed: r.get(7)?,
+                    conflict_id: r.get(8)?,
+                },
+            ))
+        })
+        .optional()?;
+    match row {
+        Some((value, mut f)) => {
+            f.value = serde_json::from_str(&value)?;
+            Ok(Some(f))
+        }
+        None => Ok(None),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_field(
+    tx: &Transaction<'_>,
+    entity: Entity,
+    id: &str,
+    village: &str,
+    field: &str,
+    value: &Json,
+    version: u64,
+    writer: &Writer<'_>,
+    conflict_id: Option<&str>,
+    old: Option<(&Json, u64)>,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO fields (entity, id, field, value, version, writer_device, writer_seq, writer_user, received_at, device_time, skewed, conflict_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (entity, id, field) DO UPDATE SET value = ?4, version = ?5, writer_device = ?6, writer_seq = ?7,
+             writer_user = ?8, received_at = ?9, device_time = ?10, skewed = ?11, conflict_id = ?12",
+    )?
+    .execute(params![
+        entity.as_str(),
+        id,
+        field,
+        value.to_string(),
+        version as i64,
+        writer.device,
+        writer.seq as i64,
+        writer.user,
+        writer.received_at,
+        writer.device_time,
+        writer.skewed,
+        conflict_id
+    ])?;
+    let old_hash = old.map(|(v, ver)| field_hash(entity, id, field, ver, v));
+    adjust_checksum(
+        tx,
+        village,
+        old_hash,
+        field_hash(entity, id, field, version, value),
+    )
+}
+
+fn load_conflict(tx: &Transaction<'_>, id: &str) -> Result<Option<ConflictInfo>> {
+    let info: Option<String> = tx
+        .prepare_cached("SELECT info FROM conflicts WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    info.map(|i| serde_json::from_str(&i).map_err(ServerError::from))
+        .transpose()
+}
+
+fn save_conflict(tx: &Transaction<'_>, c: &ConflictInfo) -> Result<()> {
+    let status = match c.status {
+        ConflictStatus::Open => "open",
+        ConflictStatus::Resolved => "resolved",
+    };
+    tx.prepare_cached(
+        "INSERT INTO conflicts (id, village_code, status, info) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET status = ?3, info = ?4",
+    )?
+    .execute(params![
+        c.id,
+        c.village_code,
+        status,
+        serde_json::to_string(c)?
+    ])?;
+    Ok(())
+}
+
+/// A record's village and household (a member's household; a household's own id).
+fn locate(tx: &Transaction<'_>, entity: Entity, id: &str) -> Result<Option<(String, String)>> {
+    Ok(tx
+        .prepare_cached("SELECT village_code, coalesce(household_id, id) FROM records WHERE entity = ?1 AND id = ?2")?
+        .query_row(params![entity.as_str(), id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+fn rejected(seq: u64, code: &str, message: &str) -> Ack {
+    Ack {
+        seq,
+        outcome: Outcome::Rejected,
+        version: None,
+        value: None,
+        conflict: None,
+        code: Some(code.to_owned()),
+        message: Some(message.to_owned()),
+    }
+}
+
+fn applied(
+    seq: u64,
+    outcome: Outcome,
+    version: u64,
+    value: Option<Json>,
+    conflict: Option<ConflictInfo>,
+) -> Ack {
+    Ack {
+        seq,
+        outcome,
+        version: Some(version),
+        value,
+        conflict,
+        code: None,
+        message: None,
+    }
+}
+
+fn check_fields(fields: &Map<String, Json>) -> std::result::Result<(), &'static str> {
+    if fields.len() > 200 {
+        return Err("too many fields");
+    }
+    for (k, v) in fields {
+        if k.is_empty()
+            || k.len() > 64
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err("a field name is 1 to 64 of [a-z0-9_]");
+        }
+        if v.to_string().len() > MAX_FIELD_BYTES {
+            return Err("a field value is too large");
+        }
+    }
+    Ok(())
+}
+
+struct PushContext<'a> {
+    auth: &'a DeviceAuth,
+    received_at: String,
+    skewed: bool,
+}
+
+impl PushContext<'_> {
+    fn writer<'b>(&'b self, seq: u64, device_time: &'b str) -> Writer<'b> {
+        Writer {
+            device: &self.auth.device_id,
+            seq,
+            user: &self.auth.user.id,
+            received_at: &self.received_at,
+            device_time,
+            skewed: self.skewed,
+        }
+    }
+}
+
+fn create_record(
+    tx: &Transaction<'_>,
+    ctx: &PushContext<'_>,
+    change: &Change,
+    entity: Entity,
+    id: &str,
+    household_id: Option<&str>,
+    village: &str,
+    fields: &Map<String, Json>,
+) -> Result<Ack> {
+    if let Err(why) = check_fields(fields) {
+        return Ok(rejected(change.seq, "invalid_value", why));
+    }
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Ok(rejected(
+            change.seq,
+            "invalid_value",
+            "record ids are UUIDs",
+        ));
+    }
+    let existing: Option<i64> = tx
+        .prepare_cached("SELECT created_seq FROM records WHERE entity = ?1 AND id = ?2")?
+        .query_row(params![entity.as_str(), id], |r| r.get(0))
+        .optional()?;
+    if let Some(created) = existing {
+        return Ok(applied(
+            change.seq,
+            Outcome::Unchanged,
+            created as u64,
+            None,
+            None,
+        ));
+    }
+    let seq = next_seq(tx)?;
+    tx.prepare_cached("INSERT INTO records (entity, id, household_id, village_code, created_seq) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![entity.as_str(), id, household_id, village, seq as i64])?;
+    let writer = ctx.writer(change.seq, &change.device_time);
+    let mut state = BTreeMap::new();
+    for (field, value) in fields {
+        write_field(
+            tx, entity, id, village, field, value, seq, &writer, None, None,
+        )?;
+        state.insert(
+            field.clone(),
+            FieldValue {
+                value: value.clone(),
+                version: seq,
+            },
+        );
+    }
+    let record = RecordState {
+        entity,
+        id: id.to_owned(),
+        household_id: household_id.map(str::to_owned),
+        village_code: village.to_owned(),
+        fields: state,
+    };
+    append_feed(
+        tx,
+        seq,
+        village,
+        &ctx.auth.device_id,
+        &FeedItem::Record { record },
+    )?;
+    Ok(applied(change.seq, Outcome::Applied, seq, None, None))
+}
+
+/// Applies one field edit under the merge rule. `device_seq` is None for a reviewer's
+/// resolution from the review screen.
+#[allow(clippy::too_many_arguments)]
+fn set_field(
+    tx: &Transaction<'_>,
+    ctx: &PushContext<'_>,
+    device_seq: u64,
+    device_time: &str,
+    entity: Entity,
+    id: &str,
+    field: &str,
+    value: &Json,
+    base: u64,
+    after: Option<u64>,
+) -> Result<Ack> {
+    let Some((village, household)) = locate(tx, entity, id)? else {
+        return Ok(rejected(
+            device_seq,
+            "not_found",
+            "the record does not exist on the server",
+        ));
+    };
+    if !ctx.auth.covers(&village) {
+        return Ok(rejected(
+            device_seq,
+            "out_of_area",
+            "the record is outside the user's areas",
+        ));
+    }
+    let mut one = Map::new();
+    one.insert(field.to_owned(), value.clone());
+    if let Err(why) = check_fields(&one) {
+        return Ok(rejected(device_seq, "invalid_value", why));
+    }
+    let current = load_field(tx, entity, id, field)?;
+    let mut conflict = match current.as_ref().and_then(|c| c.conflict_id.as_deref()) {
+        Some(cid) => load_conflict(tx, cid)?,
+        None => None,
+    };
+    let competing: Vec<Json> = conflict
+        .as_ref()
+        .map(|c| c.values.iter().map(|v| v.value.clone()).collect())
+        .unwrap_or_default();
+    let now = FieldNow {
+        value: current.as_ref().map(|c| &c.value),
+        version: current.as_ref().map_or(0, |c| c.version),
+        writer: current
+            .as_ref()
+            .map(|c| (c.writer_device.as_str(), c.writer_seq)),
+        conflict: conflict.as_ref().map(|c| (c.version, competing.as_slice())),
+    };
+    let decision = decide(
+        &now,
+        &Edit {
+            value,
+            base,
+            device: &ctx.auth.device_id,
+            after,
+        },
+    );
+    let old = current.as_ref().map(|c| (&c.value, c.version));
+    let writer = ctx.writer(device_seq, device_time);
+    let competitor = |seq: u64| CompetingValue {
+        value: value.clone(),
+        user: ctx.auth.user.id.clone(),
+        device: ctx.auth.device_id.clone(),
+        received_at: ctx.received_at.clone(),
+        device_time: device_time.to_owned(),
+        seq,
+        clock_skewed: ctx.skewed,
+    };
+    match decision {
+        Decision::RejectFutureBase => Ok(rejected(
+            device_seq,
+            "future_base",
+            "the edit names a field version the server never issued",
+        )),
+        Decision::Unchanged => {
+            let v = current.as_ref().map_or(0, |c| c.version);
+            Ok(applied(
+                device_seq,
+                Outcome::Unchanged,
+                v,
+                current.map(|c| c.value),
+                conflict,
+            ))
+        }
+        Decision::Apply => {
+            let seq = next_seq(tx)?;
+            write_field(
+                tx, entity, id, &village, field, value, seq, &writer, None, old,
+            )?;
+            let item = FeedItem::Field {
+                entity,
+                id: id.to_owned(),
+                field: field.to_owned(),
+                value: value.clone(),
+                version: seq,
+            };
+            append_feed(tx, seq, &village, &ctx.auth.device_id, &item)?;
+            Ok(applied(
+                device_seq,
+                Outcome::Applied,
+                seq,
+                Some(value.clone()),
+                None,
+            ))
+        }
+        Decision::OpenConflict => {
+            let seq = next_seq(tx)?;
+            let Some(cur) = current.as_ref() else {
+                return Ok(rejected(
+                    device_seq,
+                    "invalid_state",
+                    "a conflict needs an existing value",
+                ));
+            };
+            let info = ConflictInfo {
+                id: uuid::Uuid::now_v7().to_string(),
+                entity,
+                entity_id: id.to_owned(),
+                household_id: household,
+                village_code: village.clone(),
+                field: field.to_owned(),
+                values: vec![
+                    CompetingValue {
+                        value: cur.value.clone(),
+                        user: cur.writer_user.clone(),
+                        device: cur.writer_device.clone(),
+                        received_at: cur.received_at.clone(),
+                        device_time: cur.device_time.clone(),
+                        seq: cur.version,
+                        clock_skewed: cur.skewed,
+                    },
+                    competitor(seq),
+                ],
+                provisional: value.clone(),
+                status: ConflictStatus::Open,
+                resolution: None,
+                resolved_by: None,
+                version: seq,
+            };
+            save_conflict(tx, &info)?;
+            write_field(
+                tx,
+                entity,
+                id,
+                &village,
+                field,
+                value,
+                seq,
+                &writer,
+                Some(&info.id),
+                old,
+            )?;
+            append_feed(
+                tx,
+                seq,
+                &village,
+                &ctx.auth.device_id,
+                &FeedItem::Conflict {
+                    conflict: info.clone(),
+                },
+            )?;
+            Ok(applied(
+                device_seq,
+                Outcome::Conflict,
+                seq,
+                Some(value.clone()),
+                Some(info),
+            ))
+        }
+        Decision::JoinConflict => {
+            let seq = next_seq(tx)?;
+            let Some(mut info) = conflict.take() else {
+                return Ok(rejected(
+                    device_seq,
+                    "invalid_state",
+                    "no open conflict to join",
+                ));
+            };
+            info.values.push(competitor(seq));
+            info.provisional = value.clone();
+            info.version = seq;
+            save_conflict(tx, &info)?;
+            write_field(
+                tx,
+                entity,
+                id,
+                &village,
+                field,
+                value,
+                seq,
+                &writer,
+                Some(&info.id),
+                old,
+            )?;
+            append_feed(
+                tx,
+                seq,
+                &village,
+                &ctx.auth.device_id,
+                &FeedItem::Conflict {
+                    conflict: info.clone(),
+                },
+            )?;
+            Ok(applied(
+                device_seq,
+                Outcome::Conflict,
+                seq,
+                Some(value.clone()),
+                Some(info),
+            ))
+        }
+        Decision::Resolve => {
+            let seq = next_seq(tx)?;
+            let Some(mut info) = conflict.take() else {
+                return Ok(rejected(
+                    device_seq,
+                    "invalid_state",
+                    "no open conflict to resolve",
+                ));
+            };
+            info.status = ConflictStatus::Resolved;
+            info.resolution = Some(value.clone());
+            info.resolved_by = Some(ctx.auth.user.id.clone());
+            info.provisional = value.clone();
+            info.version = seq;
+            save_conflict(tx, &info)?;
+            write_field(
+                tx, entity, id, &village, field, value, seq, &writer, None, old,
+            )?;
+            append_feed(
+                tx,
+                seq,
+                &village,
+                &ctx.auth.device_id,
+                &FeedItem::Conflict {
+                    conflict: info.clone(),
+                },
+            )?;
+            Ok(applied(
+                device_seq,
+                Outcome::Applied,
+                seq,
+                Some(value.clone()),
+                Some(info),
+            ))
+        }
+    }
+}
+
+fn apply_change(tx: &Transaction<'_>, ctx: &PushContext<'_>, change: &Change) -> Result<Ack> {
+    let seq = change.seq;
+    match &change.op {
+        ChangeOp::CreateHousehold {
+            id,
+            village_code,
+            fields,
+        } => {
+            if check_region_code(village_code).is_err() {
+                return Ok(rejected(
+                    seq,
+                    "invalid_value",
+                    "the village code is not a valid region code",
+                ));
+            }
+            if !ctx.auth.covers(village_code) {
+                return Ok(rejected(
+                    seq,
+                    "out_of_area",
+                    "the village is outside the user's areas",
+                ));
+            }
+            create_record(
+                tx,
+                ctx,
+                change,
+                Entity::Household,
+                id,
+                None,
+                village_code,
+                fields,
+            )
+        }
+        ChangeOp::CreateMember {
+            id,
+            household_id,
+            fields,
+        } => {
+            let Some((village, _)) = locate(tx, Entity::Household, household_id)? else {
+                return Ok(rejected(
+                    seq,
+                    "not_found",
+                    "the member's household does not exist on the server",
+                ));
+            };
+            if !ctx.auth.covers(&village) {
+                return Ok(rejected(
+                    seq,
+                    "out_of_area",
+                    "the household is outside the user's areas",
+                ));
+            }
+            create_record(
+                tx,
+                ctx,
+                change,
+                Entity::Member,
+                id,
+                Some(household_id),
+                &village,
+                fields,
+            )
+        }
+        ChangeOp::SetField {
+            entity,
+            id,
+            field,
+            value,
+            base,
+            resolves: _,
+            after,
+        } => set_field(
+            tx,
+            ctx,
+            seq,
+            &change.device_time,
+            *entity,
+            id,
+            field,
+            value,
+            *base,
+            *after,
+        ),
+        ChangeOp::SubmitVisit { visit } => submit_visit(tx, ctx, seq, visit),
+        ChangeOp::SetVisitStatus {
+            id,
+            status,
+            reason,
+            at,
+        } => {
+            let body: Option<(String, String)> = tx
+                .prepare_cached("SELECT village_code, body FROM visits WHERE id = ?1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((village, body)) = body else {
+                return Ok(rejected(
+                    seq,
+                    "not_found",
+                    "the visit does not exist on the server",
+                ));
+            };
+            if !ctx.auth.covers(&village) {
+                return Ok(rejected(
+                    seq,
+                    "out_of_area",
+                    "the visit is outside the user's areas",
+                ));
+            }
+            let mut visit: VisitRecord = serde_json::from_str(&body)?;
+            let allowed = matches!(
+                (visit.status.as_str(), status.as_str()),
+                ("completed", "signed") | (_, "void")
+            );
+            if visit.status == *status {
+                let v: i64 =
+                    tx.query_row("SELECT seq FROM visits WHERE id = ?1", [id], |r| r.get(0))?;
+                return Ok(applied(seq, Outcome::Unchanged, v as u64, None, None));
+            }
+            if !allowed {
+                return Ok(rejected(
+                    seq,
+                    "invalid_transition",
+                    "that status change is not allowed",
+                ));
+            }
+            visit.status = status.clone();
+            if status == "signed" {
+                visit.signed_at = Some(at.clone());
+            } else {
+                visit.void_reason = reason.clone();
+            }
+            let server_seq = next_seq(tx)?;
+            tx.execute(
+                "UPDATE visits SET body = ?2, seq = ?3 WHERE id = ?1",
+                params![id, serde_json::to_string(&visit)?, server_seq as i64],
+            )?;
+            let item = FeedItem::VisitStatus {
+                id: id.clone(),
+                status: status.clone(),
+                reason: reason.clone(),
+                at: at.clone(),
+            };
+            append_feed(tx, server_seq, &village, &ctx.auth.device_id, &item)?;
+            Ok(applied(seq, Outcome::Applied, server_seq, None, None))
+        }
+    }
+}
+
+fn submit_visit(
+    tx: &Transaction<'_>,
+    ctx: &PushContext<'_>,
+    seq: u64,
+    visit: &VisitRecord,
+) -> Result<Ack> {
+    if uuid::Uuid::parse_str(&visit.id).is_err() || check_region_code(&visit.village_code).is_err()
+    {
+        return Ok(rejected(
+            seq,
+            "invalid_value",
+            "a visit needs a UUID and a valid village code",
+        ));
+    }
+    if !ctx.auth.covers(&visit.village_code) {
+        return Ok(rejected(
+            seq,
+            "out_of_area",
+            "the visit's village is outside the user's areas",
+        ));
+    }
+    if !matches!(visit.status.as_str(), "completed" | "signed" | "void") {
+        return Ok(rejected(
+            seq,
+            "invalid_value",
+            "only completed visits are submitted",
+        ));
+    }
+    let existing: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM visits WHERE id = ?1")?
+        .query_row([&visit.id], |r| r.get(0))
+        .optional()?;
+    if let Some(v) = existing {
+        return Ok(applied(seq, Outcome::Unchanged, v as u64, None, None));
+    }
+    if let Some(h) = &visit.household_id {
+        if locate(tx, Entity::Household, h)?.is_none() {
+            return Ok(rejected(
+                seq,
+                "not_found",
+                "the visit's household does not exist on the server",
+            ));
+        }
+    }
+    let server_seq = next_seq(tx)?;
+    tx.prepare_cached("INSERT INTO visits (id, village_code, seq, body) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            visit.id,
+            visit.village_code,
+            server_seq as i64,
+            serde_json::to_string(visit)?
+        ])?;
+    append_feed(
+        tx,
+        server_seq,
+        &visit.village_code,
+        &ctx.auth.device_id,
+        &FeedItem::Visit {
+            visit: Box::new(visit.clone()),
+        },
+    )?;
+    Ok(applied(seq, Outcome::Applied, server_seq, None, None))
+}
+
+fn record_states(tx: &Transaction<'_>, village: &str) -> Result<Vec<RecordState>> {
+    let mut records: BTreeMap<(Entity, String), RecordState> = BTreeMap::new();
+    let mut stmt =
+        tx.prepare_cached("SELECT entity, id, household_id FROM records WHERE village_code = ?1")?;
+    for row in stmt.query_map([village], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
+    })? {
+        let (entity, id, household_id) = row?;
+        let entity = Entity::parse(&entity)
+            .ok_or_else(|| ServerError::Storage("unknown entity stored".into()))?;
+        records.insert(
+            (entity, id.clone()),
+            RecordState {
+                entity,
+                id,
+                household_id,
+                village_code: village.to_owned(),
+                fields: BTreeMap::new(),
+            },
+        );
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT f.entity, f.id, f.field, f.value, f.version FROM fields f
+         JOIN records r ON r.entity = f.entity AND r.id = f.id WHERE r.village_code = ?1",
+    )?;
+    for row in stmt.query_map([village], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })? {
+        let (entity, id, field, value, version) = row?;
+        let Some(entity) = Entity::parse(&entity) else {
+            continue;
+        };
+        if let Some(rec) = records.get_mut(&(entity, id)) {
+            rec.fields.insert(
+                field,
+                FieldValue {
+                    value: serde_json::from_str(&value)?,
+                    version: version as u64,
+                },
+            );
+        }
+    }
+    Ok(records.into_values().collect())
+}
+
+impl Storage for SqliteStorage {
+    fn create_user(&self, user: &UserInfo, now: DateTime<Utc>) -> Result<()> {
+        if user.id.trim().is_empty() || user.id.len() > 128 {
+            return Err(ServerError::bad(
+                "invalid_user",
+                "a user id is 1 to 128 characters",
+            ));
+        }
+        let areas = normalize_areas(&user.areas)?;
+        self.write(|tx| {
+            let n = tx.execute(
+                "INSERT INTO users (id, role, areas, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING",
+                params![user.id, user.role.as_str(), serde_json::to_string(&areas)?, ts(now)],
+            )?;
+            if n == 0 {
+                return Err(ServerError::bad("user_exists", "a user with this id exists"));
+            }
+            Ok(())
+        })
+    }
+
+    fn set_areas(&self, user_id: &str, areas: &[String]) -> Result<()> {
+        let areas = normalize_areas(areas)?;
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE users SET areas = ?2 WHERE id = ?1",
+                params![user_id, serde_json::to_string(&areas)?],
+            )?;
+            if n == 0 {
+                return Err(ServerError::NotFound("user".into()));
+            }
+            Ok(())
+        })
+    }
+
+    fn users(&self) -> Result<Vec<UserInfo>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare("SELECT id, role, areas FROM users ORDER BY id")?;
+            let rows = stmt
+                .query_map([], user_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter().map(to_user).collect()
+        })
+    }
+
+    fn issue_enrollment(
+        &self,
+        user_id: &str,
+        valid_for: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String> {
+        let token = new_token("zfe_");
+        let expires =
+            now + chrono::TimeDelta::from_std(valid_for).unwrap_or(chrono::TimeDelta::days(7));
+        self.write(|tx| {
+            let exists: Option<i64> = tx.query_row("SELECT 1 FROM users WHERE id = ?1", [user_id], |r| r.get(0)).optional()?;
+            if exists.is_none() {
+                return Err(ServerError::NotFound("user".into()));
+            }
+            tx.execute(
+                "INSERT INTO enrollment_tokens (token_hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
+                params![hash_token(&token), user_id, ts(expires)],
+            )?;
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![device_id, ts(now)],
+            )?;
+            if n == 0 {
+                return Err(ServerError::NotFound("device".into()));
+            }
+            Ok(())
+        })
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT id, user_id, name, enrolled_at, token_expires_at, revoked_at, last_seen_at, clock_offset_ms FROM devices ORDER BY enrolled_at",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(DeviceInfo {
+                    id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    name: r.get(2)?,
+                    enrolled_at: r.get(3)?,
+                    token_expires_at: r.get(4)?,
+                    revoked_at: r.get(5)?,
+                    last_seen_at: r.get(6)?,
+                    clock_offset_ms: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn publish_form(&self, definition_json: &str, now: DateTime<Utc>) -> Result<(String, u32)> {
+        let form = Form::from_json(definition_json)
+            .map_err(|e| ServerError::bad("form_invalid", e.to_string()))?;
+        let canonical = serde_json::to_string(&form.definition)?;
+        let (id, version) = (form.id().to_owned(), form.version());
+        self.write(|tx| {
+            let existing: Option<String> = tx
+                .query_row("SELECT definition FROM forms WHERE form_id = ?1 AND version = ?2", params![id, version], |r| r.get(0))
+                .optional()?;
+            match existing {
+                Some(e) if e == canonical => Ok(()),
+                Some(_) => Err(ServerError::bad("form_version_conflict", "this form version is published with other content")),
+                None => {
+                    tx.execute(
+                        "INSERT INTO forms (form_id, version, definition, published_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![id, version, canonical, ts(now)],
+                    )?;
+                    Ok(())
+                }
+            }
+        })?;
+        Ok((id, version))
+    }
+
+    fn publish_code_list(&self, list: &CodeList, now: DateTime<Utc>) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO code_lists (name, version, entries, published_at) VALUES (?1, ?2, ?3, ?4)",
+                params![list.name, list.version, serde_json::to_string(&list.entries)?, ts(now)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        self.read(|tx| {
+            let n = |sql: &str| {
+                tx.query_row(sql, [], |r| r.get::<_, i64>(0))
+                    .map(|v| v.max(0) as u64)
+            };
+            Ok(Stats {
+                households: n("SELECT count(*) FROM records WHERE entity = 'household'")?,
+                members: n("SELECT count(*) FROM records WHERE entity = 'member'")?,
+                visits: n("SELECT count(*) FROM visits")?,
+                open_conflicts: n("SELECT count(*) FROM conflicts WHERE status = 'open'")?,
+                feed_entries: n("SELECT count(*) FROM feed")?,
+                devices: n("SELECT count(*) FROM devices WHERE revoked_at IS NULL")?,
+            })
+        })
+    }
+
+    fn enroll(
+        &self,
+        enrollment_token: &str,
+        device_name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Enrolled> {
+        let name: String = device_name
+            .trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(100)
+            .collect();
+        let device_token = new_token("zfd_");
+        let expires = now
+            + chrono::TimeDelta::from_std(DEVICE_TOKEN_LIFETIME)
+                .unwrap_or(chrono::TimeDelta::days(180));
+        self.write(|tx| {
+            let row: Option<(String, String, Option<String>)> = tx
+                .query_row(
+                    "SELECT user_id, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1",
+                    [hash_token(enrollment_token)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((user_id, expires_at, used_at)) = row else {
+                return Err(ServerError::Unauthorized("the enrolment token is not valid"));
+            };
+            if used_at.is_some() {
+                return Err(ServerError::Unauthorized("the enrolment token was already used"));
+            }
+            if expires_at < ts(now) {
+                return Err(ServerError::Unauthorized("the enrolment token has expired"));
+            }
+            tx.execute("UPDATE enrollment_tokens SET used_at = ?2 WHERE token_hash = ?1", params![hash_token(enrollment_token), ts(now)])?;
+            let device_id = uuid::Uuid::now_v7().to_string();
+            tx.execute(
+                "INSERT INTO devices (id, user_id, name, token_hash, token_expires_at, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![device_id, user_id, name, hash_token(&device_token), ts(expires), ts(now)],
+            )?;
+            let user = to_user(tx.query_row("SELECT id, role, areas FROM users WHERE id = ?1", [&user_id], user_row)?)?;
+            Ok(Enrolled { device_id, device_token: device_token.clone(), token_expires_at: ts(expires), user })
+        })
+    }
+
+    fn authenticate(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth> {
+        self.read(|tx| {
+            let row: Option<(String, String, Option<String>, String, String, String)> = tx
+                .prepare_cached(
+                    "SELECT d.id, d.token_expires_at, d.revoked_at, u.id, u.role, u.areas
+                     FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
+                )?
+                .query_row([hash_token(device_token)], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })
+                .optional()?;
+            let Some((device_id, expires, revoked, uid, role, areas)) = row else {
+                return Err(ServerError::Unauthorized("unknown device token"));
+            };
+            if revoked.is_some() {
+                return Err(ServerError::Unauthorized("this device was revoked"));
+            }
+            if expires < ts(now) {
+                return Err(ServerError::Unauthorized(
+                    "the device token has expired; enrol again",
+                ));
+            }
+            Ok(DeviceAuth {
+                device_id,
+                user: to_user((uid, role, areas))?,
+            })
+        })
+    }
+
+    fn catalog(&self, request: &CatalogRequest) -> Result<(Vec<Json>, Vec<CodeList>)> {
+        self.read(|tx| {
+            let mut forms = Vec::new();
+            let mut stmt = tx.prepare(
+                "SELECT form_id, version, definition FROM forms ORDER BY form_id, version",
+            )?;
+            for row in stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })? {
+                let (id, version, definition) = row?;
+                if !request.forms.iter().any(|(i, v)| *i == id && *v == version) {
+                    forms.push(serde_json::from_str(&definition)?);
+                }
+            }
+            let mut lists = Vec::new();
+            let mut stmt = tx.prepare(
+                "SELECT c.name, c.version, c.entries FROM code_lists c
+                 WHERE c.version = (SELECT max(version) FROM code_lists d WHERE d.name = c.name)",
+            )?;
+            for row in stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })? {
+                let (name, version, entries) = row?;
+                if request.code_lists.get(&name).is_none_or(|v| *v < version) {
+                    lists.push(CodeList {
+                        name,
+                        version,
+                        entries: serde_json::from_str(&entries)?,
+                    });
+                }
+            }
+            Ok((forms, lists))
+        })
+    }
+
+    fn push(
+        &self,
+        auth: &DeviceAuth,
+        changes: &[Change],
+        device_now: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Ack>> {
+        let offset = device_now - now;
+        let ctx = PushContext {
+            auth,
+            received_at: ts(now),
+            skewed: offset.abs() > CLOCK_SKEW_LIMIT,
+        };
+        self.write(|tx| {
+            let mut acks = Vec::with_capacity(changes.len());
+            for change in changes {
+                let previous: Option<String> = tx
+                    .prepare_cached(
+                        "SELECT ack FROM device_changes WHERE device_id = ?1 AND seq = ?2",
+                    )?
+                    .query_row(params![auth.device_id, change.seq as i64], |r| r.get(0))
+                    .optional()?;
+                if let Some(ack) = previous {
+                    // A re-push after a lost acknowledgement: the same answer, nothing applied twice.
+                    acks.push(serde_json::from_str(&ack)?);
+                    continue;
+                }
+                let ack = apply_change(tx, &ctx, change)?;
+                tx.prepare_cached(
+                    "INSERT INTO device_changes (device_id, seq, ack) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![
+                    auth.device_id,
+                    change.seq as i64,
+                    serde_json::to_string(&ack)?
+                ])?;
+                acks.push(ack);
+            }
+            tx.prepare_cached(
+                "UPDATE devices SET last_seen_at = ?2, clock_offset_ms = ?3 WHERE id = ?1",
+            )?
+            .execute(params![auth.device_id, ts(now), offset.num_milliseconds()])?;
+            Ok(acks)
+        })
+    }
+
+    fn pull(
+        &self,
+        auth: &DeviceAuth,
+        request: &PullRequest,
+        now: DateTime<Utc>,
+    ) -> Result<PullResponse> {
+        let limit = request.limit.clamp(1, MAX_PULL_LIMIT) as usize;
+        self.read(|tx| {
+            let max: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM feed", [], |r| r.get(0))?;
+            let mut entries = Vec::new();
+            let mut cursors = BTreeMap::new();
+            let mut more = false;
+            for area in &auth.user.areas {
+                let cursor = request.cursors.get(area).copied().unwrap_or(0);
+                if more {
+                    cursors.insert(area.clone(), cursor);
+                    continue;
+                }
+                let room = limit - entries.len();
+                let mut stmt = tx.prepare_cached(
+                    "SELECT seq, village_code, payload FROM feed
+                     WHERE seq > ?1 AND seq <= ?2 AND village_code >= ?3 AND village_code < ?4
+                       AND (origin_device != ?5 OR kind = 'conflict')
+                     ORDER BY seq LIMIT ?6",
+                )?;
+                let rows = stmt
+                    .query_map(
+                        params![cursor as i64, max, area, area_upper(area), auth.device_id, room as i64],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+                    )?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let full = rows.len() == room;
+                let last = rows.last().map(|r| r.0);
+                for (seq, village_code, payload) in rows {
+                    entries.push(FeedEntry { seq: seq as u64, village_code, item: serde_json::from_str(&payload)? });
+                }
+                if full {
+                    more = true;
+                    cursors.insert(area.clone(), last.unwrap_or(cursor as i64) as u64);
+                } else {
+                    cursors.insert(area.clone(), max.max(cursor as i64) as u64);
+                }
+            }
+            let mut checksums = BTreeMap::new();
+            if !more {
+                for area in &auth.user.areas {
+                    let mut stmt = tx.prepare_cached("SELECT village_code, sum FROM checksums WHERE village_code >= ?1 AND village_code < ?2")?;
+                    for row in stmt.query_map(params![area, area_upper(area)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                        let (village, sum) = row?;
+                        checksums.insert(village, sum as u64);
+                    }
+                }
+            }
+            Ok(PullResponse { protocol: PROTOCOL_VERSION, server_time: ts(now), entries, cursors, more, checksums })
+        })
+    }
+
+    fn snapshot(
+        &self,
+        auth: &DeviceAuth,
+        village_code: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SnapshotResponse> {
+        if !auth.covers(village_code) {
+            return Err(ServerError::Forbidden(
+                "the village is outside the user's areas".into(),
+            ));
+        }
+        self.read(|tx| {
+            let records = record_states(tx, village_code)?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT info FROM conflicts WHERE village_code = ?1 AND status = 'open'",
+            )?;
+            let conflicts = stmt
+                .query_map([village_code], |r| r.get::<_, String>(0))?
+                .map(|i| Ok(serde_json::from_str(&i?)?))
+                .collect::<Result<Vec<ConflictInfo>>>()?;
+            let checksum: Option<i64> = tx
+                .query_row(
+                    "SELECT sum FROM checksums WHERE village_code = ?1",
+                    [village_code],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(SnapshotResponse {
+                protocol: PROTOCOL_VERSION,
+                server_time: ts(now),
+                records,
+                conflicts,
+                checksum: checksum.unwrap_or(0) as u64,
+            })
+        })
+    }
+
+    fn conflicts(&self, auth: &DeviceAuth) -> Result<Vec<ConflictInfo>> {
+        self.read(|tx| {
+            let mut out = Vec::new();
+            for area in &auth.user.areas {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT info FROM conflicts WHERE status = 'open' AND village_code >= ?1 AND village_code < ?2 ORDER BY id",
+                )?;
+                for info in stmt.query_map(params![area, area_upper(area)], |r| r.get::<_, String>(0))? {
+                    out.push(serde_json::from_str(&info?)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn resolve_conflict(
+        &self,
+        auth: &DeviceAuth,
+        conflict_id: &str,
+        value: &Json,
+        now: DateTime<Utc>,
+    ) -> Result<ConflictInfo> {
+        if !auth.user.role.can_review() {
+            return Err(ServerError::Forbidden(
+                "only reviewers resolve conflicts here; coordinators resolve on their device"
+                    .into(),
+            ));
+        }
+        let ctx = PushContext {
+            auth,
+            received_at: ts(now),
+            skewed: false,
+        };
+        self.write(|tx| {
+            let info = load_conflict(tx, conflict_id)?
+                .ok_or_else(|| ServerError::NotFound("conflict".into()))?;
+            if !auth.covers(&info.village_code) {
+                return Err(ServerError::Forbidden(
+                    "the conflict is outside the user's areas".into(),
+                ));
+            }
+            if info.status != ConflictStatus::Open {
+                return Err(ServerError::bad(
+                    "conflict_resolved",
+                    "the conflict is already resolved",
+                ));
+            }
+            // Reviewer resolutions are not device changes: sequence 0, never deduplicated.
+            let ack = set_field(
+                tx,
+                &ctx,
+                0,
+                &ts(now),
+                info.entity,
+                &info.entity_id,
+                &info.field,
+                value,
+                info.version,
+                None,
+            )?;
+            ack.conflict
+                .filter(|c| c.status == ConflictStatus::Resolved)
+                .ok_or_else(|| {
+                    ServerError::bad(
+                        "resolution_refused",
+                        ack.message
+                            .unwrap_or_else(|| "the resolution was not accepted".into()),
+                    )
+                })
+        })
+    }
+
+    fn record(&self, entity: Entity, id: &str) -> Result<Option<RecordState>> {
+        self.read(|tx| {
+            let Some((village, _)) = locate(tx, entity, id)? else {
+                return Ok(None);
+            };
+            Ok(record_states(tx, &village)?
+                .into_iter()
+                .find(|r| r.entity == entity && r.id == id))
+        })
+    }
+}

@@ -1,0 +1,188 @@
+//! What the server stores, behind one trait, so the embedded SQLite implementation and a
+//! PostgreSQL one are interchangeable. Every method is one transaction.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+use zoufang_core::model::code_list::CodeList;
+use zoufang_core::sync::protocol::{
+    Ack, CatalogRequest, Change, ConflictInfo, PullRequest, PullResponse, RecordState,
+    SnapshotResponse, UserInfo,
+};
+
+/// An authenticated caller: the device and its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAuth {
+    pub device_id: String,
+    pub user: UserInfo,
+}
+
+impl DeviceAuth {
+    /// Is this village inside one of the user's areas?
+    pub fn covers(&self, village_code: &str) -> bool {
+        self.user
+            .areas
+            .iter()
+            .any(|a| village_code.starts_with(a.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub enrolled_at: String,
+    pub token_expires_at: String,
+    pub revoked_at: Option<String>,
+    pub last_seen_at: Option<String>,
+    pub clock_offset_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub device_id: String,
+    pub device_token: String,
+    pub token_expires_at: String,
+    pub user: UserInfo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Stats {
+    pub households: u64,
+    pub members: u64,
+    pub visits: u64,
+    pub open_conflicts: u64,
+    pub feed_entries: u64,
+    pub devices: u64,
+}
+
+/// Errors of the server, each with an HTTP status and a stable code. Messages name ids, never
+/// personal data.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("the protocol version {got} is not supported; this server speaks {supported}")]
+    Protocol { got: u32, supported: u32 },
+    #[error("too many attempts; try again later")]
+    RateLimited,
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl ServerError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::BadRequest { code, .. } => code,
+            Self::Protocol { .. } => "protocol_unsupported",
+            Self::RateLimited => "rate_limited",
+            Self::Storage(_) => "storage",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Unauthorized(_) => 401,
+            Self::Forbidden(_) => 403,
+            Self::NotFound(_) => 404,
+            Self::BadRequest { .. } => 400,
+            Self::Protocol { .. } => 426,
+            Self::RateLimited => 429,
+            Self::Storage(_) => 500,
+        }
+    }
+
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for ServerError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for ServerError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Storage(format!("stored JSON unreadable: {e}"))
+    }
+}
+
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// The server's storage. Implementations keep every rule of `merge` and every area check.
+pub trait Storage: Send + Sync + 'static {
+    // Administration (the `zoufang admin` commands).
+    fn create_user(&self, user: &UserInfo, now: DateTime<Utc>) -> Result<()>;
+    fn set_areas(&self, user_id: &str, areas: &[String]) -> Result<()>;
+    fn users(&self) -> Result<Vec<UserInfo>>;
+    fn issue_enrollment(
+        &self,
+        user_id: &str,
+        valid_for: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String>;
+    fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()>;
+    fn devices(&self) -> Result<Vec<DeviceInfo>>;
+    fn publish_form(&self, definition_json: &str, now: DateTime<Utc>) -> Result<(String, u32)>;
+    fn publish_code_list(&self, list: &CodeList, now: DateTime<Utc>) -> Result<()>;
+    fn stats(&self) -> Result<Stats>;
+
+    // Devices.
+    fn enroll(
+        &self,
+        enrollment_token: &str,
+        device_name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Enrolled>;
+    fn authenticate(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth>;
+    fn catalog(&self, request: &CatalogRequest) -> Result<(Vec<Json>, Vec<CodeList>)>;
+    fn push(
+        &self,
+        auth: &DeviceAuth,
+        changes: &[Change],
+        device_now: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Ack>>;
+    fn pull(
+        &self,
+        auth: &DeviceAuth,
+        request: &PullRequest,
+        now: DateTime<Utc>,
+    ) -> Result<PullResponse>;
+    fn snapshot(
+        &self,
+        auth: &DeviceAuth,
+        village_code: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SnapshotResponse>;
+    fn conflicts(&self, auth: &DeviceAuth) -> Result<Vec<ConflictInfo>>;
+    fn resolve_conflict(
+        &self,
+        auth: &DeviceAuth,
+        conflict_id: &str,
+        value: &Json,
+        now: DateTime<Utc>,
+    ) -> Result<ConflictInfo>;
+    /// One household or member as the server holds it (admin and tests).
+    fn record(
+        &self,
+        entity: zoufang_core::sync::protocol::Entity,
+        id: &str,
+    ) -> Result<Option<RecordState>>;
+}
