@@ -36,11 +36,13 @@ type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// The offline store of one signed-in user, with its forms and code lists.
 pub struct Collector {
-    db: Connections,
+    pub(crate) db: Connections,
     forms: Mutex<HashMap<(String, u32), Arc<Form>>>,
     code_lists: RwLock<Arc<CodeLists>>,
     user: RwLock<Option<String>>,
-    clock: Clock,
+    pub(crate) clock: Clock,
+    /// Orders this device's changes; see `sync::hlc`.
+    pub(crate) hlc: Mutex<crate::sync::hlc::Hlc>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -49,15 +51,15 @@ impl std::fmt::Debug for Collector {
     }
 }
 
-fn timestamp(t: DateTime<Utc>) -> String {
+pub(crate) fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     Uuid::now_v7().to_string()
 }
 
-fn not_found(entity: &'static str, id: &str) -> Error {
+pub(crate) fn not_found(entity: &'static str, id: &str) -> Error {
     // Ids are UUIDs we issued; cap the length so a hostile argument cannot flood a log line.
     Error::NotFound {
         entity,
@@ -75,7 +77,7 @@ struct Change<'a> {
 }
 
 /// Which form fields a completed visit writes into the household and member records.
-struct RecordBindings {
+pub(crate) struct RecordBindings {
     /// household record field → form field id
     household: Vec<(String, usize)>,
     /// member record field → form field id (inside the members repeat)
@@ -121,7 +123,9 @@ impl Collector {
             code_lists: RwLock::new(Arc::new(CodeLists::default())),
             user: RwLock::new(None),
             clock,
+            hlc: Mutex::new(crate::sync::hlc::Hlc::default()),
         };
+        collector.restore_hlc()?;
         collector.install_defaults()?;
         collector.reload_code_lists()?;
         let user: Option<String> = collector
@@ -138,7 +142,7 @@ impl Collector {
         Ok(collector)
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         (self.clock)()
     }
 
@@ -158,7 +162,7 @@ impl Collector {
         Ok(())
     }
 
-    fn reload_code_lists(&self) -> Result<()> {
+    pub(crate) fn reload_code_lists(&self) -> Result<()> {
         let conn = self.db.reader.lock();
         let mut stmt = conn.prepare(
             "SELECT c.name, c.version, c.entries FROM code_lists c
@@ -184,7 +188,7 @@ impl Collector {
         Ok(())
     }
 
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.db.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
@@ -213,6 +217,44 @@ impl Collector {
         Ok(())
     }
 
+    pub(crate) fn log_change(
+        &self,
+        tx: &Transaction<'_>,
+        at: &str,
+        entity: &'static str,
+        entity_id: &str,
+        op: &'static str,
+        field: Option<&str>,
+        value: Option<&Json>,
+    ) -> Result<()> {
+        self.log(
+            tx,
+            at,
+            Change {
+                entity,
+                entity_id,
+                op,
+                field,
+                value,
+            },
+        )
+    }
+
+    /// Checks a value for a household or member field and returns its canonical spelling.
+    pub(crate) fn checked_record_value(
+        &self,
+        entity: crate::sync::protocol::Entity,
+        field: &str,
+        value: Json,
+    ) -> Result<Json> {
+        let (form, b) = self.household_form()?;
+        let bindings = match entity {
+            crate::sync::protocol::Entity::Household => &b.household,
+            crate::sync::protocol::Entity::Member => &b.member,
+        };
+        self.check_record_value(&form, bindings, field, value)
+    }
+
     // ----- user ---------------------------------------------------------------------------
 
     /// Records who is using this store; every later change is attributed to them.
@@ -238,7 +280,7 @@ impl Collector {
         self.user.read().clone()
     }
 
-    fn require_user(&self) -> Result<String> {
+    pub(crate) fn require_user(&self) -> Result<String> {
         self.current_user().ok_or(Error::NotSignedIn)
     }
 
@@ -390,7 +432,7 @@ impl Collector {
         Ok(canonical)
     }
 
-    fn household_form(&self) -> Result<(Arc<Form>, RecordBindings)> {
+    pub(crate) fn household_form(&self) -> Result<(Arc<Form>, RecordBindings)> {
         let form = self.latest_form(HOUSEHOLD_VISIT_FORM_ID)?;
         let bindings = record_bindings(&form);
         Ok((form, bindings))
@@ -435,7 +477,19 @@ impl Collector {
                 entity_id: &id,
                 op: "create",
                 field: None,
-                value: Some(&Json::Object(fields)),
+                value: Some(&Json::Object(fields.clone())),
+            },
+        )?;
+        let key = Some((crate::sync::protocol::Entity::Household, id.as_str(), None));
+        let village_code = village.as_str().unwrap_or_default().to_owned();
+        self.enqueue(
+            tx,
+            at,
+            key,
+            crate::sync::protocol::ChangeOp::CreateHousehold {
+                id: id.clone(),
+                village_code,
+                fields,
             },
         )?;
         for m in new.members {
@@ -477,8 +531,19 @@ impl Collector {
                 entity_id: &id,
                 op: "create",
                 field: Some(household_id),
-                value: Some(&Json::Object(clean)),
+                value: Some(&Json::Object(clean.clone())),
             },
+        )?;
+        let op = crate::sync::protocol::ChangeOp::CreateMember {
+            id: id.clone(),
+            household_id: household_id.to_owned(),
+            fields: clean,
+        };
+        self.enqueue(
+            tx,
+            at,
+            Some((crate::sync::protocol::Entity::Member, id.as_str(), None)),
+            op,
         )?;
         refresh_head(tx, household_id)?;
         Ok(id)
@@ -1082,7 +1147,9 @@ impl Collector {
             visit.answers = answers;
             visit.status = VisitStatus::Completed;
             visit.completed_at = Some(at.clone());
-            visit.updated_at = at;
+            visit.updated_at = at.clone();
+            let record = self.visit_record(tx, &visit)?;
+            self.enqueue(tx, &at, None, crate::sync::protocol::ChangeOp::SubmitVisit { visit: Box::new(record) })?;
             Ok(visit)
         })?;
         // Ids only: answers are personal data and never reach a log.
@@ -1279,7 +1346,18 @@ impl Collector {
                     field: None,
                     value: logged.as_ref(),
                 },
-            )
+            )?;
+            // A draft never left the device; a completed visit's status follows it to the server.
+            if status != VisitStatus::Draft {
+                let change = crate::sync::protocol::ChangeOp::SetVisitStatus {
+                    id: visit_id.to_owned(),
+                    status: to.to_owned(),
+                    reason: reason.map(str::to_owned),
+                    at: at.clone(),
+                };
+                self.enqueue(tx, &at, None, change)?;
+            }
+            Ok(())
         })
     }
 
@@ -1358,7 +1436,7 @@ pub struct FieldState {
     pub value: Json,
 }
 
-fn parse_object(text: &str) -> Result<Map<String, Json>> {
+pub(crate) fn parse_object(text: &str) -> Result<Map<String, Json>> {
     match serde_json::from_str(text)? {
         Json::Object(m) => Ok(m),
         _ => Err(Error::Storage(
@@ -1375,7 +1453,7 @@ fn household_exists(tx: &Transaction<'_>, id: &str) -> Result<()> {
 }
 
 /// Keeps the denormalised head name in step with the members.
-fn refresh_head(tx: &Transaction<'_>, household_id: &str) -> Result<()> {
+pub(crate) fn refresh_head(tx: &Transaction<'_>, household_id: &str) -> Result<()> {
     tx.prepare_cached(
         "UPDATE households SET head_name = (SELECT name FROM members WHERE household_id = ?1 AND removed = 0 AND relationship = ?2
                                             ORDER BY created_at LIMIT 1) WHERE id = ?1",
@@ -1386,6 +1464,38 @@ fn refresh_head(tx: &Transaction<'_>, household_id: &str) -> Result<()> {
 
 fn set_household_field(
     c: &Collector,
+    tx: &Transaction<'_>,
+    id: &str,
+    field: &str,
+    value: &Json,
+    at: &str,
+) -> Result<()> {
+    store_household_field(tx, id, field, value, at)?;
+    c.log(
+        tx,
+        at,
+        Change {
+            entity: "household",
+            entity_id: id,
+            op: "set_field",
+            field: Some(field),
+            value: Some(value),
+        },
+    )?;
+    c.enqueue_field_edit(
+        tx,
+        at,
+        crate::sync::protocol::Entity::Household,
+        id,
+        field,
+        value,
+        None,
+    )
+}
+
+/// Writes one field of the local household record and its indexed copies (no log, no outbox:
+/// also used to apply what the server sent).
+pub(crate) fn store_household_field(
     tx: &Transaction<'_>,
     id: &str,
     field: &str,
@@ -1415,21 +1525,42 @@ fn set_household_field(
         .map(str::to_owned);
     tx.prepare_cached("UPDATE households SET fields = ?2, village_code = ?3, next_visit_due = ?4, updated_at = ?5 WHERE id = ?1")?
         .execute(params![id, Json::Object(fields).to_string(), village, due, at])?;
+    Ok(())
+}
+
+fn set_member_field(
+    c: &Collector,
+    tx: &Transaction<'_>,
+    id: &str,
+    field: &str,
+    value: &Json,
+    at: &str,
+) -> Result<()> {
+    store_member_field(tx, id, field, value, at)?;
     c.log(
         tx,
         at,
         Change {
-            entity: "household",
+            entity: "member",
             entity_id: id,
             op: "set_field",
             field: Some(field),
             value: Some(value),
         },
+    )?;
+    c.enqueue_field_edit(
+        tx,
+        at,
+        crate::sync::protocol::Entity::Member,
+        id,
+        field,
+        value,
+        None,
     )
 }
 
-fn set_member_field(
-    c: &Collector,
+/// Writes one field of the local member record and its indexed copies (no log, no outbox).
+pub(crate) fn store_member_field(
     tx: &Transaction<'_>,
     id: &str,
     field: &str,
@@ -1454,18 +1585,7 @@ fn set_member_field(
     let (name, id_number, relationship) = (text("name"), text("id_number"), text("relationship"));
     tx.prepare_cached("UPDATE members SET fields = ?2, name = ?3, id_number = ?4, relationship = ?5, updated_at = ?6 WHERE id = ?1")?
         .execute(params![id, Json::Object(fields).to_string(), name, id_number, relationship, at])?;
-    refresh_head(tx, &household_id)?;
-    c.log(
-        tx,
-        at,
-        Change {
-            entity: "member",
-            entity_id: id,
-            op: "set_field",
-            field: Some(field),
-            value: Some(value),
-        },
-    )
+    refresh_head(tx, &household_id)
 }
 
 fn insert_visit(tx: &Transaction<'_>, v: &Visit) -> Result<()> {
@@ -1489,7 +1609,7 @@ fn insert_visit(tx: &Transaction<'_>, v: &Visit) -> Result<()> {
     Ok(())
 }
 
-fn load_visit(conn: &rusqlite::Connection, id: &str) -> Result<Visit> {
+pub(crate) fn load_visit(conn: &rusqlite::Connection, id: &str) -> Result<Visit> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, household_id, form_id, form_version, visit_type, status, answers, author, revision_of, void_reason,
                 created_at, updated_at, completed_at, signed_at FROM visits WHERE id = ?1",

@@ -46,6 +46,18 @@ pub enum Error {
     NotSignedIn,
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("this device is not enrolled with a server yet")]
+    NotEnrolled,
+    #[error("the server could not be reached ({0}); nothing was lost, sync again later")]
+    Transport(String),
+    #[error("the server refused the request ({code}, HTTP {status}): {message}")]
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("the sync was cancelled; what was already received is kept")]
+    Cancelled,
 }
 
 impl Error {
@@ -68,6 +80,10 @@ impl Error {
             Self::VisitHasProblems { .. } => "visit_has_problems",
             Self::NotSignedIn => "not_signed_in",
             Self::InvalidInput(_) => "invalid_input",
+            Self::NotEnrolled => "not_enrolled",
+            Self::Transport(_) => "transport",
+            Self::Server { .. } => "server",
+            Self::Cancelled => "cancelled",
         }
     }
 }

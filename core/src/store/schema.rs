@@ -5,11 +5,11 @@ use rusqlite_migration::{M, Migrations};
 
 /// The migrations, in order; `user_version` records how many are applied.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1)])
+    Migrations::new(vec![M::up(V1), M::up(V2)])
 }
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -115,6 +115,45 @@ CREATE TABLE change_log (
 );
 "#;
 
+/// Sync: the server's view of each record (for bases and checksums), the outbox, conflicts,
+/// rejected changes and per-village checksums. Columns are added, no data is rewritten.
+const V2: &str = r#"
+ALTER TABLE households ADD COLUMN server_state TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE members ADD COLUMN server_state TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE visits ADD COLUMN synced_seq INTEGER;
+
+-- Changes waiting for the server's acknowledgement. `seq` is the per-device change number
+-- (AUTOINCREMENT: never reused, even after the newest entry is deleted on its ack).
+CREATE TABLE outbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    entity      TEXT,
+    entity_id   TEXT,
+    field       TEXT,
+    hlc         TEXT NOT NULL,
+    device_time TEXT NOT NULL,
+    change      TEXT NOT NULL
+);
+CREATE INDEX outbox_by_record ON outbox (entity, entity_id) WHERE entity IS NOT NULL;
+
+CREATE TABLE sync_conflicts (
+    id           TEXT PRIMARY KEY,
+    village_code TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    info         TEXT NOT NULL
+);
+CREATE TABLE rejected_changes (
+    seq         INTEGER PRIMARY KEY,
+    change      TEXT NOT NULL,
+    code        TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    rejected_at TEXT NOT NULL
+);
+CREATE TABLE scope_checksums (
+    village_code TEXT PRIMARY KEY,
+    sum          INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +186,10 @@ mod tests {
                 "households",
                 "members",
                 "meta",
+                "outbox",
+                "rejected_changes",
+                "scope_checksums",
+                "sync_conflicts",
                 "visits"
             ]
         );

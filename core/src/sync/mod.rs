@@ -1,6 +1,18 @@
 //! Sync with the provincial backend: the wire protocol, the hybrid logical clock, per-village
-//! checksums, the sans-I/O sync engine and the transports that carry its bytes.
+//! checksums, the device's side of the store, the sans-I/O sync engine and the transports that
+//! carry its bytes.
 
 pub mod checksum;
+pub mod client;
+pub mod engine;
 pub mod hlc;
 pub mod protocol;
+pub mod transport;
+
+pub use client::{RejectedChange, SyncStatus};
+pub use engine::{
+    CancelFlag, SyncConfig, SyncEngine, SyncListener, SyncPhase, SyncProgress, SyncReport,
+};
+#[cfg(feature = "reqwest-transport")]
+pub use transport::ReqwestTransport;
+pub use transport::{HttpRequest, HttpResponse, RetryPolicy, Transport, TransportError};
