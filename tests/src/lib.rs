@@ -1,1 +1,173 @@
-//! End-to-end tests live in `tests/tests/`; helper programs they drive live in `src/bin/`.
+#![allow(missing_debug_implementations)]
+//! Helpers for the end-to-end tests: a real server on loopback and enrolled devices.
+//! The tests themselves live in `tests/tests/`; helper programs in `src/bin/`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use zoufang_core::model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
+use zoufang_core::sync::protocol::{Role, UserInfo};
+use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
+use zoufang_core::{Collector, StoreOptions};
+use zoufang_server::{AppState, SqliteStorage, Storage};
+
+/// A server on a loopback port, stopped when dropped.
+pub struct TestServer {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub storage: Arc<SqliteStorage>,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = Arc::new(SqliteStorage::open(dir.path()).expect("server storage"));
+        let now = Utc::now();
+        storage
+            .publish_form(HOUSEHOLD_VISIT_FORM_JSON, now)
+            .expect("publish form");
+        for list in default_code_lists().expect("code lists").iter() {
+            storage
+                .publish_code_list(list, now)
+                .expect("publish code list");
+        }
+        let state = AppState::new(storage.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind loopback");
+                bound_tx
+                    .send(listener.local_addr().expect("address"))
+                    .expect("report address");
+                let _ = zoufang_server::serve(state, listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+        });
+        let addr = bound_rx.recv().expect("server started");
+        Self {
+            url: format!("http://{addr}"),
+            addr,
+            storage,
+            dir,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Creates a user with areas and returns a fresh enrolment token for them.
+    pub fn user(&self, id: &str, role: Role, areas: &[&str]) -> String {
+        let user = UserInfo {
+            id: id.to_owned(),
+            role,
+            areas: areas.iter().map(|a| a.to_string()).collect(),
+        };
+        let _ = self.storage.create_user(&user, Utc::now());
+        self.storage
+            .issue_enrollment(id, std::time::Duration::from_secs(3600), Utc::now())
+            .expect("enrolment token")
+    }
+
+    pub fn transport(&self) -> ReqwestTransport {
+        ReqwestTransport::new(&self.url).expect("transport")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A phone: its own store, enrolled with the server.
+pub struct Device {
+    pub collector: Collector,
+    pub path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Device {
+    pub fn enrolled(server: &TestServer, user: &str, role: Role, areas: &[&str]) -> Self {
+        let token = server.user(user, role, areas);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("device.db");
+        let collector = Collector::open(&path, &StoreOptions::default()).expect("device store");
+        collector
+            .enroll(&server.transport(), &token, &format!("{user}-phone"))
+            .expect("enrol");
+        Self {
+            collector,
+            path,
+            dir,
+        }
+    }
+}
+
+/// A transport wrapper that counts requests and bytes, and can fail requests on demand:
+/// a stand-in for a link that drops.
+pub struct FlakyTransport<T: Transport> {
+    pub inner: T,
+    pub requests: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// Requests numbered in this set (1-based) get no answer...
+    pub fail: parking_lot::Mutex<Vec<u64>>,
+    /// ...and with this flag the request reaches the server but the answer is lost.
+    pub lose_answer: bool,
+}
+
+impl<T: Transport> FlakyTransport<T> {
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner,
+            requests: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            fail: parking_lot::Mutex::new(Vec::new()),
+            lose_answer: false,
+        }
+    }
+}
+
+impl<T: Transport> Transport for FlakyTransport<T> {
+    fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let failing = self.fail.lock().contains(&n);
+        if failing && !self.lose_answer {
+            return Err(TransportError {
+                message: "link down".into(),
+            });
+        }
+        self.bytes_sent
+            .fetch_add(request.body.len() as u64, Ordering::SeqCst);
+        let response = self.inner.send(request)?;
+        if failing {
+            return Err(TransportError {
+                message: "answer lost".into(),
+            });
+        }
+        self.bytes_received
+            .fetch_add(response.body.len() as u64, Ordering::SeqCst);
+        Ok(response)
+    }
+}

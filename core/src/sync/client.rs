@@ -126,12 +126,18 @@ fn adjust_checksum(
     remove: Option<u64>,
     add: Option<u64>,
 ) -> Result<()> {
-    let delta = add.unwrap_or(0).wrapping_sub(remove.unwrap_or(0)) as i64;
+    // Wrapping u64 arithmetic in Rust: SQLite would turn an overflowing integer sum into a float.
+    let current: Option<i64> = tx
+        .prepare_cached("SELECT sum FROM scope_checksums WHERE village_code = ?1")?
+        .query_row([village], |r| r.get(0))
+        .optional()?;
+    let sum = (current.unwrap_or(0) as u64)
+        .wrapping_sub(remove.unwrap_or(0))
+        .wrapping_add(add.unwrap_or(0));
     tx.prepare_cached(
-        "INSERT INTO scope_checksums (village_code, sum) VALUES (?1, ?2)
-         ON CONFLICT (village_code) DO UPDATE SET sum = sum + ?2",
+        "INSERT OR REPLACE INTO scope_checksums (village_code, sum) VALUES (?1, ?2)",
     )?
-    .execute(params![village, delta])?;
+    .execute(params![village, sum as i64])?;
     Ok(())
 }
 
