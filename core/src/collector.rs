@@ -217,6 +217,7 @@ impl Collector {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn log_change(
         &self,
         tx: &Transaction<'_>,

@@ -485,6 +485,7 @@ impl PushContext<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn create_record(
     tx: &Transaction<'_>,
     ctx: &PushContext<'_>,
@@ -987,14 +988,14 @@ fn submit_visit(
     if let Some(v) = existing {
         return Ok(applied(seq, Outcome::Unchanged, v as u64, None, None));
     }
-    if let Some(h) = &visit.household_id {
-        if locate(tx, Entity::Household, h)?.is_none() {
-            return Ok(rejected(
-                seq,
-                "not_found",
-                "the visit's household does not exist on the server",
-            ));
-        }
+    if let Some(h) = &visit.household_id
+        && locate(tx, Entity::Household, h)?.is_none()
+    {
+        return Ok(rejected(
+            seq,
+            "not_found",
+            "the visit's household does not exist on the server",
+        ));
     }
     let server_seq = next_seq(tx)?;
     tx.prepare_cached("INSERT INTO visits (id, village_code, seq, body) VALUES (?1, ?2, ?3, ?4)")?

@@ -160,3 +160,376 @@ fn the_demo_story_two_coordinators_merge_field_by_field_and_resolve_a_conflict()
     let resolved = server.storage.conflicts(&reviewer()).unwrap();
     assert!(resolved.is_empty());
 }
+
+fn no_retry() -> zoufang_core::sync::SyncConfig {
+    let mut c = zoufang_core::sync::SyncConfig::default();
+    c.retry.attempts = 1;
+    c
+}
+
+#[test]
+fn a_lost_acknowledgement_followed_by_a_re_push_changes_nothing() {
+    let server = TestServer::start();
+    let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let a = &a.collector;
+    let h = new_household(a);
+    a.edit_household_field(&h, "phone", json!("13900000009"))
+        .unwrap();
+    // Request 1 is the catalog; request 2 the push: it reaches the server, its answer is lost.
+    let mut flaky = zoufang_tests::FlakyTransport::new(server.transport());
+    flaky.lose_answer = true;
+    flaky.fail.lock().push(2);
+    let err = a.sync_with(&flaky, no_retry(), None, None).unwrap_err();
+    assert_eq!(err.code(), "transport");
+    let after_first = server.storage.stats().unwrap();
+    assert_eq!(after_first.households, 1, "the server applied the push");
+    assert_eq!(
+        a.sync_status().unwrap().pending_changes,
+        3,
+        "nothing left the outbox without an ack"
+    );
+
+    let report = a.sync(&server.transport(), None, None).unwrap();
+    assert_eq!(
+        (report.pushed, report.accepted, report.conflicts),
+        (3, 3, 0),
+        "{report:?}"
+    );
+    assert_eq!(
+        server.storage.stats().unwrap().feed_entries,
+        after_first.feed_entries,
+        "nothing applied twice"
+    );
+    assert_eq!(a.sync_status().unwrap().pending_changes, 0);
+    let on_server = server
+        .storage
+        .record(Entity::Household, &h)
+        .unwrap()
+        .unwrap();
+    assert_eq!(on_server.fields["phone"].value, json!("13900000009"));
+}
+
+#[test]
+fn an_interrupted_pull_resumes_without_re_downloading_applied_batches() {
+    let server = TestServer::start();
+    let b = Device::enrolled(&server, "coord-b", Role::Coordinator, &[VILLAGE]);
+    for _ in 0..30 {
+        new_household(&b.collector);
+    }
+    b.collector.sync(&server.transport(), None, None).unwrap();
+    let total = server.storage.stats().unwrap().feed_entries;
+    assert_eq!(total, 60);
+
+    let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let mut config = no_retry();
+    config.pull_limit = 10;
+    // Requests: 1 catalog (nothing to push), then pulls; the third pull's link drops.
+    let flaky = zoufang_tests::FlakyTransport::new(server.transport());
+    flaky.fail.lock().push(4);
+    assert_eq!(
+        a.collector
+            .sync_with(&flaky, config, None, None)
+            .unwrap_err()
+            .code(),
+        "transport"
+    );
+    assert_eq!(
+        a.collector.counts().unwrap().households,
+        10,
+        "two batches of 10 entries applied"
+    );
+
+    let resumed = a
+        .collector
+        .sync_with(&server.transport(), config, None, None)
+        .unwrap();
+    assert_eq!(
+        resumed.pulled,
+        total - 20,
+        "applied batches are not downloaded again"
+    );
+    assert_eq!(a.collector.counts().unwrap().households, 30);
+    assert_eq!(a.collector.counts().unwrap().members, 30);
+    assert!(
+        resumed.repaired_villages.is_empty(),
+        "checksums agree after the resume"
+    );
+}
+
+#[test]
+fn a_coordinator_never_receives_nor_writes_another_villages_households() {
+    const OTHER: &str = "513431104202";
+    let server = TestServer::start();
+    let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let b = Device::enrolled(&server, "coord-b", Role::Coordinator, &[OTHER]);
+    let theirs = b
+        .collector
+        .add_household(NewHousehold {
+            village_code: OTHER.into(),
+            fields: obj(json!({"phone": "13811112222"})),
+            members: vec![],
+        })
+        .unwrap();
+    b.collector.sync(&server.transport(), None, None).unwrap();
+    new_household(&a.collector);
+    a.collector.sync(&server.transport(), None, None).unwrap();
+    assert!(a.collector.household(&theirs).is_err(), "never downloaded");
+    assert!(
+        a.collector
+            .households_in_village(OTHER, 10, 0)
+            .unwrap()
+            .is_empty()
+    );
+
+    // Writing into the other village is refused, and the refused change is kept and listed.
+    let mine_there = a
+        .collector
+        .add_household(NewHousehold {
+            village_code: OTHER.into(),
+            fields: Map::new(),
+            members: vec![],
+        })
+        .unwrap();
+    let report = a.collector.sync(&server.transport(), None, None).unwrap();
+    assert_eq!(report.rejected, 1);
+    let rejected = a.collector.rejected_changes().unwrap();
+    assert_eq!(rejected[0].code, "out_of_area");
+    assert!(
+        a.collector.household(&mine_there).is_ok(),
+        "the local record is not dropped"
+    );
+    // Even a hand-made change naming their household is refused by the server.
+    let auth = DeviceAuth {
+        device_id: "forged".into(),
+        user: UserInfo {
+            id: "coord-a".into(),
+            role: Role::Coordinator,
+            areas: vec![VILLAGE.into()],
+        },
+    };
+    let change = zoufang_core::sync::protocol::Change {
+        seq: 1,
+        hlc: "0".into(),
+        device_time: chrono::Utc::now().to_rfc3339(),
+        op: zoufang_core::sync::protocol::ChangeOp::SetField {
+            entity: Entity::Household,
+            id: theirs.clone(),
+            field: "phone".into(),
+            value: json!("13000000000"),
+            base: 0,
+            resolves: None,
+            after: None,
+        },
+    };
+    let acks = server
+        .storage
+        .push(&auth, &[change], chrono::Utc::now(), chrono::Utc::now())
+        .unwrap();
+    assert_eq!(acks[0].code.as_deref(), Some("out_of_area"));
+    let unchanged = server
+        .storage
+        .record(Entity::Household, &theirs)
+        .unwrap()
+        .unwrap();
+    assert_eq!(unchanged.fields["phone"].value, json!("13811112222"));
+}
+
+#[test]
+fn a_checksum_mismatch_repairs_only_that_village() {
+    const OTHER: &str = "513431104202";
+    let server = TestServer::start();
+    let a = Device::enrolled(&server, "staff-a", Role::TownshipStaff, &["513431104"]);
+    let h1 = new_household(&a.collector);
+    let h2 = a
+        .collector
+        .add_household(NewHousehold {
+            village_code: OTHER.into(),
+            fields: obj(json!({"phone": "13811112222"})),
+            members: vec![],
+        })
+        .unwrap();
+    a.collector.sync(&server.transport(), None, None).unwrap();
+    assert!(
+        a.collector
+            .sync(&server.transport(), None, None)
+            .unwrap()
+            .repaired_villages
+            .is_empty()
+    );
+
+    // Damage the device's copy of one village behind the store's back.
+    let conn = rusqlite::Connection::open(&a.path).unwrap();
+    conn.execute("UPDATE households SET server_state = '{}', fields = '{\"village_code\":\"513431104201\"}' WHERE id = ?1", [&h1])
+        .unwrap();
+    conn.execute(
+        "UPDATE scope_checksums SET sum = sum + 1 WHERE village_code = ?1",
+        [VILLAGE],
+    )
+    .unwrap();
+    drop(conn);
+    let report = a.collector.sync(&server.transport(), None, None).unwrap();
+    assert_eq!(report.repaired_villages, vec![VILLAGE.to_owned()]);
+    assert_eq!(
+        fields(&a.collector, &h1)["phone"],
+        json!("13812345678"),
+        "restored from the server"
+    );
+    assert_eq!(fields(&a.collector, &h2)["phone"], json!("13811112222"));
+    assert!(
+        a.collector
+            .sync(&server.transport(), None, None)
+            .unwrap()
+            .repaired_villages
+            .is_empty()
+    );
+}
+
+#[test]
+fn six_months_offline_with_a_thousand_queued_changes_syncs_with_nothing_lost() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let server = TestServer::start();
+    let token = server.user("coord-a", Role::Coordinator, &[VILLAGE]);
+    let dir = tempfile::tempdir().unwrap();
+    let days_back = Arc::new(AtomicI64::new(0));
+    let clock = {
+        let days_back = days_back.clone();
+        Arc::new(move || {
+            chrono::Utc::now() - chrono::TimeDelta::days(days_back.load(Ordering::SeqCst))
+        })
+    };
+    let a = Collector::open_with_clock(
+        &dir.path().join("a.db"),
+        &zoufang_core::StoreOptions::default(),
+        clock,
+    )
+    .unwrap();
+    a.enroll(&server.transport(), &token, "phone").unwrap();
+
+    // Six months of work without coverage: 200 households with a member, then 600 edits.
+    days_back.store(180, Ordering::SeqCst);
+    let households: Vec<String> = (0..200).map(|_| new_household(&a)).collect();
+    for (i, h) in households.iter().enumerate().take(200) {
+        for (field, value) in [
+            ("phone", json!(format!("139{:08}", i))),
+            ("address", json!(format!("{i}号"))),
+            ("supporters_elsewhere", json!(i % 5)),
+        ] {
+            a.edit_household_field(h, field, value).unwrap();
+        }
+    }
+    assert_eq!(a.sync_status().unwrap().pending_changes, 1000);
+    days_back.store(0, Ordering::SeqCst);
+
+    let report = a.sync(&server.transport(), None, None).unwrap();
+    assert_eq!(
+        (
+            report.pushed,
+            report.accepted,
+            report.conflicts,
+            report.rejected
+        ),
+        (1000, 1000, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(a.sync_status().unwrap().pending_changes, 0);
+    assert_eq!(server.storage.stats().unwrap().households, 200);
+    for h in households.iter().step_by(37) {
+        let on_server = server
+            .storage
+            .record(Entity::Household, h)
+            .unwrap()
+            .unwrap();
+        let server_fields: Map<String, Json> = on_server
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        assert_eq!(fields(&a, h), server_fields);
+    }
+}
+
+#[test]
+fn old_clients_revoked_devices_and_bad_bodies_get_clear_errors() {
+    use zoufang_core::sync::protocol::{PullRequest, encode};
+    use zoufang_core::sync::{HttpRequest, Transport};
+    let server = TestServer::start();
+    let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let t = server.transport();
+    let send = |body: Vec<u8>, token: &str| {
+        t.send(&HttpRequest {
+            method: "POST".into(),
+            path: "/v1/pull".into(),
+            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+            body,
+        })
+        .unwrap()
+    };
+    let error_code = |r: &zoufang_core::sync::HttpResponse| -> String {
+        let body: zoufang_core::sync::protocol::ErrorBody =
+            serde_json::from_slice(&r.body).unwrap();
+        body.error.code
+    };
+    // No valid token.
+    let ok_body = encode(&PullRequest {
+        protocol: 1,
+        cursors: Default::default(),
+        limit: 10,
+    })
+    .unwrap();
+    let r = send(ok_body.clone(), "zfd_nope");
+    assert_eq!((r.status, error_code(&r)), (401, "unauthorized".to_owned()));
+    // A real token, then the device is revoked.
+    let devices = server.storage.devices().unwrap();
+    let device_id = devices[0].id.clone();
+    a.collector.sync(&server.transport(), None, None).unwrap();
+    server
+        .storage
+        .revoke_device(&device_id, chrono::Utc::now())
+        .unwrap();
+    let err = a
+        .collector
+        .sync(&server.transport(), None, None)
+        .unwrap_err();
+    assert!(
+        matches!(&err, zoufang_core::Error::Server { status: 401, .. }),
+        "{err:?}"
+    );
+    // Protocol from the future, and garbage, with a fresh device.
+    let b = server.user("coord-b", Role::Coordinator, &[VILLAGE]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::open(
+        &dir.path().join("b.db"),
+        &zoufang_core::StoreOptions::default(),
+    )
+    .unwrap();
+    c.enroll(&t, &b, "b").unwrap();
+    assert_eq!(
+        c.enroll(&t, &b, "again").unwrap_err().code(),
+        "server",
+        "an enrolment token works once"
+    );
+    let token_b = {
+        let e = server.user("coord-c", Role::Coordinator, &[VILLAGE]);
+        let enrolled = server
+            .storage
+            .enroll(&e, "raw", chrono::Utc::now())
+            .unwrap();
+        enrolled.device_token
+    };
+    let future = encode(&PullRequest {
+        protocol: 99,
+        cursors: Default::default(),
+        limit: 10,
+    })
+    .unwrap();
+    let r = send(future, &token_b);
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (426, "protocol_unsupported".to_owned())
+    );
+    let r = send(b"\x28\xb5\x2f\xfdgarbage".to_vec(), &token_b);
+    assert_eq!((r.status, error_code(&r)), (400, "bad_message".to_owned()));
+    let r = send(ok_body, &token_b);
+    assert_eq!(r.status, 200);
+}

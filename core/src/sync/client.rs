@@ -194,10 +194,10 @@ fn set_server_field(
         tx.prepare_cached(&sql)?
             .execute(params![id, Json::Object(state.clone()).to_string()])?;
     }
-    if pending_after(tx, entity, id, field)?.is_none() {
-        if let Some(current) = field_value(&state, field) {
-            store_local_field(tx, entity, id, field, &current.value, at)?;
-        }
+    if pending_after(tx, entity, id, field)?.is_none()
+        && let Some(current) = field_value(&state, field)
+    {
+        store_local_field(tx, entity, id, field, &current.value, at)?;
     }
     Ok(())
 }
