@@ -1,4 +1,5 @@
-#![allow(missing_debug_implementations)]
+// Test support: a failure to set up must stop the test loudly.
+#![allow(missing_debug_implementations, clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 //! Helpers for the end-to-end tests: a real server on loopback and enrolled devices.
 //! The tests themselves live in `tests/tests/`; helper programs in `src/bin/`.
 
