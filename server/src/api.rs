@@ -273,3 +273,52 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// A server running on its own thread and runtime: for the CLI's demo and for tests.
+/// Stops when dropped.
+pub struct BackgroundServer {
+    pub url: String,
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BackgroundServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackgroundServer").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl BackgroundServer {
+    /// Binds `addr` (use port 0 for any free port) and serves on a new thread.
+    pub fn start(state: AppState, addr: &str) -> std::io::Result<Self> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let bound = std_listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = serve(state, listener, shutdown).await {
+                    tracing::error!("server stopped: {e}");
+                }
+            });
+        });
+        Ok(Self { url: format!("http://{bound}"), addr: bound, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -6,6 +6,21 @@ pub mod merge;
 pub mod sqlite;
 pub mod storage;
 
-pub use api::{AppState, router, serve};
+use chrono::Utc;
+use zoufang_core::model::default_form::{default_code_lists, HOUSEHOLD_VISIT_FORM_JSON};
+
+/// Publishes the shipped household visit form and code lists if the server has no form yet,
+/// so a new server is usable at once.
+pub fn publish_defaults(storage: &dyn Storage) -> Result<(), ServerError> {
+    let now = Utc::now();
+    storage.publish_form(HOUSEHOLD_VISIT_FORM_JSON, now)?;
+    let lists = default_code_lists().map_err(|e| ServerError::Storage(e.to_string()))?;
+    for list in lists.iter() {
+        storage.publish_code_list(list, now)?;
+    }
+    Ok(())
+}
+
+pub use api::{AppState, BackgroundServer, router, serve};
 pub use sqlite::SqliteStorage;
 pub use storage::{DeviceAuth, ServerError, Storage};

@@ -3,100 +3,42 @@
 //! Helpers for the end-to-end tests: a real server on loopback and enrolled devices.
 //! The tests themselves live in `tests/tests/`; helper programs in `src/bin/`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
-use zoufang_core::model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
 use zoufang_core::sync::protocol::{Role, UserInfo};
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
-use zoufang_server::{AppState, SqliteStorage, Storage};
+use zoufang_server::{AppState, BackgroundServer, SqliteStorage, Storage};
 
 /// A server on a loopback port, stopped when dropped.
 pub struct TestServer {
     pub url: String,
-    pub addr: SocketAddr,
     pub storage: Arc<SqliteStorage>,
     pub dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: BackgroundServer,
 }
 
 impl TestServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = Arc::new(SqliteStorage::open(dir.path()).expect("server storage"));
-        let now = Utc::now();
-        storage
-            .publish_form(HOUSEHOLD_VISIT_FORM_JSON, now)
-            .expect("publish form");
-        for list in default_code_lists().expect("code lists").iter() {
-            storage
-                .publish_code_list(list, now)
-                .expect("publish code list");
-        }
-        let state = AppState::new(storage.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind loopback");
-                bound_tx
-                    .send(listener.local_addr().expect("address"))
-                    .expect("report address");
-                let _ = zoufang_server::serve(state, listener, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            });
-        });
-        let addr = bound_rx.recv().expect("server started");
-        Self {
-            url: format!("http://{addr}"),
-            addr,
-            storage,
-            dir,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        zoufang_server::publish_defaults(storage.as_ref()).expect("publish the default form");
+        let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0").expect("server started");
+        Self { url: server.url.clone(), storage, dir, _server: server }
     }
 
     /// Creates a user with areas and returns a fresh enrolment token for them.
     pub fn user(&self, id: &str, role: Role, areas: &[&str]) -> String {
-        let user = UserInfo {
-            id: id.to_owned(),
-            role,
-            areas: areas.iter().map(|a| a.to_string()).collect(),
-        };
+        let user = UserInfo { id: id.to_owned(), role, areas: areas.iter().map(|a| a.to_string()).collect() };
         let _ = self.storage.create_user(&user, Utc::now());
-        self.storage
-            .issue_enrollment(id, std::time::Duration::from_secs(3600), Utc::now())
-            .expect("enrolment token")
+        self.storage.issue_enrollment(id, std::time::Duration::from_secs(3600), Utc::now()).expect("enrolment token")
     }
 
     pub fn transport(&self) -> ReqwestTransport {
         ReqwestTransport::new(&self.url).expect("transport")
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
