@@ -13,6 +13,7 @@ macro_rules! outln {
 
 mod bench;
 mod demo;
+mod net;
 mod sample;
 
 use std::path::PathBuf;
@@ -64,6 +65,27 @@ enum Command {
     Visit(VisitCommand),
     /// Totals of the store.
     Counts,
+    /// Run the provincial sync server on a data directory.
+    Serve {
+        #[arg(long, env = "ZOUFANG_DATA")]
+        data: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Administer a server's data directory: users, areas, enrolment tokens, forms, devices.
+    Admin {
+        #[arg(long, env = "ZOUFANG_DATA", global = true)]
+        data: Option<PathBuf>,
+        #[command(subcommand)]
+        command: net::AdminCommand,
+    },
+    /// A phone at a desk: enrol, sync, conflicts (households and visits: the commands above).
+    Device {
+        #[arg(long, env = "ZOUFANG_SERVER", global = true)]
+        server: Option<String>,
+        #[command(subcommand)]
+        command: net::DeviceCommand,
+    },
     /// The demo story: a store, households, visits, Yi and Chinese labels, a bad ID caught.
     Demo,
     /// Benchmarks, reported as ratios against baselines measured in the same run.
@@ -184,7 +206,7 @@ enum VisitCommand {
 
 /// A failure of the CLI: a stable code and a one-line message.
 #[derive(Debug)]
-struct Failure {
+pub(crate) struct Failure {
     code: String,
     message: String,
 }
@@ -198,22 +220,22 @@ impl From<Error> for Failure {
     }
 }
 
-fn fail(code: &str, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(code: &str, message: impl Into<String>) -> Failure {
     Failure {
         code: code.to_owned(),
         message: message.into(),
     }
 }
 
-type CliResult = Result<(), Failure>;
+pub(crate) type CliResult = Result<(), Failure>;
 
-struct Out {
-    json: bool,
+pub(crate) struct Out {
+    pub(crate) json: bool,
 }
 
 impl Out {
     /// Prints `value` as JSON with --json, else the human text.
-    fn emit(&self, value: &impl Serialize, human: impl FnOnce() -> String) -> CliResult {
+    pub(crate) fn emit(&self, value: &impl Serialize, human: impl FnOnce() -> String) -> CliResult {
         if self.json {
             let text =
                 serde_json::to_string_pretty(value).map_err(|e| fail("output", e.to_string()))?;
@@ -225,7 +247,7 @@ impl Out {
     }
 }
 
-fn parse_json(what: &str, text: &str) -> Result<Json, Failure> {
+pub(crate) fn parse_json(what: &str, text: &str) -> Result<Json, Failure> {
     serde_json::from_str(text)
         .map_err(|e| fail("invalid_json", format!("{what} is not valid JSON: {e}")))
 }
@@ -240,7 +262,7 @@ fn parse_object(what: &str, text: &str) -> Result<Map<String, Json>, Failure> {
     }
 }
 
-fn read_file(path: &PathBuf) -> Result<String, Failure> {
+pub(crate) fn read_file(path: &PathBuf) -> Result<String, Failure> {
     std::fs::read_to_string(path)
         .map_err(|e| fail("io", format!("cannot read {}: {e}", path.display())))
 }
@@ -344,6 +366,9 @@ fn run(cli: Cli) -> CliResult {
             let counts = open(&cli.store)?.counts()?;
             out.emit(&counts, || format!("{counts:#?}"))
         }
+        Command::Serve { data, listen } => net::serve(&data, &listen),
+        Command::Admin { data, command } => net::admin(command, &data, &out),
+        Command::Device { server, command } => net::device(command, &open(&cli.store)?, &server, &out),
         Command::Demo => demo::run(cli.json),
         Command::Bench { households, rounds } => bench::run(households, rounds, cli.json),
     }

@@ -285,7 +285,9 @@ pub struct BackgroundServer {
 
 impl std::fmt::Debug for BackgroundServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackgroundServer").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("BackgroundServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -295,11 +297,16 @@ impl BackgroundServer {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let bound = std_listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
+                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                    return;
+                };
                 let shutdown = async {
                     let _ = stopped.await;
                 };
@@ -308,7 +315,12 @@ impl BackgroundServer {
                 }
             });
         });
-        Ok(Self { url: format!("http://{bound}"), addr: bound, stop: Some(stop), thread: Some(thread) })
+        Ok(Self {
+            url: format!("http://{bound}"),
+            addr: bound,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 }
 

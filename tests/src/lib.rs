@@ -1,5 +1,10 @@
 // Test support: a failure to set up must stop the test loudly.
-#![allow(missing_debug_implementations, clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+#![allow(
+    missing_debug_implementations,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic
+)]
 //! Helpers for the end-to-end tests: a real server on loopback and enrolled devices.
 //! The tests themselves live in `tests/tests/`; helper programs in `src/bin/`.
 
@@ -26,15 +31,27 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = Arc::new(SqliteStorage::open(dir.path()).expect("server storage"));
         zoufang_server::publish_defaults(storage.as_ref()).expect("publish the default form");
-        let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0").expect("server started");
-        Self { url: server.url.clone(), storage, dir, _server: server }
+        let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0")
+            .expect("server started");
+        Self {
+            url: server.url.clone(),
+            storage,
+            dir,
+            _server: server,
+        }
     }
 
     /// Creates a user with areas and returns a fresh enrolment token for them.
     pub fn user(&self, id: &str, role: Role, areas: &[&str]) -> String {
-        let user = UserInfo { id: id.to_owned(), role, areas: areas.iter().map(|a| a.to_string()).collect() };
+        let user = UserInfo {
+            id: id.to_owned(),
+            role,
+            areas: areas.iter().map(|a| a.to_string()).collect(),
+        };
         let _ = self.storage.create_user(&user, Utc::now());
-        self.storage.issue_enrollment(id, std::time::Duration::from_secs(3600), Utc::now()).expect("enrolment token")
+        self.storage
+            .issue_enrollment(id, std::time::Duration::from_secs(3600), Utc::now())
+            .expect("enrolment token")
     }
 
     pub fn transport(&self) -> ReqwestTransport {

@@ -1,0 +1,319 @@
+//! The networked commands: `serve` (the provincial server), `admin` (acting on a server's data
+//! directory) and `device` (a phone at a desk: enrol, sync, conflicts).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::json;
+use zoufang_core::Collector;
+use zoufang_core::sync::protocol::{Role, UserInfo};
+use zoufang_core::sync::{ReqwestTransport, SyncListener, SyncPhase, SyncProgress};
+use zoufang_server::{AppState, SqliteStorage, Storage};
+
+use crate::{CliResult, Failure, Out, fail, parse_json, read_file};
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Create a user with a role and areas (region-code prefixes).
+    UserAdd {
+        id: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long = "area", required = true)]
+        areas: Vec<String>,
+    },
+    /// Replace a user's areas.
+    UserAreas {
+        id: String,
+        #[arg(long = "area", required = true)]
+        areas: Vec<String>,
+    },
+    UserList,
+    /// Issue a one-time enrolment token for a user's new device.
+    EnrollToken {
+        user: String,
+        #[arg(long, default_value_t = 7)]
+        days: u64,
+    },
+    /// Publish a form definition (a new version), checked first.
+    FormPublish {
+        file: PathBuf,
+    },
+    DeviceList,
+    DeviceRevoke {
+        id: String,
+    },
+    Stats,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Enrol this store with a server using an enrolment token.
+    Enroll {
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value = "desk")]
+        name: String,
+    },
+    /// Sync with the server, with a progress bar.
+    Sync,
+    /// Enrolment, pending changes, conflicts, last sync, clock offset.
+    Status,
+    /// Open conflicts: every competing value with who and when.
+    Conflicts,
+    /// Resolve a conflict with a JSON value (one of the competing values, or a new one).
+    Resolve { conflict: String, value: String },
+    /// Changes the server refused (kept, never dropped).
+    Rejected,
+}
+
+fn storage(data: &Option<PathBuf>) -> Result<SqliteStorage, Failure> {
+    let dir = data
+        .as_ref()
+        .ok_or_else(|| fail("no_data_dir", "give --data DIR or set ZOUFANG_DATA"))?;
+    SqliteStorage::open(dir).map_err(|e| fail(e.code(), e.to_string()))
+}
+
+fn server_failure(e: zoufang_server::ServerError) -> Failure {
+    fail(e.code(), e.to_string())
+}
+
+/// Logs go to stderr as structured lines; `RUST_LOG` tunes them. They carry no personal data.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn serve(data: &Option<PathBuf>, listen: &str) -> CliResult {
+    init_logs();
+    let storage = Arc::new(storage(data)?);
+    if storage
+        .catalog(&zoufang_core::sync::protocol::CatalogRequest {
+            protocol: zoufang_core::sync::protocol::PROTOCOL_VERSION,
+            forms: vec![],
+            code_lists: Default::default(),
+        })
+        .map_err(server_failure)?
+        .0
+        .is_empty()
+    {
+        zoufang_server::publish_defaults(storage.as_ref()).map_err(server_failure)?;
+    }
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| fail("io", e.to_string()))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| fail("io", format!("cannot listen on {listen}: {e}")))?;
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        zoufang_server::serve(AppState::new(storage), listener, shutdown)
+            .await
+            .map_err(|e| fail("io", e.to_string()))
+    })
+}
+
+pub fn admin(cmd: AdminCommand, data: &Option<PathBuf>, out: &Out) -> CliResult {
+    let s = storage(data)?;
+    let now = chrono::Utc::now();
+    match cmd {
+        AdminCommand::UserAdd { id, role, areas } => {
+            let role = Role::parse(&role).ok_or_else(|| {
+                fail(
+                    "invalid_input",
+                    "role is coordinator, township_staff, county_reviewer or administrator",
+                )
+            })?;
+            s.create_user(
+                &UserInfo {
+                    id: id.clone(),
+                    role,
+                    areas,
+                },
+                now,
+            )
+            .map_err(server_failure)?;
+            out.emit(&json!({"ok": true}), || format!("user {id} created"))
+        }
+        AdminCommand::UserAreas { id, areas } => {
+            s.set_areas(&id, &areas).map_err(server_failure)?;
+            out.emit(&json!({"ok": true}), || format!("areas of {id} set"))
+        }
+        AdminCommand::UserList => {
+            let users = s.users().map_err(server_failure)?;
+            out.emit(&users, || {
+                users
+                    .iter()
+                    .map(|u| format!("{}  {}  {}", u.id, u.role.as_str(), u.areas.join(",")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        AdminCommand::EnrollToken { user, days } => {
+            let token = s
+                .issue_enrollment(&user, Duration::from_secs(days * 24 * 3600), now)
+                .map_err(server_failure)?;
+            out.emit(&json!({"token": token}), || token.clone())
+        }
+        AdminCommand::FormPublish { file } => {
+            let (id, version) = s
+                .publish_form(&read_file(&file)?, now)
+                .map_err(server_failure)?;
+            out.emit(&json!({"id": id, "version": version}), || {
+                format!("published {id} v{version}")
+            })
+        }
+        AdminCommand::DeviceList => {
+            let devices = s.devices().map_err(server_failure)?;
+            out.emit(&devices, || {
+                devices
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{}  {}  {}  revoked {}",
+                            d.id,
+                            d.user_id,
+                            d.name,
+                            d.revoked_at.as_deref().unwrap_or("no")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        AdminCommand::DeviceRevoke { id } => {
+            s.revoke_device(&id, now).map_err(server_failure)?;
+            out.emit(&json!({"ok": true}), || format!("device {id} revoked"))
+        }
+        AdminCommand::Stats => {
+            let stats = s.stats().map_err(server_failure)?;
+            out.emit(&stats, || format!("{stats:#?}"))
+        }
+    }
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl SyncListener for Bar {
+    fn on_progress(&self, p: SyncProgress) {
+        let phase = match p.phase {
+            SyncPhase::Catalog => "forms",
+            SyncPhase::Push => "sending",
+            SyncPhase::Pull => "receiving",
+            SyncPhase::Verify => "checking",
+            SyncPhase::Done => "done",
+        };
+        self.0.set_length(p.total.max(1));
+        self.0.set_position(p.done);
+        self.0.set_message(format!(
+            "{phase}  ↑{} B ↓{} B",
+            p.bytes_sent, p.bytes_received
+        ));
+    }
+}
+
+pub fn device(cmd: DeviceCommand, c: &Collector, server: &Option<String>, out: &Out) -> CliResult {
+    let transport = || -> Result<ReqwestTransport, Failure> {
+        let url = server
+            .as_ref()
+            .ok_or_else(|| fail("no_server", "give --server URL or set ZOUFANG_SERVER"))?;
+        ReqwestTransport::new(url).map_err(|e| fail("transport", e.message))
+    };
+    match cmd {
+        DeviceCommand::Enroll { token, name } => {
+            let user = c.enroll(&transport()?, &token, &name)?;
+            out.emit(&user, || {
+                format!(
+                    "enrolled as {} ({}) for areas {}",
+                    user.id,
+                    user.role.as_str(),
+                    user.areas.join(",")
+                )
+            })
+        }
+        DeviceCommand::Sync => {
+            let bar = indicatif::ProgressBar::new(1);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            if out.json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let listener = Bar(bar);
+            let report = c.sync(&transport()?, Some(&listener), None)?;
+            listener.0.finish_and_clear();
+            out.emit(&report, || {
+                format!(
+                    "synced: sent {} change(s) ({} accepted, {} in conflict, {} refused), received {}, {} round trips, {} B up / {} B down{}",
+                    report.pushed,
+                    report.accepted,
+                    report.conflicts,
+                    report.rejected,
+                    report.pulled,
+                    report.round_trips,
+                    report.bytes_sent,
+                    report.bytes_received,
+                    if report.clock_skewed { "; this device's clock is far off" } else { "" }
+                )
+            })
+        }
+        DeviceCommand::Status => {
+            let status = c.sync_status()?;
+            out.emit(&status, || format!("{status:#?}"))
+        }
+        DeviceCommand::Conflicts => {
+            let conflicts = c.conflicts()?;
+            out.emit(&conflicts, || {
+                if conflicts.is_empty() {
+                    return "no open conflicts".to_owned();
+                }
+                conflicts
+                    .iter()
+                    .map(|k| {
+                        let values: Vec<String> = k
+                            .values
+                            .iter()
+                            .map(|v| format!("{} by {} at {}", v.value, v.user, v.received_at))
+                            .collect();
+                        format!(
+                            "{}  {} {} field {}: {} (showing {})",
+                            k.id,
+                            k.entity.as_str(),
+                            k.entity_id,
+                            k.field,
+                            values.join(" | "),
+                            k.provisional
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        DeviceCommand::Resolve { conflict, value } => {
+            c.resolve_conflict(&conflict, parse_json("VALUE", &value)?)?;
+            out.emit(&json!({"ok": true}), || {
+                "resolved locally; it reaches the server with the next sync".to_owned()
+            })
+        }
+        DeviceCommand::Rejected => {
+            let rejected = c.rejected_changes()?;
+            out.emit(&rejected, || {
+                if rejected.is_empty() {
+                    return "no refused changes".to_owned();
+                }
+                rejected
+                    .iter()
+                    .map(|r| format!("#{} {} {}", r.seq, r.code, r.message))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+    }
+}
