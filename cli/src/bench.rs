@@ -15,24 +15,24 @@ use serde_json::{Value as Json, json};
 use zoufang_core::{Collector, StoreOptions};
 
 use crate::sample::{self, Rng};
-use crate::{CliResult, Failure, fail};
+use crate::{Failure, fail};
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
-fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+pub(crate) fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v.get(i).copied().unwrap_or_default()
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn bare_db(path: &Path) -> Result<Connection, Failure> {
+pub(crate) fn bare_db(path: &Path) -> Result<Connection, Failure> {
     let conn = Connection::open(path).map_err(|e| fail("bench", e.to_string()))?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
         .map_err(|e| fail("bench", e.to_string()))?;
@@ -43,11 +43,15 @@ fn bare_db(path: &Path) -> Result<Connection, Failure> {
     Ok(conn)
 }
 
-fn bench_err(e: rusqlite::Error) -> Failure {
+pub(crate) fn bench_err(e: rusqlite::Error) -> Failure {
     fail("bench", e.to_string())
 }
 
-pub fn run(households: usize, rounds: usize, json_output: bool) -> CliResult {
+pub fn run(
+    households: usize,
+    rounds: usize,
+    json_output: bool,
+) -> Result<Vec<serde_json::Value>, Failure> {
     // On the project's disk, not a tmpfs: fsync must cost what it costs on a phone's flash.
     let dir = tempfile::Builder::new()
         .prefix("zoufang-bench")
@@ -219,11 +223,5 @@ pub fn run(households: usize, rounds: usize, json_output: bool) -> CliResult {
     );
     report.push(json!({"name": "open_store", "households": households, "median_ms": ms(o), "baseline_ms": ms(bo), "ratio": ms(o) / ms(bo).max(1e-9)}));
 
-    if json_output {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"benchmarks": report})).unwrap_or_default()
-        );
-    }
-    Ok(())
+    Ok(report)
 }

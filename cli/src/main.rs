@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod bench_sync;
 mod demo;
 mod net;
 mod sample;
@@ -96,6 +97,25 @@ enum Command {
         /// Repetitions of each timed step.
         #[arg(long, default_value_t = 40)]
         rounds: usize,
+        /// Which benchmarks: store, sync or all.
+        #[arg(long, default_value = "all")]
+        suite: String,
+        /// Visits pushed in the sync benchmark.
+        #[arg(long, default_value_t = 10_000)]
+        visits: usize,
+        /// Devices pushing at once in the server throughput benchmark.
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+    },
+    /// Internal: the pulling phone of `bench`, run as its own process to measure its memory.
+    #[command(hide = true)]
+    BenchPullProbe {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        store: PathBuf,
     },
 }
 
@@ -370,7 +390,23 @@ fn run(cli: Cli) -> CliResult {
         Command::Admin { data, command } => net::admin(command, &data, &out),
         Command::Device { server, command } => net::device(command, &open(&cli.store)?, &server, &out),
         Command::Demo => demo::run(cli.json),
-        Command::Bench { households, rounds } => bench::run(households, rounds, cli.json),
+        Command::Bench { households, rounds, suite, visits, devices } => {
+            let mut report = Vec::new();
+            if suite == "store" || suite == "all" {
+                report.extend(bench::run(households, rounds, cli.json)?);
+            }
+            if suite == "sync" || suite == "all" {
+                report.extend(bench_sync::run(households, visits, devices, cli.json)?);
+            }
+            if !matches!(suite.as_str(), "store" | "sync" | "all") {
+                return Err(fail("invalid_input", "--suite is store, sync or all"));
+            }
+            if cli.json {
+                outln!("{}", serde_json::to_string_pretty(&json!({"benchmarks": report})).unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::BenchPullProbe { server, token, store } => bench_sync::pull_probe(&server, &token, &store),
     }
 }
 

@@ -270,7 +270,18 @@ fn the_demo_story_runs_and_reports_every_step() {
 fn the_benchmark_runs_and_reports_ratios() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_zoufang"))
-        .args(["--json", "bench", "--households", "300", "--rounds", "3"])
+        .args([
+            "--json",
+            "bench",
+            "--households",
+            "300",
+            "--rounds",
+            "3",
+            "--visits",
+            "100",
+            "--devices",
+            "4",
+        ])
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -289,8 +300,19 @@ fn the_benchmark_runs_and_reports_ratios() {
             "complete_visit",
             "insert_households",
             "search_by_name_prefix",
-            "open_store"
+            "open_store",
+            "bytes_per_visit",
+            "round_trips",
+            "push_visits",
+            "pull_township",
+            "server_throughput"
         ]
+    );
+    let pull = &report["benchmarks"][8];
+    assert_eq!(
+        pull["probe"]["households"],
+        json!(300),
+        "the probe pulled every household"
     );
     let save = &report["benchmarks"][0];
     assert!(save["ratio"].as_f64().unwrap() > 0.0 && save["answers"].as_u64().unwrap() > 120);

@@ -239,6 +239,16 @@ fn apply_record(tx: &Transaction<'_>, r: &RecordState, at: &str) -> Result<()> {
             .iter()
             .map(|(k, v)| (k.clone(), v.value.clone()))
             .collect();
+        // A new record is written whole: its server view, local view and checksum in one go.
+        let state: Map<String, Json> = r
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Json::Null)))
+            .collect();
+        let state = Json::Object(state).to_string();
+        let sum = r.fields.iter().fold(0u64, |acc, (k, v)| {
+            acc.wrapping_add(field_hash(r.entity, &r.id, k, v.version, &v.value))
+        });
         match r.entity {
             Entity::Household => {
                 let due = fields
@@ -247,9 +257,9 @@ fn apply_record(tx: &Transaction<'_>, r: &RecordState, at: &str) -> Result<()> {
                     .map(str::to_owned);
                 tx.prepare_cached(
                     "INSERT INTO households (id, village_code, next_visit_due, fields, server_state, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, '{}', ?5, ?5)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
                 )?
-                .execute(params![r.id, r.village_code, due, Json::Object(fields).to_string(), at])?;
+                .execute(params![r.id, r.village_code, due, Json::Object(fields).to_string(), state, at])?;
             }
             Entity::Member => {
                 let Some(household) = r.household_id.as_deref() else {
@@ -268,12 +278,16 @@ fn apply_record(tx: &Transaction<'_>, r: &RecordState, at: &str) -> Result<()> {
                 let text = |k: &str| fields.get(k).and_then(Json::as_str).map(str::to_owned);
                 tx.prepare_cached(
                     "INSERT INTO members (id, household_id, name, id_number, relationship, fields, server_state, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}', ?7, ?7)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
                 )?
-                .execute(params![r.id, household, text("name"), text("id_number"), text("relationship"), Json::Object(fields.clone()).to_string(), at])?;
-                refresh_head(tx, household)?;
+                .execute(params![r.id, household, text("name"), text("id_number"), text("relationship"), Json::Object(fields.clone()).to_string(), state, at])?;
+                if text("relationship").as_deref() == Some(crate::collector::HEAD_RELATIONSHIP) {
+                    refresh_head(tx, household)?;
+                }
             }
         }
+        adjust_checksum(tx, &r.village_code, None, Some(sum))?;
+        return Ok(());
     }
     for (field, fv) in &r.fields {
         set_server_field(tx, r.entity, &r.id, field, &fv.value, fv.version, at)?;
