@@ -319,3 +319,103 @@ fn the_benchmark_runs_and_reports_ratios() {
     // The benchmark cleans up after itself.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// `zoufang serve` as its own process, administered with `zoufang admin`, and a desk device
+/// that enrols and syncs with `zoufang device`.
+#[test]
+fn serve_admin_and_device_commands_work_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let data_s = data.to_str().unwrap();
+    // A free loopback port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    ok_json(
+        None,
+        &[
+            "admin",
+            "--data",
+            data_s,
+            "user-add",
+            "coord-1",
+            "--role",
+            "coordinator",
+            "--area",
+            "513431104201",
+        ],
+    );
+    let token = ok_json(
+        None,
+        &["admin", "--data", data_s, "enroll-token", "coord-1"],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_zoufang"))
+        .args(["serve", "--data", data_s, "--listen", &listen])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&listen).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let store = dir.path().join("phone.db");
+    let s = Some(store.as_path());
+    let device = |args: &[&str]| {
+        let mut all = vec!["device", "--server", url.as_str()];
+        all.extend_from_slice(args);
+        ok_json(s, &all)
+    };
+    let user = device(&["enroll", "--token", &token]);
+    assert_eq!(user["id"], json!("coord-1"));
+    ok_json(
+        s,
+        &[
+            "household",
+            "add",
+            "--village",
+            "513431104201",
+            "--fields",
+            r#"{"phone": "13812345678"}"#,
+        ],
+    );
+    let report = device(&["sync"]);
+    assert_eq!(
+        (report["pushed"].clone(), report["accepted"].clone()),
+        (json!(1), json!(1))
+    );
+    let status = device(&["status"]);
+    assert_eq!(
+        (
+            status["enrolled"].clone(),
+            status["pending_changes"].clone()
+        ),
+        (json!(true), json!(0))
+    );
+    assert_eq!(device(&["conflicts"]), json!([]));
+    // The token works once.
+    let again = zoufang(
+        s,
+        &["device", "--server", &url, "enroll", "--token", &token],
+    );
+    assert!(
+        stderr(&again).starts_with("error[server]"),
+        "{}",
+        stderr(&again)
+    );
+    server.kill().unwrap();
+    let out = server.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("push"), "structured logs: {logs}");
+    assert!(!logs.contains("13812345678"), "no personal data in logs");
+    let stats = ok_json(None, &["admin", "--data", data_s, "stats"]);
+    assert_eq!(stats["households"], json!(1));
+}
