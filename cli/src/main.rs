@@ -268,8 +268,16 @@ impl Out {
 }
 
 pub(crate) fn parse_json(what: &str, text: &str) -> Result<Json, Failure> {
-    serde_json::from_str(text)
-        .map_err(|e| fail("invalid_json", format!("{what} is not valid JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        fail(
+            "invalid_json",
+            format!(
+                "{what} is not valid JSON (line {} column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
 }
 
 fn parse_object(what: &str, text: &str) -> Result<Map<String, Json>, Failure> {

@@ -533,3 +533,168 @@ fn old_clients_revoked_devices_and_bad_bodies_get_clear_errors() {
     let r = send(ok_body, &token_b);
     assert_eq!(r.status, 200);
 }
+
+/// Makes a phone conflict between two devices and returns (server, a, b, household).
+fn conflicted() -> (TestServer, Device, Device, String) {
+    let server = TestServer::start();
+    let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let b = Device::enrolled(&server, "coord-b", Role::Coordinator, &[VILLAGE]);
+    let t = server.transport();
+    let h = new_household(&a.collector);
+    a.collector.sync(&t, None, None).unwrap();
+    b.collector.sync(&t, None, None).unwrap();
+    a.collector
+        .edit_household_field(&h, "phone", json!("13900000001"))
+        .unwrap();
+    b.collector
+        .edit_household_field(&h, "phone", json!("13900000002"))
+        .unwrap();
+    a.collector.sync(&t, None, None).unwrap();
+    b.collector.sync(&t, None, None).unwrap();
+    (server, a, b, h)
+}
+
+#[test]
+fn a_reviewer_resolves_on_the_server_and_coordinators_may_not() {
+    use zoufang_core::sync::protocol::{
+        ConflictInfo, ConflictStatus, ResolveRequest, decode, encode,
+    };
+    use zoufang_core::sync::{HttpRequest, Transport};
+    let (server, a, b, h) = conflicted();
+    let t = server.transport();
+    let conflict = b.collector.conflicts().unwrap()[0].clone();
+    let token_of = |user: &str, role: Role| {
+        let e = server.user(user, role, &[VILLAGE]);
+        server
+            .storage
+            .enroll(&e, "desk", chrono::Utc::now())
+            .unwrap()
+            .device_token
+    };
+    let resolve = |token: &str| {
+        let body = encode(&ResolveRequest {
+            protocol: 1,
+            value: json!("13900000003"),
+        })
+        .unwrap();
+        t.send(&HttpRequest {
+            method: "POST".into(),
+            path: format!("/v1/conflicts/{}/resolve", conflict.id),
+            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+            body,
+        })
+        .unwrap()
+    };
+    let refused = resolve(&token_of("coord-c", Role::Coordinator));
+    assert_eq!(refused.status, 403);
+    let done = resolve(&token_of("reviewer-1", Role::CountyReviewer));
+    assert_eq!(done.status, 200);
+    let info: ConflictInfo = decode(&done.body).unwrap();
+    assert_eq!(
+        (info.status, info.resolved_by.as_deref()),
+        (ConflictStatus::Resolved, Some("reviewer-1"))
+    );
+    a.collector.sync(&t, None, None).unwrap();
+    b.collector.sync(&t, None, None).unwrap();
+    for d in [&a, &b] {
+        assert!(d.collector.conflicts().unwrap().is_empty());
+        assert_eq!(fields(&d.collector, &h)["phone"], json!("13900000003"));
+    }
+}
+
+#[test]
+fn edits_from_a_badly_skewed_clock_are_flagged() {
+    use std::sync::Arc;
+    let server = TestServer::start();
+    let t = server.transport();
+    let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let h = new_household(&a.collector);
+    a.collector.sync(&t, None, None).unwrap();
+    // A phone whose clock runs three hours fast.
+    let token = server.user("coord-b", Role::Coordinator, &[VILLAGE]);
+    let dir = tempfile::tempdir().unwrap();
+    let fast = Arc::new(|| chrono::Utc::now() + chrono::TimeDelta::hours(3));
+    let b = Collector::open_with_clock(
+        &dir.path().join("b.db"),
+        &zoufang_core::StoreOptions::default(),
+        fast,
+    )
+    .unwrap();
+    b.enroll(&t, &token, "fast").unwrap();
+    b.sync(&t, None, None).unwrap();
+    a.collector
+        .edit_household_field(&h, "phone", json!("13900000001"))
+        .unwrap();
+    b.edit_household_field(&h, "phone", json!("13900000002"))
+        .unwrap();
+    a.collector.sync(&t, None, None).unwrap();
+    let report = b.sync(&t, None, None).unwrap();
+    assert!(report.clock_skewed, "{report:?}");
+    assert!(
+        report.clock_offset_ms.unwrap() < -2 * 3600 * 1000,
+        "server time is behind this device"
+    );
+    assert!(b.sync_status().unwrap().clock_offset_ms.unwrap() < 0);
+    let conflict = &b.conflicts().unwrap()[0];
+    let flags: Vec<(String, bool)> = conflict
+        .values
+        .iter()
+        .map(|v| (v.user.clone(), v.clock_skewed))
+        .collect();
+    assert_eq!(
+        flags,
+        vec![("coord-a".to_owned(), false), ("coord-b".to_owned(), true)]
+    );
+}
+
+#[test]
+fn syncing_while_the_user_keeps_editing_loses_nothing() {
+    let server = TestServer::start();
+    let a = std::sync::Arc::new(Device::enrolled(
+        &server,
+        "coord-a",
+        Role::Coordinator,
+        &[VILLAGE],
+    ));
+    let households: Vec<String> = (0..20).map(|_| new_household(&a.collector)).collect();
+    let editor = {
+        let (a, households) = (a.clone(), households.clone());
+        std::thread::spawn(move || {
+            for round in 0..10 {
+                for h in &households {
+                    a.collector
+                        .edit_household_field(h, "address", json!(format!("{round}组")))
+                        .unwrap();
+                }
+            }
+        })
+    };
+    let t = server.transport();
+    let config = zoufang_core::sync::SyncConfig {
+        push_batch: 7,
+        ..Default::default()
+    };
+    while !editor.is_finished() {
+        a.collector.sync_with(&t, config, None, None).unwrap();
+    }
+    editor.join().unwrap();
+    a.collector.sync(&t, None, None).unwrap();
+    assert_eq!(a.collector.sync_status().unwrap().pending_changes, 0);
+    for h in &households {
+        let on_server = server
+            .storage
+            .record(Entity::Household, h)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            on_server.fields["address"].value,
+            json!("9组"),
+            "the last edit wins on the device and the server"
+        );
+        assert_eq!(fields(&a.collector, h)["address"], json!("9组"));
+    }
+    assert!(
+        a.collector.conflicts().unwrap().is_empty(),
+        "a device's own successive edits never conflict"
+    );
+}

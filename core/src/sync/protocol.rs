@@ -410,7 +410,15 @@ fn json_bytes(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
 /// Decompresses (bounded) and parses a message body.
 pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, DecodeError> {
     let json = json_bytes(body)?;
-    serde_json::from_slice(&json).map_err(|e| DecodeError::Json(e.to_string()))
+    serde_json::from_slice(&json).map_err(|e| {
+        // Position and category only: serde's own text can quote the offending value.
+        DecodeError::Json(format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
