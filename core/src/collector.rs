@@ -22,6 +22,7 @@ use crate::records::{
     StoreCounts, Visit, VisitStatus, VisitSummary,
 };
 use crate::store::{self, Connections, StoreOptions};
+use crate::sync::protocol::Entity;
 
 /// The form a visit uses unless told otherwise.
 pub const HOUSEHOLD_VISIT_FORM_ID: &str = "household_visit";
@@ -244,14 +245,14 @@ impl Collector {
     /// Checks a value for a household or member field and returns its canonical spelling.
     pub(crate) fn checked_record_value(
         &self,
-        entity: crate::sync::protocol::Entity,
+        entity: Entity,
         field: &str,
         value: Json,
     ) -> Result<Json> {
         let (form, b) = self.household_form()?;
         let bindings = match entity {
-            crate::sync::protocol::Entity::Household => &b.household,
-            crate::sync::protocol::Entity::Member => &b.member,
+            Entity::Household => &b.household,
+            Entity::Member => &b.member,
         };
         self.check_record_value(&form, bindings, field, value)
     }
@@ -481,7 +482,7 @@ impl Collector {
                 value: Some(&Json::Object(fields.clone())),
             },
         )?;
-        let key = Some((crate::sync::protocol::Entity::Household, id.as_str(), None));
+        let key = Some((Entity::Household, id.as_str(), None));
         let village_code = village.as_str().unwrap_or_default().to_owned();
         self.enqueue(
             tx,
@@ -540,12 +541,7 @@ impl Collector {
             household_id: household_id.to_owned(),
             fields: clean,
         };
-        self.enqueue(
-            tx,
-            at,
-            Some((crate::sync::protocol::Entity::Member, id.as_str(), None)),
-            op,
-        )?;
+        self.enqueue(tx, at, Some((Entity::Member, id.as_str(), None)), op)?;
         refresh_head(tx, household_id)?;
         Ok(id)
     }
@@ -583,7 +579,17 @@ impl Collector {
             });
         }
         let at = timestamp(self.now());
-        self.write(|tx| set_household_field(self, tx, household_id, field, &value, &at))
+        self.write(|tx| {
+            set_record_field(
+                self,
+                tx,
+                Entity::Household,
+                household_id,
+                field,
+                &value,
+                &at,
+            )
+        })
     }
 
     /// Sets one member field, or clears it with null.
@@ -592,7 +598,7 @@ impl Collector {
         let (form, b) = self.household_form()?;
         let value = self.check_record_value(&form, &b.member, field, value)?;
         let at = timestamp(self.now());
-        self.write(|tx| set_member_field(self, tx, member_id, field, &value, &at))
+        self.write(|tx| set_record_field(self, tx, Entity::Member, member_id, field, &value, &at))
     }
 
     pub fn add_member(&self, household_id: &str, fields: Map<String, Json>) -> Result<String> {
@@ -1206,7 +1212,7 @@ impl Collector {
             if let Some(v) = answers.get(&info.name).filter(|v| !v.is_null())
                 && current.get(record) != Some(v)
             {
-                set_household_field(self, tx, &household_id, record, v, at)?;
+                set_record_field(self, tx, Entity::Household, &household_id, record, v, at)?;
             }
         }
         let Some(members_repeat) = b.members_repeat else {
@@ -1254,7 +1260,7 @@ impl Collector {
                     let fields = parse_object(&fields)?;
                     for (record, v) in bound {
                         if fields.get(&record) != Some(&v) {
-                            set_member_field(self, tx, &mid, &record, &v, at)?;
+                            set_record_field(self, tx, Entity::Member, &mid, &record, &v, at)?;
                         }
                     }
                 }
@@ -1463,35 +1469,30 @@ pub(crate) fn refresh_head(tx: &Transaction<'_>, household_id: &str) -> Result<(
     Ok(())
 }
 
-fn set_household_field(
+/// A direct edit of one household or member field: the record, the change log and the outbox,
+/// in the caller's transaction.
+fn set_record_field(
     c: &Collector,
     tx: &Transaction<'_>,
+    entity: Entity,
     id: &str,
     field: &str,
     value: &Json,
     at: &str,
 ) -> Result<()> {
-    store_household_field(tx, id, field, value, at)?;
-    c.log(
-        tx,
-        at,
-        Change {
-            entity: "household",
-            entity_id: id,
-            op: "set_field",
-            field: Some(field),
-            value: Some(value),
-        },
-    )?;
-    c.enqueue_field_edit(
-        tx,
-        at,
-        crate::sync::protocol::Entity::Household,
-        id,
-        field,
-        value,
-        None,
-    )
+    match entity {
+        Entity::Household => store_household_field(tx, id, field, value, at)?,
+        Entity::Member => store_member_field(tx, id, field, value, at)?,
+    }
+    let change = Change {
+        entity: entity.as_str(),
+        entity_id: id,
+        op: "set_field",
+        field: Some(field),
+        value: Some(value),
+    };
+    c.log(tx, at, change)?;
+    c.enqueue_field_edit(tx, at, entity, id, field, value, None)
 }
 
 /// Writes one field of the local household record and its indexed copies (no log, no outbox:
@@ -1527,37 +1528,6 @@ pub(crate) fn store_household_field(
     tx.prepare_cached("UPDATE households SET fields = ?2, village_code = ?3, next_visit_due = ?4, updated_at = ?5 WHERE id = ?1")?
         .execute(params![id, Json::Object(fields).to_string(), village, due, at])?;
     Ok(())
-}
-
-fn set_member_field(
-    c: &Collector,
-    tx: &Transaction<'_>,
-    id: &str,
-    field: &str,
-    value: &Json,
-    at: &str,
-) -> Result<()> {
-    store_member_field(tx, id, field, value, at)?;
-    c.log(
-        tx,
-        at,
-        Change {
-            entity: "member",
-            entity_id: id,
-            op: "set_field",
-            field: Some(field),
-            value: Some(value),
-        },
-    )?;
-    c.enqueue_field_edit(
-        tx,
-        at,
-        crate::sync::protocol::Entity::Member,
-        id,
-        field,
-        value,
-        None,
-    )
 }
 
 /// Writes one field of the local member record and its indexed copies (no log, no outbox).

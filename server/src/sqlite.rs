@@ -624,6 +624,31 @@ fn set_field(
         seq,
         clock_skewed: ctx.skewed,
     };
+    // The last step of every conflict outcome: keep the conflict, set the field (still
+    // conflicted unless resolved), tell every device in scope, and answer.
+    let commit_conflict = |info: ConflictInfo, seq: u64, outcome: Outcome| -> Result<Ack> {
+        save_conflict(tx, &info)?;
+        let open = (info.status == ConflictStatus::Open).then_some(info.id.as_str());
+        write_field(
+            tx, entity, id, &village, field, value, seq, &writer, open, old,
+        )?;
+        append_feed(
+            tx,
+            seq,
+            &village,
+            &ctx.auth.device_id,
+            &FeedItem::Conflict {
+                conflict: info.clone(),
+            },
+        )?;
+        Ok(applied(
+            device_seq,
+            outcome,
+            seq,
+            Some(value.clone()),
+            Some(info),
+        ))
+    };
     match decision {
         Decision::RejectFutureBase => Ok(rejected(
             device_seq,
@@ -695,112 +720,28 @@ fn set_field(
                 resolved_by: None,
                 version: seq,
             };
-            save_conflict(tx, &info)?;
-            write_field(
-                tx,
-                entity,
-                id,
-                &village,
-                field,
-                value,
-                seq,
-                &writer,
-                Some(&info.id),
-                old,
-            )?;
-            append_feed(
-                tx,
-                seq,
-                &village,
-                &ctx.auth.device_id,
-                &FeedItem::Conflict {
-                    conflict: info.clone(),
-                },
-            )?;
-            Ok(applied(
-                device_seq,
-                Outcome::Conflict,
-                seq,
-                Some(value.clone()),
-                Some(info),
-            ))
+            commit_conflict(info, seq, Outcome::Conflict)
         }
-        Decision::JoinConflict => {
+        Decision::JoinConflict | Decision::Resolve => {
             let seq = next_seq(tx)?;
             let Some(mut info) = conflict.take() else {
                 return Ok(rejected(
                     device_seq,
                     "invalid_state",
-                    "no open conflict to join",
+                    "no open conflict on this field",
                 ));
             };
-            info.values.push(competitor(seq));
             info.provisional = value.clone();
             info.version = seq;
-            save_conflict(tx, &info)?;
-            write_field(
-                tx,
-                entity,
-                id,
-                &village,
-                field,
-                value,
-                seq,
-                &writer,
-                Some(&info.id),
-                old,
-            )?;
-            append_feed(
-                tx,
-                seq,
-                &village,
-                &ctx.auth.device_id,
-                &FeedItem::Conflict {
-                    conflict: info.clone(),
-                },
-            )?;
-            Ok(applied(
-                device_seq,
-                Outcome::Conflict,
-                seq,
-                Some(value.clone()),
-                Some(info),
-            ))
-        }
-        Decision::Resolve => {
-            let seq = next_seq(tx)?;
-            let Some(mut info) = conflict.take() else {
-                return Ok(rejected(
-                    device_seq,
-                    "invalid_state",
-                    "no open conflict to resolve",
-                ));
-            };
-            info.status = ConflictStatus::Resolved;
-            info.resolution = Some(value.clone());
-            info.resolved_by = Some(ctx.auth.user.id.clone());
-            info.provisional = value.clone();
-            info.version = seq;
-            save_conflict(tx, &info)?;
-            write_field(
-                tx, entity, id, &village, field, value, seq, &writer, None, old,
-            )?;
-            append_feed(
-                tx,
-                seq,
-                &village,
-                &ctx.auth.device_id,
-                &FeedItem::Conflict {
-                    conflict: info.clone(),
-                },
-            )?;
-            Ok(applied(
-                device_seq,
-                Outcome::Applied,
-                seq,
-                Some(value.clone()),
-                Some(info),
-            ))
+            if decision == Decision::Resolve {
+                info.status = ConflictStatus::Resolved;
+                info.resolution = Some(value.clone());
+                info.resolved_by = Some(ctx.auth.user.id.clone());
+                commit_conflict(info, seq, Outcome::Applied)
+            } else {
+                info.values.push(competitor(seq));
+                commit_conflict(info, seq, Outcome::Conflict)
+            }
         }
     }
 }
