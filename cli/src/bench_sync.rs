@@ -7,7 +7,9 @@
 //!   memory is its own;
 //! - round trips of a typical sync;
 //! - server changes accepted per second with many devices pushing at once, against the same
-//!   changes applied by the storage directly.
+//!   changes applied by the storage directly;
+//! - up to 2,000 visits over a simulated 20 KB/s link cut every 2 s, against the time their
+//!   bytes need at that rate.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -500,8 +502,140 @@ pub fn run(
     );
     report.push(json!({"name": "server_throughput", "devices": devices, "changes": total, "per_second": rate,
         "direct_per_second": direct_rate, "ratio": rate / direct_rate.max(1e-9)}));
+
+    // 6. A weak link: 20 KB/s, cut every 2 s of link time.
+    let w = Collector::open(&dir.path().join("weak.db"), &StoreOptions::default())?;
+    w.enroll(
+        &t,
+        &enroll(&storage, "coord-weak", Role::Coordinator, "513431")?,
+        "bench-weak",
+    )?;
+    let weak_homes: Vec<NewHousehold> = (0..200).map(|_| sample::household(&mut rng)).collect();
+    let weak_ids = w.import_households(weak_homes.clone())?;
+    w.sync(&t, None, None)?;
+    let weak_visits = visits.min(2000);
+    for (id, home) in weak_ids.iter().zip(&weak_homes).cycle().take(weak_visits) {
+        let due = home
+            .fields
+            .get("next_visit_due")
+            .and_then(Json::as_str)
+            .unwrap_or("2026-12-01");
+        let v = w.start_visit(Some(id), "routine")?;
+        w.set_answers(&v.id, &routine_answers(due))?;
+        w.complete_visit(&v.id)?;
+    }
+    let link = WeakLink::new(transport(&server.url)?, 20.0 * 1024.0, 2.0);
+    let config = SyncConfig {
+        push_batch: 50,
+        retry: zoufang_core::sync::RetryPolicy {
+            attempts: 10_000,
+            base: Duration::ZERO,
+            cap: Duration::ZERO,
+        },
+        ..SyncConfig::default()
+    };
+    let weak = w.sync_with(&link, config, None, None)?;
+    let state = link.state.lock();
+    let ideal = state.useful as f64 / link.rate;
+    say(
+        &format!("{weak_visits} visits, 20 KB/s, cut/2s"),
+        format!(
+            "{:.1} s of link time vs {:.1} s for its bytes at 20 KB/s: {:.2}x (target <= 1.5x); {} cuts, {} B re-sent, at most {} B at one cut (largest request {} B); {} visits left waiting",
+            state.clock,
+            ideal,
+            state.clock / ideal.max(1e-9),
+            state.cuts,
+            state.wasted,
+            state.worst_cut,
+            state.largest,
+            w.sync_status()?.pending_changes
+        ),
+    );
+    report.push(json!({"name": "weak_link", "visits": weak_visits, "link_seconds": state.clock, "ideal_seconds": ideal,
+        "ratio": state.clock / ideal.max(1e-9), "target_ratio": 1.5, "cuts": state.cuts, "wasted_bytes": state.wasted,
+        "worst_cut_bytes": state.worst_cut, "largest_request_bytes": state.largest, "round_trips": weak.round_trips}));
     drop(server);
     Ok(report)
+}
+
+#[derive(Debug, Default)]
+struct LinkState {
+    /// Link time, seconds: advances only while bytes move (loopback itself is instant).
+    clock: f64,
+    useful: u64,
+    wasted: u64,
+    worst_cut: u64,
+    cuts: u64,
+    largest: u64,
+}
+
+/// A simulated 2G link on virtual time: a fixed rate both ways, and a cut at every multiple of
+/// `cut_every` seconds that kills whatever is in flight (a request not yet fully sent, or an
+/// answer not yet fully received, after the server acted on it).
+struct WeakLink {
+    inner: ReqwestTransport,
+    rate: f64,
+    cut_every: f64,
+    state: parking_lot::Mutex<LinkState>,
+}
+
+/// Bytes of HTTP headers around each body, roughly, each way.
+const HEADER_BYTES: u64 = 250;
+
+impl WeakLink {
+    fn new(inner: ReqwestTransport, rate: f64, cut_every: f64) -> Self {
+        Self {
+            inner,
+            rate,
+            cut_every,
+            state: parking_lot::Mutex::new(LinkState::default()),
+        }
+    }
+
+    /// Moves `bytes` over the link; false if a cut came first (the link time and wasted bytes
+    /// are accounted either way).
+    fn transfer(&self, s: &mut LinkState, bytes: u64) -> bool {
+        let next_cut = ((s.clock / self.cut_every).floor() + 1.0) * self.cut_every;
+        let end = s.clock + bytes as f64 / self.rate;
+        if end > next_cut {
+            let moved = ((next_cut - s.clock) * self.rate) as u64;
+            s.wasted += moved;
+            s.cuts += 1;
+            s.worst_cut = s.worst_cut.max(moved);
+            s.clock = next_cut;
+            false
+        } else {
+            s.clock = end;
+            true
+        }
+    }
+}
+
+impl Transport for WeakLink {
+    fn send(
+        &self,
+        request: &HttpRequest,
+    ) -> Result<zoufang_core::sync::HttpResponse, zoufang_core::sync::TransportError> {
+        let mut s = self.state.lock();
+        let up = request.body.len() as u64 + HEADER_BYTES;
+        s.largest = s.largest.max(up);
+        if !self.transfer(&mut s, up) {
+            return Err(zoufang_core::sync::TransportError {
+                message: "link cut while sending".into(),
+            });
+        }
+        let response = self.inner.send(request)?;
+        let down = response.body.len() as u64 + HEADER_BYTES;
+        if !self.transfer(&mut s, down) {
+            // The server acted; the answer is lost. The re-sent request costs link time again.
+            s.wasted += up;
+            return Err(zoufang_core::sync::TransportError {
+                message: "link cut while receiving".into(),
+            });
+        }
+        s.useful += up + down;
+        Ok(response)
+    }
 }
 
 fn rss_kb(key: &str) -> u64 {

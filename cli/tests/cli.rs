@@ -305,7 +305,8 @@ fn the_benchmark_runs_and_reports_ratios() {
             "round_trips",
             "push_visits",
             "pull_township",
-            "server_throughput"
+            "server_throughput",
+            "weak_link"
         ]
     );
     let pull = &report["benchmarks"][8];
@@ -313,6 +314,14 @@ fn the_benchmark_runs_and_reports_ratios() {
         pull["probe"]["households"],
         json!(300),
         "the probe pulled every household"
+    );
+    let weak = &report["benchmarks"][10];
+    assert!(
+        weak["cuts"].as_u64().unwrap() <= weak["link_seconds"].as_f64().unwrap() as u64 / 2 + 1
+    );
+    assert!(
+        weak["worst_cut_bytes"].as_u64().unwrap()
+            <= weak["largest_request_bytes"].as_u64().unwrap()
     );
     let save = &report["benchmarks"][0];
     assert!(save["ratio"].as_f64().unwrap() > 0.0 && save["answers"].as_u64().unwrap() > 120);
