@@ -382,8 +382,15 @@ impl Collector {
     /// Continues the clock after a restart: never behind anything already stamped.
     pub(crate) fn restore_hlc(&self) -> Result<()> {
         let conn = self.db.reader.lock();
-        let from_outbox: Option<String> =
-            conn.query_row("SELECT max(hlc) FROM outbox", [], |r| r.get(0))?;
+        // Entries are stamped in seq order, so the newest seq holds the newest stamp (and the
+        // rowid lookup keeps opening a store with a long outbox instant).
+        let from_outbox: Option<String> = conn
+            .query_row(
+                "SELECT hlc FROM outbox ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
         let stored = Self::settings_in(&conn)?.hlc;
         let best = [from_outbox, stored]
             .into_iter()
