@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every check of the project, as CI runs it: formatting, lints (warnings are errors), then all
-# tests of the workspace (unit, property, store, crash, CLI). Ends with one line
-# "tests: N passed, N failed" and a non-zero exit if anything failed or no test ran.
+# Every check of the project, as CI runs it: formatting, lints (warnings are errors), all tests
+# of the workspace (unit, property, store, crash, sync, CLI), then the Kotlin bindings suite on
+# the JVM (bindings/test.sh). Ends with one line "tests: N passed, N failed" and a non-zero
+# exit if anything failed or no test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,17 @@ set -e
 read -r passed failed < <(awk '/^test result:/ {
     for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
   } END { print p + 0, f + 0 }' target/test.log)
-echo "tests: ${passed} passed, ${failed} failed"
-if [ "$status" -ne 0 ] || [ "${failed:-0}" -ne 0 ] || [ "${passed:-0}" -eq 0 ]; then
+echo "rust: ${passed} passed, ${failed} failed"
+
+echo "== bindings (Kotlin on the JVM)"
+set +e
+bindings/test.sh 2>&1 | tee target/bindings.log
+bstatus=${PIPESTATUS[0]}
+set -e
+read -r kpassed kfailed < <(awk '/^.*kotlin: [0-9]+ passed, [0-9]+ failed/ { sub(/.*kotlin: /, ""); print $1, $3 }' target/bindings.log | tail -n 1)
+kpassed=${kpassed:-0}
+kfailed=${kfailed:-0}
+echo "tests: $((passed + kpassed)) passed, $((failed + kfailed)) failed"
+if [ "$status" -ne 0 ] || [ "$bstatus" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$kfailed" -ne 0 ] || [ "$passed" -eq 0 ] || [ "$kpassed" -eq 0 ]; then
   exit 1
 fi

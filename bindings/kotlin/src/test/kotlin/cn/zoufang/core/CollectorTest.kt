@@ -1,0 +1,224 @@
+package cn.zoufang.core
+
+import java.net.URI
+import java.net.http.HttpClient
+import java.net.http.HttpRequest as JHttpRequest
+import java.net.http.HttpResponse as JHttpResponse
+import java.nio.file.Files
+import java.util.concurrent.CopyOnWriteArrayList
+import kotlinx.coroutines.async
+import kotlinx.coroutines.awaitAll
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.runBlocking
+import kotlin.test.AfterTest
+import kotlin.test.Test
+import kotlin.test.assertEquals
+import kotlin.test.assertFailsWith
+import kotlin.test.assertNotNull
+import kotlin.test.assertTrue
+
+const val VILLAGE = "513431104201"
+
+fun openStore(): Collector {
+    val dir = Files.createTempDirectory("zoufang-kotlin").toFile()
+    dir.deleteOnExit()
+    return Collector.open(dir.resolve("store.db").path, null)
+}
+
+fun Collector.newHousehold(phone: String = "13812345678"): String = addHousehold(
+    VILLAGE,
+    """{"phone": "$phone", "urban_rural": "rural", "address": "三组", "next_visit_due": "2026-12-01"}""",
+    listOf("""{"name": "吉克阿呷", "id_type": "resident_id", "id_number": "11010519491231002X", "relationship": "02", "lives_together": "yes", "health": "healthy"}"""),
+)
+
+fun Collector.routineVisit(household: String): String {
+    val v = startVisit(household, "routine")
+    setAnswers(
+        v.id,
+        """{"trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
+            "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
+            "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
+            "investigator_1_name": "马海木呷", "consent_privacy": "yes"}""",
+    )
+    completeVisit(v.id)
+    return v.id
+}
+
+class CollectorTest {
+    private val opened = mutableListOf<AutoCloseable>()
+    private fun <T : AutoCloseable> T.closeLater(): T = also { opened += it }
+
+    @AfterTest
+    fun closeAll() = opened.reversed().forEach { it.close() }
+
+    @Test
+    fun `forms come with Chinese and Yi labels and checked expressions`() {
+        val c = openStore().closeLater()
+        c.signIn("coord-1")
+        assertEquals("coord-1", c.currentUser())
+        val form = c.form(null)
+        assertEquals("household_visit", form.id)
+        assertTrue(form.titleIi.all { it in '\uA000'..'\uA48F' }, "Yi title")
+        assertTrue(form.definitionJson.contains("\"sections\""))
+        assertTrue(c.codeListsJson().contains("彝族"))
+    }
+
+    @Test
+    fun `households are added, found, shown and edited`() {
+        val c = openStore().closeLater()
+        c.signIn("coord-1")
+        val h = c.newHousehold()
+        assertEquals(h, c.searchHouseholds("吉克", 10u).single().id)
+        assertEquals(h, c.searchHouseholds("1101", 10u).single().id)
+        assertEquals(1, c.householdsInVillage(VILLAGE, 50u, 0u).size)
+        assertEquals(1, c.householdsDue("2026-12-31", VILLAGE, 50u).size)
+        c.editHouseholdField(h, "phone", "\"0834-1234567\"")
+        val shown = c.household(h)
+        assertEquals("吉克阿呷", shown.headName)
+        assertTrue(shown.fieldsJson.contains("0834-1234567"))
+        c.editMemberField(shown.members.single().id, "health", "\"chronic\"")
+        val bad = assertFailsWith<ZoufangException.InvalidInput> { c.editHouseholdField(h, "phone", "\"12345\"") }
+        assertEquals("invalid_value", bad.code)
+        assertTrue(!bad.message!!.contains("12345"), "no personal data in messages")
+    }
+
+    @Test
+    fun `a visit is answered, checked, completed, signed and listed`() {
+        val c = openStore().closeLater()
+        c.signIn("coord-1")
+        val h = c.newHousehold()
+        val v = c.startVisit(h, "disability_check")
+        assertEquals(VisitStatus.DRAFT, v.status)
+        c.setAnswer(v.id, "outcome", "\"completed\"")
+        c.setAnswer(v.id, "members[0].id_number", "\"11010519491231002Y\"")
+        val states = c.fieldStates(v.id)
+        assertTrue(states.single { it.path == "interviewee_name" }.required)
+        val problems = c.validateVisit(v.id)
+        val id = problems.single { it.path == "members[0].id_number" }
+        assertEquals("resident_id_characters", id.code)
+        assertTrue(id.blocksCompletion && id.messageZh.contains("身份证"))
+        val refused = assertFailsWith<ZoufangException.VisitHasProblems> { c.completeVisit(v.id) }
+        assertTrue(refused.problems.any { it.path == "members[0].id_number" })
+        assertEquals(v.id, c.myDrafts().single().id)
+        c.setAnswers(
+            v.id,
+            """{"members": [{"id_number": "11010519491231002X"}], "trigger_source": "schedule", "interviewee_name": "吉克阿呷",
+                "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
+                "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
+                "investigator_1_name": "马海木呷", "consent_privacy": "yes"}""",
+        )
+        assertEquals(VisitStatus.COMPLETED, c.completeVisit(v.id).status)
+        c.signVisit(v.id)
+        assertEquals(VisitStatus.SIGNED, c.visit(v.id).status)
+        assertEquals(1, c.visitsOfHousehold(h).size)
+        val draft = c.startVisit(h, "routine")
+        c.voidVisit(draft.id, "重复录入")
+        assertEquals(VisitStatus.VOID, c.visit(draft.id).status)
+        val counts = c.counts()
+        assertEquals(1uL, counts.signed)
+        assertEquals(1uL, counts.voided)
+    }
+
+    @Test
+    fun `bad input maps to typed exceptions with stable codes`() {
+        val c = openStore().closeLater()
+        assertEquals("not_signed_in", assertFailsWith<ZoufangException.InvalidState> { c.startVisit(null, "routine") }.code)
+        c.signIn("coord-1")
+        val v = c.startVisit(null, "routine")
+        assertEquals("invalid_json", assertFailsWith<ZoufangException.InvalidInput> { c.setAnswer(v.id, "address", "{oops") }.code)
+        assertEquals("answer_type", assertFailsWith<ZoufangException.InvalidInput> { c.setAnswer(v.id, "village_code_year", "\"x\"") }.code)
+        assertEquals("not_found", assertFailsWith<ZoufangException.NotFound> { c.visit("nope") }.code)
+        assertEquals("not_enrolled", assertFailsWith<ZoufangException.InvalidState> { runBlocking { c.sync("http://127.0.0.1:9", null) } }.code)
+        val dir = Files.createTempDirectory("zoufang-bad").toFile()
+        val junk = dir.resolve("junk.db").apply { writeBytes(ByteArray(8192) { 0x5a }) }
+        assertEquals("wrong_key_or_not_a_store", assertFailsWith<ZoufangException.Storage> { Collector.open(junk.path, null) }.code)
+    }
+
+    @Test
+    fun `two phones sync through a real server, a conflict is made and resolved from Kotlin`() = runBlocking<Unit> {
+        val server = TestServer().closeLater()
+        val a = openStore().closeLater()
+        val b = openStore().closeLater()
+        assertEquals("coord-a", a.enroll(server.url, server.enrolmentToken("coord-a", VILLAGE), "a").id)
+        b.enroll(server.url, server.enrolmentToken("coord-b", VILLAGE), "b")
+        val h = a.newHousehold()
+        val updates = CopyOnWriteArrayList<SyncProgress>()
+        val listener = object : SyncListener {
+            override fun onProgress(progress: SyncProgress) {
+                updates.add(progress)
+            }
+        }
+        val first = a.sync(server.url, listener)
+        assertEquals(2uL, first.pushed)
+        assertTrue(updates.any { it.phase == SyncPhase.PUSH } && updates.last().phase == SyncPhase.DONE)
+        b.sync(server.url, null)
+        a.editHouseholdField(h, "phone", "\"13900000001\"")
+        b.editHouseholdField(h, "phone", "\"13900000002\"")
+        a.routineVisit(h)
+        a.sync(server.url, null)
+        assertEquals(1uL, b.sync(server.url, null).conflicts)
+        a.sync(server.url, null)
+        val conflict = a.conflicts().single()
+        assertEquals(listOf("coord-a", "coord-b"), conflict.values.map { it.user })
+        assertEquals("\"13900000002\"", conflict.provisionalJson)
+        a.resolveConflict(conflict.id, "\"13900000001\"")
+        a.sync(server.url, null)
+        b.sync(server.url, null)
+        assertTrue(a.conflicts().isEmpty() && b.conflicts().isEmpty())
+        assertEquals(a.household(h).fieldsJson, b.household(h).fieldsJson)
+        assertTrue(b.household(h).fieldsJson.contains("13900000001"))
+        assertEquals(0uL, a.syncStatus().pendingChanges)
+    }
+
+    /** The app's own HTTP stack (java.net.http here; OkHttp on Android) carries a real sync. */
+    class JdkTransport(private val base: String) : HttpTransport {
+        private val client = HttpClient.newHttpClient()
+        val requests = java.util.concurrent.atomic.AtomicInteger()
+
+        override fun send(request: HttpRequest): HttpResponse {
+            requests.incrementAndGet()
+            val builder = JHttpRequest.newBuilder(URI.create(base + request.path))
+                .method(request.method, JHttpRequest.BodyPublishers.ofByteArray(request.body))
+            for (h in request.headers) {
+                if (h.name.lowercase() !in setOf("content-length", "host", "connection")) builder.header(h.name, h.value)
+            }
+            val response = try {
+                client.send(builder.build(), JHttpResponse.BodyHandlers.ofByteArray())
+            } catch (e: java.io.IOException) {
+                throw ZoufangException.Network("transport", "no answer from the server")
+            }
+            return HttpResponse(response.statusCode().toUShort(), response.body())
+        }
+    }
+
+    @Test
+    fun `a transport written in Kotlin carries a real sync`() = runBlocking<Unit> {
+        val server = TestServer().closeLater()
+        val transport = JdkTransport(server.url)
+        val a = openStore().closeLater()
+        a.enrollWithTransport(transport, server.enrolmentToken("coord-k", VILLAGE), "kotlin-http")
+        a.newHousehold()
+        val report = a.syncWithTransport(transport, null)
+        assertEquals(2uL, report.accepted)
+        assertTrue(transport.requests.get() >= 4, "enrol, catalog, push and pull went through Kotlin")
+        val b = openStore().closeLater()
+        b.enroll(server.url, server.enrolmentToken("coord-l", VILLAGE), "b")
+        b.sync(server.url, null)
+        assertEquals(1, b.householdsInVillage(VILLAGE, 10u, 0u).size)
+    }
+
+    @Test
+    fun `one store is used from several threads at once`() = runBlocking<Unit> {
+        val c = openStore().closeLater()
+        c.signIn("coord-1")
+        val ids = (0 until 8).map { i ->
+            async(Dispatchers.IO) {
+                (0 until 10).map { j -> c.newHousehold(phone = "139%08d".format(i * 100 + j)) }
+            }
+        }.awaitAll().flatten()
+        assertEquals(80, ids.toSet().size)
+        val searches = (0 until 8).map { async(Dispatchers.IO) { c.searchHouseholds("吉克", 100u).size } }.awaitAll()
+        assertTrue(searches.all { it == 80 })
+        assertNotNull(c.counts().households.takeIf { it == 80uL })
+    }
+}

@@ -1,0 +1,871 @@
+//! zoufang-ffi: the uniffi layer over zoufang-core. It converts types and errors and does
+//! nothing else: every rule lives in the core. Answers and record fields cross as JSON text
+//! (forms are data, so their shape is not known at compile time); everything else is typed.
+//!
+//! Panics never cross: the release profile keeps `panic = "unwind"` and uniffi turns a panic
+//! into a host exception; every exported call that can fail returns `ZoufangError`.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value as Json;
+use zoufang_core::sync as core_sync;
+use zoufang_core::{Collector as CoreCollector, StoreOptions, records};
+
+uniffi::setup_scaffolding!();
+
+/// Every failure, with the core's stable `code` and a readable message (never personal data).
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi::export(Display)]
+pub enum ZoufangError {
+    /// Bad input from the app or the user: a wrong answer shape, an invalid value, a bad path.
+    #[error("{detail}")]
+    InvalidInput { code: String, detail: String },
+    /// A visit cannot be completed while blocking problems remain.
+    #[error("{detail}")]
+    VisitHasProblems {
+        problems: Vec<Problem>,
+        detail: String,
+    },
+    #[error("{detail}")]
+    NotFound { code: String, detail: String },
+    /// The call does not fit the current state: not signed in, not enrolled, a visit already
+    /// completed, a cancelled sync.
+    #[error("{detail}")]
+    InvalidState { code: String, detail: String },
+    /// The server could not be reached, or refused the request.
+    #[error("{detail}")]
+    Network { code: String, detail: String },
+    /// The store could not be read or written, or needs another key.
+    #[error("{detail}")]
+    Storage { code: String, detail: String },
+}
+
+impl From<zoufang_core::Error> for ZoufangError {
+    fn from(e: zoufang_core::Error) -> Self {
+        use zoufang_core::Error as E;
+        let (code, detail) = (e.code().to_owned(), e.to_string());
+        match e {
+            E::VisitHasProblems { problems } => Self::VisitHasProblems {
+                problems: problems.into_iter().map(Problem::from).collect(),
+                detail,
+            },
+            E::NotFound { .. } | E::FormNotFound { .. } => Self::NotFound { code, detail },
+            E::NotSignedIn
+            | E::NotEnrolled
+            | E::VisitNotEditable { .. }
+            | E::VisitWrongStatus { .. }
+            | E::Cancelled => Self::InvalidState { code, detail },
+            E::Transport(_) | E::Server { .. } => Self::Network { code, detail },
+            E::Storage(_)
+            | E::WrongKeyOrNotAStore
+            | E::EncryptionUnavailable
+            | E::Migration(_)
+            | E::StoreTooNew { .. } => Self::Storage { code, detail },
+            _ => Self::InvalidInput { code, detail },
+        }
+    }
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for ZoufangError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        Self::Network {
+            code: "transport".into(),
+            detail: format!("the app's transport failed unexpectedly: {}", e.reason),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ZoufangError>;
+
+fn parse_json(what: &str, text: &str) -> Result<Json> {
+    serde_json::from_str(text).map_err(|e| ZoufangError::InvalidInput {
+        code: "invalid_json".into(),
+        detail: format!(
+            "{what} is not valid JSON (line {} column {})",
+            e.line(),
+            e.column()
+        ),
+    })
+}
+
+fn parse_object(what: &str, text: &str) -> Result<serde_json::Map<String, Json>> {
+    match parse_json(what, text)? {
+        Json::Object(m) => Ok(m),
+        _ => Err(ZoufangError::InvalidInput {
+            code: "invalid_json".into(),
+            detail: format!("{what} must be a JSON object"),
+        }),
+    }
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Problem {
+    pub path: String,
+    pub code: String,
+    /// Errors block completion; warnings do not.
+    pub blocks_completion: bool,
+    pub message_zh: String,
+    pub message_en: String,
+}
+
+impl From<zoufang_core::model::engine::Problem> for Problem {
+    fn from(p: zoufang_core::model::engine::Problem) -> Self {
+        Self {
+            blocks_completion: p.blocks_completion(),
+            path: p.path,
+            code: p.code,
+            message_zh: p.message_zh,
+            message_en: p.message_en,
+        }
+    }
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct FormInfo {
+    pub id: String,
+    pub version: u32,
+    pub title_zh: String,
+    pub title_ii: String,
+    /// The whole checked definition (sections, fields, types, labels in zh/ii, choices,
+    /// expressions) for the app's renderer.
+    pub definition_json: String,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct HouseholdSummary {
+    pub id: String,
+    pub village_code: String,
+    pub head_name: Option<String>,
+    pub next_visit_due: Option<String>,
+}
+
+impl From<records::HouseholdSummary> for HouseholdSummary {
+    fn from(h: records::HouseholdSummary) -> Self {
+        Self {
+            id: h.id,
+            village_code: h.village_code,
+            head_name: h.head_name,
+            next_visit_due: h.next_visit_due,
+        }
+    }
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Member {
+    pub id: String,
+    pub fields_json: String,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Household {
+    pub id: String,
+    pub village_code: String,
+    pub head_name: Option<String>,
+    pub next_visit_due: Option<String>,
+    pub fields_json: String,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum VisitStatus {
+    Draft,
+    Completed,
+    Signed,
+    Void,
+}
+
+impl From<records::VisitStatus> for VisitStatus {
+    fn from(s: records::VisitStatus) -> Self {
+        match s {
+            records::VisitStatus::Draft => Self::Draft,
+            records::VisitStatus::Completed => Self::Completed,
+            records::VisitStatus::Signed => Self::Signed,
+            records::VisitStatus::Void => Self::Void,
+        }
+    }
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Visit {
+    pub id: String,
+    pub household_id: Option<String>,
+    pub form_id: String,
+    pub form_version: u32,
+    pub visit_type: String,
+    pub status: VisitStatus,
+    pub answers_json: String,
+    pub author: String,
+    pub revision_of: Option<String>,
+    pub void_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<records::Visit> for Visit {
+    fn from(v: records::Visit) -> Self {
+        Self {
+            id: v.id,
+            household_id: v.household_id,
+            form_id: v.form_id,
+            form_version: v.form_version,
+            visit_type: v.visit_type,
+            status: v.status.into(),
+            answers_json: Json::Object(v.answers).to_string(),
+            author: v.author,
+            revision_of: v.revision_of,
+            void_reason: v.void_reason,
+            created_at: v.created_at,
+            updated_at: v.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct VisitSummary {
+    pub id: String,
+    pub household_id: Option<String>,
+    pub visit_type: String,
+    pub status: VisitStatus,
+    pub updated_at: String,
+}
+
+impl From<records::VisitSummary> for VisitSummary {
+    fn from(v: records::VisitSummary) -> Self {
+        Self {
+            id: v.id,
+            household_id: v.household_id,
+            visit_type: v.visit_type,
+            status: v.status.into(),
+            updated_at: v.updated_at,
+        }
+    }
+}
+
+/// What the UI needs to draw one field instance as answers change.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct FieldState {
+    pub path: String,
+    pub relevant: bool,
+    pub required: bool,
+    pub value_json: String,
+}
+
+#[derive(Debug, Clone, Copy, uniffi::Record)]
+pub struct StoreCounts {
+    pub households: u64,
+    pub members: u64,
+    pub drafts: u64,
+    pub completed: u64,
+    pub signed: u64,
+    pub voided: u64,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct UserInfo {
+    pub id: String,
+    pub role: String,
+    pub areas: Vec<String>,
+}
+
+impl From<core_sync::protocol::UserInfo> for UserInfo {
+    fn from(u: core_sync::protocol::UserInfo) -> Self {
+        Self {
+            id: u.id,
+            role: u.role.as_str().to_owned(),
+            areas: u.areas,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncPhase {
+    Catalog,
+    Push,
+    Pull,
+    Verify,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, uniffi::Record)]
+pub struct SyncProgress {
+    pub phase: SyncPhase,
+    pub done: u64,
+    pub total: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SyncReport {
+    pub pushed: u64,
+    pub accepted: u64,
+    pub conflicts: u64,
+    pub rejected: u64,
+    pub pulled: u64,
+    pub repaired_villages: Vec<String>,
+    pub round_trips: u32,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub clock_offset_ms: Option<i64>,
+    pub clock_skewed: bool,
+}
+
+impl From<core_sync::SyncReport> for SyncReport {
+    fn from(r: core_sync::SyncReport) -> Self {
+        Self {
+            pushed: r.pushed,
+            accepted: r.accepted,
+            conflicts: r.conflicts,
+            rejected: r.rejected,
+            pulled: r.pulled,
+            repaired_villages: r.repaired_villages,
+            round_trips: r.round_trips,
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+            clock_offset_ms: r.clock_offset_ms,
+            clock_skewed: r.clock_skewed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SyncStatus {
+    pub enrolled: bool,
+    pub user: Option<UserInfo>,
+    pub pending_changes: u64,
+    pub open_conflicts: u64,
+    pub rejected_changes: u64,
+    pub last_sync_at: Option<String>,
+    pub clock_offset_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CompetingValue {
+    pub value_json: String,
+    pub user: String,
+    pub received_at: String,
+    pub device_time: String,
+    pub clock_skewed: bool,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Conflict {
+    pub id: String,
+    /// `household` or `member`.
+    pub entity: String,
+    pub entity_id: String,
+    pub household_id: String,
+    pub field: String,
+    pub values: Vec<CompetingValue>,
+    /// What the record shows until someone decides.
+    pub provisional_json: String,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct RejectedChange {
+    pub seq: u64,
+    pub change_json: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// Follows a sync; implemented by the app (called from a background thread).
+#[uniffi::export(with_foreign)]
+pub trait SyncListener: Send + Sync {
+    fn on_progress(&self, progress: SyncProgress);
+}
+
+/// One HTTP exchange, for apps that bring their own HTTP stack (OkHttp, URLSession).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct HttpRequest {
+    pub method: String,
+    /// Relative to the server's base URL, e.g. `/v1/push`.
+    pub path: String,
+    pub headers: Vec<HttpHeader>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP transport implemented by the app. Return `Err` when no answer came (no network,
+/// timeout, cut connection); any HTTP status is an answer.
+#[uniffi::export(with_foreign)]
+pub trait HttpTransport: Send + Sync {
+    fn send(&self, request: HttpRequest) -> std::result::Result<HttpResponse, ZoufangError>;
+}
+
+struct ForeignTransport(Arc<dyn HttpTransport>);
+
+impl core_sync::Transport for ForeignTransport {
+    fn send(
+        &self,
+        request: &core_sync::HttpRequest,
+    ) -> std::result::Result<core_sync::HttpResponse, core_sync::TransportError> {
+        let req = HttpRequest {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            headers: request
+                .headers
+                .iter()
+                .map(|(n, v)| HttpHeader {
+                    name: n.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            body: request.body.clone(),
+        };
+        match self.0.send(req) {
+            Ok(r) => Ok(core_sync::HttpResponse {
+                status: r.status,
+                body: r.body,
+            }),
+            Err(e) => Err(core_sync::TransportError {
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+struct ForeignListener(Arc<dyn SyncListener>);
+
+impl core_sync::SyncListener for ForeignListener {
+    fn on_progress(&self, p: core_sync::SyncProgress) {
+        let phase = match p.phase {
+            core_sync::SyncPhase::Catalog => SyncPhase::Catalog,
+            core_sync::SyncPhase::Push => SyncPhase::Push,
+            core_sync::SyncPhase::Pull => SyncPhase::Pull,
+            core_sync::SyncPhase::Verify => SyncPhase::Verify,
+            core_sync::SyncPhase::Done => SyncPhase::Done,
+        };
+        self.0.on_progress(SyncProgress {
+            phase,
+            done: p.done,
+            total: p.total,
+            bytes_sent: p.bytes_sent,
+            bytes_received: p.bytes_received,
+        });
+    }
+}
+
+/// The offline store of the signed-in user: forms, households, visits, sync, conflicts.
+#[derive(uniffi::Object)]
+pub struct Collector {
+    inner: Arc<CoreCollector>,
+    cancel: Mutex<Option<Arc<core_sync::CancelFlag>>>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Collector")
+    }
+}
+
+fn reqwest_transport(server_url: &str) -> Result<core_sync::ReqwestTransport> {
+    core_sync::ReqwestTransport::new(server_url).map_err(|e| ZoufangError::Network {
+        code: "transport".into(),
+        detail: e.message,
+    })
+}
+
+impl Collector {
+    /// Runs a sync on its own thread and awaits it: the caller's executor is never blocked.
+    async fn run_sync(
+        &self,
+        transport: Box<dyn core_sync::Transport>,
+        listener: Option<Arc<dyn SyncListener>>,
+    ) -> Result<SyncReport> {
+        let flag = Arc::new(core_sync::CancelFlag::default());
+        if let Ok(mut slot) = self.cancel.lock() {
+            *slot = Some(flag.clone());
+        }
+        let inner = self.inner.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let listener = listener.map(ForeignListener);
+            let result = inner.sync(
+                transport.as_ref(),
+                listener.as_ref().map(|l| l as &dyn core_sync::SyncListener),
+                Some(&flag),
+            );
+            let _ = tx.send(result);
+        });
+        let result = rx.await.map_err(|_| ZoufangError::InvalidState {
+            code: "cancelled".into(),
+            detail: "the sync thread stopped".into(),
+        })?;
+        Ok(result?.into())
+    }
+}
+
+#[uniffi::export]
+impl Collector {
+    /// Opens (creating and migrating) the store at `path`. `encryption_key` comes from the
+    /// platform keystore; a build without encryption refuses a key.
+    #[uniffi::constructor]
+    pub fn open(path: String, encryption_key: Option<String>) -> Result<Arc<Self>> {
+        let inner = CoreCollector::open(path.as_ref(), &StoreOptions { encryption_key })?;
+        Ok(Arc::new(Self {
+            inner: Arc::new(inner),
+            cancel: Mutex::new(None),
+        }))
+    }
+
+    pub fn sign_in(&self, user_id: String) -> Result<()> {
+        Ok(self.inner.sign_in(&user_id)?)
+    }
+
+    pub fn current_user(&self) -> Option<String> {
+        self.inner.current_user()
+    }
+
+    /// The newest installed version of a form (the household visit form by default).
+    pub fn form(&self, form_id: Option<String>) -> Result<FormInfo> {
+        let id =
+            form_id.unwrap_or_else(|| zoufang_core::collector::HOUSEHOLD_VISIT_FORM_ID.to_owned());
+        let form = self.inner.latest_form(&id)?;
+        let d = &form.definition;
+        Ok(FormInfo {
+            id: d.id.clone(),
+            version: d.version,
+            title_zh: d.title.zh.clone(),
+            title_ii: d.title.get(zoufang_core::model::text::Lang::Ii).to_owned(),
+            definition_json: serde_json::to_string(d).unwrap_or_default(),
+        })
+    }
+
+    /// The code lists on this device, as a JSON array.
+    pub fn code_lists_json(&self) -> String {
+        let lists: Vec<_> = self.inner.code_lists().iter().cloned().collect();
+        serde_json::to_string(&lists).unwrap_or_default()
+    }
+
+    pub fn add_household(
+        &self,
+        village_code: String,
+        fields_json: String,
+        members_json: Vec<String>,
+    ) -> Result<String> {
+        let fields = parse_object("fields", &fields_json)?;
+        let members = members_json
+            .iter()
+            .map(|m| parse_object("a member", m))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.inner.add_household(records::NewHousehold {
+            village_code,
+            fields,
+            members,
+        })?)
+    }
+
+    pub fn households_in_village(
+        &self,
+        village_code: String,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<HouseholdSummary>> {
+        Ok(self
+            .inner
+            .households_in_village(&village_code, limit, offset)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// By the start of a member's name or resident ID.
+    pub fn search_households(&self, query: String, limit: u32) -> Result<Vec<HouseholdSummary>> {
+        Ok(self
+            .inner
+            .search_households(&query, limit)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    pub fn households_due(
+        &self,
+        on_or_before: String,
+        village_code: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<HouseholdSummary>> {
+        Ok(self
+            .inner
+            .households_due(&on_or_before, village_code.as_deref(), limit)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    pub fn household(&self, id: String) -> Result<Household> {
+        let h = self.inner.household(&id)?;
+        Ok(Household {
+            id: h.id,
+            village_code: h.village_code,
+            head_name: h.head_name,
+            next_visit_due: h.next_visit_due,
+            fields_json: Json::Object(h.fields).to_string(),
+            members: h
+                .members
+                .into_iter()
+                .map(|m| Member {
+                    id: m.id,
+                    fields_json: Json::Object(m.fields).to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    pub fn edit_household_field(
+        &self,
+        household_id: String,
+        field: String,
+        value_json: String,
+    ) -> Result<()> {
+        Ok(self.inner.edit_household_field(
+            &household_id,
+            &field,
+            parse_json("the value", &value_json)?,
+        )?)
+    }
+
+    pub fn edit_member_field(
+        &self,
+        member_id: String,
+        field: String,
+        value_json: String,
+    ) -> Result<()> {
+        Ok(self.inner.edit_member_field(
+            &member_id,
+            &field,
+            parse_json("the value", &value_json)?,
+        )?)
+    }
+
+    /// A draft of `visit_type` for a household, or (without one) a newly discovered household.
+    pub fn start_visit(&self, household_id: Option<String>, visit_type: String) -> Result<Visit> {
+        Ok(self
+            .inner
+            .start_visit(household_id.as_deref(), &visit_type)?
+            .into())
+    }
+
+    /// Autosaves one answer (`members[2].id_number`); `null` clears it.
+    pub fn set_answer(&self, visit_id: String, path: String, value_json: String) -> Result<()> {
+        Ok(self
+            .inner
+            .set_answer(&visit_id, &path, parse_json("the answer", &value_json)?)?)
+    }
+
+    pub fn set_answers(&self, visit_id: String, answers_json: String) -> Result<()> {
+        Ok(self
+            .inner
+            .set_answers(&visit_id, &parse_object("the answers", &answers_json)?)?)
+    }
+
+    pub fn remove_repeat_instance(&self, visit_id: String, path: String) -> Result<()> {
+        Ok(self.inner.remove_repeat_instance(&visit_id, &path)?)
+    }
+
+    /// Relevance and required-ness of every field instance, for the UI.
+    pub fn field_states(&self, visit_id: String) -> Result<Vec<FieldState>> {
+        Ok(self
+            .inner
+            .field_states(&visit_id)?
+            .into_iter()
+            .map(|s| FieldState {
+                path: s.path,
+                relevant: s.relevant,
+                required: s.required,
+                value_json: s.value.to_string(),
+            })
+            .collect())
+    }
+
+    pub fn validate_visit(&self, visit_id: String) -> Result<Vec<Problem>> {
+        Ok(self
+            .inner
+            .validate_visit(&visit_id)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    pub fn complete_visit(&self, visit_id: String) -> Result<Visit> {
+        Ok(self.inner.complete_visit(&visit_id)?.into())
+    }
+
+    pub fn sign_visit(&self, visit_id: String) -> Result<()> {
+        Ok(self.inner.sign_visit(&visit_id)?)
+    }
+
+    pub fn void_visit(&self, visit_id: String, reason: String) -> Result<()> {
+        Ok(self.inner.void_visit(&visit_id, &reason)?)
+    }
+
+    pub fn visit(&self, visit_id: String) -> Result<Visit> {
+        Ok(self.inner.visit(&visit_id)?.into())
+    }
+
+    pub fn visits_of_household(&self, household_id: String) -> Result<Vec<VisitSummary>> {
+        Ok(self
+            .inner
+            .visits_of_household(&household_id)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    pub fn my_drafts(&self) -> Result<Vec<VisitSummary>> {
+        Ok(self
+            .inner
+            .my_drafts()?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    pub fn counts(&self) -> Result<StoreCounts> {
+        let c = self.inner.counts()?;
+        Ok(StoreCounts {
+            households: c.households,
+            members: c.members,
+            drafts: c.drafts,
+            completed: c.completed,
+            signed: c.signed,
+            voided: c.void,
+        })
+    }
+
+    /// Enrols this device with a server, using the built-in HTTP transport.
+    pub fn enroll(
+        &self,
+        server_url: String,
+        enrollment_token: String,
+        device_name: String,
+    ) -> Result<UserInfo> {
+        Ok(self
+            .inner
+            .enroll(
+                &reqwest_transport(&server_url)?,
+                &enrollment_token,
+                &device_name,
+            )?
+            .into())
+    }
+
+    /// Enrols through the app's own HTTP transport.
+    pub fn enroll_with_transport(
+        &self,
+        transport: Arc<dyn HttpTransport>,
+        enrollment_token: String,
+        device_name: String,
+    ) -> Result<UserInfo> {
+        Ok(self
+            .inner
+            .enroll(
+                &ForeignTransport(transport),
+                &enrollment_token,
+                &device_name,
+            )?
+            .into())
+    }
+
+    /// Syncs over the built-in transport (Kotlin `suspend`, Swift `async`).
+    pub async fn sync(
+        &self,
+        server_url: String,
+        listener: Option<Arc<dyn SyncListener>>,
+    ) -> Result<SyncReport> {
+        let transport = reqwest_transport(&server_url)?;
+        self.run_sync(Box::new(transport), listener).await
+    }
+
+    /// Syncs over the app's own HTTP transport.
+    pub async fn sync_with_transport(
+        &self,
+        transport: Arc<dyn HttpTransport>,
+        listener: Option<Arc<dyn SyncListener>>,
+    ) -> Result<SyncReport> {
+        self.run_sync(Box::new(ForeignTransport(transport)), listener)
+            .await
+    }
+
+    /// Stops a running sync between two requests; what it already received is kept.
+    pub fn cancel_sync(&self) {
+        if let Ok(slot) = self.cancel.lock()
+            && let Some(flag) = slot.as_ref()
+        {
+            flag.cancel();
+        }
+    }
+
+    pub fn sync_status(&self) -> Result<SyncStatus> {
+        let s = self.inner.sync_status()?;
+        Ok(SyncStatus {
+            enrolled: s.enrolled,
+            user: s.user.map(Into::into),
+            pending_changes: s.pending_changes,
+            open_conflicts: s.open_conflicts,
+            rejected_changes: s.rejected_changes,
+            last_sync_at: s.last_sync_at,
+            clock_offset_ms: s.clock_offset_ms,
+        })
+    }
+
+    pub fn conflicts(&self) -> Result<Vec<Conflict>> {
+        Ok(self
+            .inner
+            .conflicts()?
+            .into_iter()
+            .map(|c| Conflict {
+                id: c.id,
+                entity: c.entity.as_str().to_owned(),
+                entity_id: c.entity_id,
+                household_id: c.household_id,
+                field: c.field,
+                values: c
+                    .values
+                    .into_iter()
+                    .map(|v| CompetingValue {
+                        value_json: v.value.to_string(),
+                        user: v.user,
+                        received_at: v.received_at,
+                        device_time: v.device_time,
+                        clock_skewed: v.clock_skewed,
+                    })
+                    .collect(),
+                provisional_json: c.provisional.to_string(),
+            })
+            .collect())
+    }
+
+    /// Resolves a conflict with one of its values or a new one (JSON); syncs like any edit.
+    pub fn resolve_conflict(&self, conflict_id: String, value_json: String) -> Result<()> {
+        Ok(self
+            .inner
+            .resolve_conflict(&conflict_id, parse_json("the value", &value_json)?)?)
+    }
+
+    pub fn rejected_changes(&self) -> Result<Vec<RejectedChange>> {
+        Ok(self
+            .inner
+            .rejected_changes()?
+            .into_iter()
+            .map(|r| RejectedChange {
+                seq: r.seq,
+                change_json: r.change.to_string(),
+                code: r.code,
+                message: r.message,
+            })
+            .collect())
+    }
+}
