@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the Rust library, generates the Kotlin bindings from it (uniffi library mode), and runs
-# the Kotlin suite on the JVM against the real library and a real `zoufang serve`.
-# Prints "kotlin: N passed, N failed"; exits non-zero if the suite fails or runs no test.
+# Builds the Rust library, generates the Kotlin and Swift bindings from it (uniffi library mode),
+# and runs both suites against the real library and a real `zoufang serve`: Kotlin on the JVM,
+# Swift with swiftc in a Debian trixie root (test-swift.sh). Prints "kotlin: N passed, N failed"
+# and "swift: N passed, N failed"; exits non-zero if either suite fails or runs no test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,11 @@ read -r tests failures errors skipped < <(awk -F'"' '
   END { print t + 0, f + 0, e + 0, s + 0 }' target/surefire-reports/TEST-*.xml 2>/dev/null || echo "0 0 0 0")
 failed=$((failures + errors))
 echo "kotlin: $((tests - failed - skipped)) passed, ${failed} failed"
+kotlin_ok=1
 if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$tests" -eq 0 ]; then
-  exit 1
+  kotlin_ok=0
 fi
+cd ../..
+swift_ok=1
+bindings/test-swift.sh || swift_ok=0
+[ "$kotlin_ok" -eq 1 ] && [ "$swift_ok" -eq 1 ]

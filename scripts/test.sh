@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check of the project, as CI runs it: formatting, lints (warnings are errors), all tests
-# of the workspace (unit, property, store, crash, sync, CLI), then the Kotlin bindings suite on
-# the JVM (bindings/test.sh). Ends with one line "tests: N passed, N failed" and a non-zero
+# of the workspace (unit, property, store, crash, sync, CLI), then the Kotlin and Swift
+# bindings suites (bindings/test.sh). Ends with one line "tests: N passed, N failed" and a non-zero
 # exit if anything failed or no test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,12 +21,13 @@ read -r passed failed < <(awk '/^test result:/ {
   } END { print p + 0, f + 0 }' target/test.log)
 echo "rust: ${passed} passed, ${failed} failed"
 
-echo "== bindings (Kotlin on the JVM)"
+echo "== bindings (Kotlin on the JVM, Swift in a trixie root)"
 set +e
 bindings/test.sh 2>&1 | tee target/bindings.log
 bstatus=${PIPESTATUS[0]}
 set -e
-read -r kpassed kfailed < <(awk '/^.*kotlin: [0-9]+ passed, [0-9]+ failed/ { sub(/.*kotlin: /, ""); print $1, $3 }' target/bindings.log | tail -n 1)
+read -r kpassed kfailed < <(awk '/(kotlin|swift): [0-9]+ passed, [0-9]+ failed/ {
+    sub(/.*(kotlin|swift): /, ""); p += $1; f += $3; n++ } END { print (n == 2 ? p : 0), f + 0 }' target/bindings.log)
 kpassed=${kpassed:-0}
 kfailed=${kfailed:-0}
 echo "tests: $((passed + kpassed)) passed, $((failed + kfailed)) failed"

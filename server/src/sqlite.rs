@@ -172,6 +172,9 @@ impl SqliteStorage {
             .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
         let path = data_dir.join("server.db");
         let mut writer = Connection::open(&path)?;
+        // First, so that every later statement waits for another process (admin and serve
+        // share the file) instead of failing at once.
+        writer.busy_timeout(Duration::from_secs(30))?;
         writer.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(Duration::from_secs(30))?;

@@ -63,6 +63,8 @@ pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Connections> {
     }
     let mut writer = Connection::open(path)?;
     apply_key(&writer, options.encryption_key.as_deref())?;
+    // Before anything reads: wait for another connection's lock instead of failing at once.
+    writer.busy_timeout(std::time::Duration::from_secs(10))?;
     // The first read of the file is where a wrong key or a foreign file shows.
     let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
