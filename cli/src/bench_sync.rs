@@ -51,25 +51,6 @@ fn enroll(storage: &SqliteStorage, user: &str, role: Role, area: &str) -> Result
         .map_err(server_err)
 }
 
-fn record_of(v: &zoufang_core::records::Visit, village: &str) -> VisitRecord {
-    VisitRecord {
-        id: v.id.clone(),
-        household_id: v.household_id.clone(),
-        village_code: village.to_owned(),
-        form_id: v.form_id.clone(),
-        form_version: v.form_version,
-        visit_type: v.visit_type.clone(),
-        status: v.status.as_str().to_owned(),
-        answers: v.answers.clone(),
-        author: v.author.clone(),
-        revision_of: v.revision_of.clone(),
-        void_reason: v.void_reason.clone(),
-        created_at: v.created_at.clone(),
-        completed_at: v.completed_at.clone(),
-        signed_at: v.signed_at.clone(),
-    }
-}
-
 fn routine_answers(due: &str) -> Map<String, Json> {
     json!({
         "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
@@ -135,8 +116,8 @@ pub fn run(
     };
     let records: Vec<VisitRecord> = full_visits
         .iter()
-        .map(|(v, village)| record_of(v, village))
-        .collect();
+        .map(|(v, _)| c.visit_submission(&v.id))
+        .collect::<Result<_, _>>()?;
     let compressed_answers: Vec<usize> = full_visits
         .iter()
         .map(|(v, _)| {

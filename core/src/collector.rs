@@ -1480,10 +1480,7 @@ fn set_record_field(
     value: &Json,
     at: &str,
 ) -> Result<()> {
-    match entity {
-        Entity::Household => store_household_field(tx, id, field, value, at)?,
-        Entity::Member => store_member_field(tx, id, field, value, at)?,
-    }
+    crate::sync::client::store_local_field(tx, entity, id, field, value, at)?;
     let change = Change {
         entity: entity.as_str(),
         entity_id: id,

@@ -141,7 +141,7 @@ fn adjust_checksum(
     Ok(())
 }
 
-fn store_local_field(
+pub(crate) fn store_local_field(
     tx: &Transaction<'_>,
     entity: Entity,
     id: &str,
@@ -483,6 +483,12 @@ impl Collector {
             completed_at: v.completed_at.clone(),
             signed_at: v.signed_at.clone(),
         })
+    }
+
+    /// A visit as it travels to the server (for tools that measure or inspect the wire).
+    pub fn visit_submission(&self, visit_id: &str) -> Result<VisitRecord> {
+        let visit = self.visit(visit_id)?;
+        self.write(|tx| self.visit_record(tx, &visit))
     }
 
     /// The oldest waiting changes, at most `limit`.
