@@ -225,3 +225,33 @@ pub fn run(
 
     Ok(report)
 }
+
+/// The Rust side of `bindings/bench.sh`, which times the same call from Kotlin against the same
+/// store. `prepare` writes one full application survey draft and prints its id.
+pub fn validate_probe(
+    c: &Collector,
+    prepare: bool,
+    visit: Option<&str>,
+    rounds: usize,
+) -> Result<(), Failure> {
+    if prepare {
+        c.sign_in("bench-coordinator")?;
+        let mut rng = Rng::new(7);
+        let draft = c.start_visit(None, "application_survey")?;
+        c.set_answers(&draft.id, &sample::application_survey(&mut rng))?;
+        outln!("{}", draft.id);
+        return Ok(());
+    }
+    let visit =
+        visit.ok_or_else(|| fail("invalid_input", "--visit is required without --prepare"))?;
+    let mut times = Vec::with_capacity(rounds);
+    let mut problems = 0;
+    for _ in 0..rounds.max(1) {
+        let t = Instant::now();
+        problems = c.validate_visit(visit)?.len();
+        times.push(t.elapsed());
+    }
+    let nanos: Vec<u128> = times.iter().map(Duration::as_nanos).collect();
+    outln!("{}", json!({"problems": problems, "nanos": nanos}));
+    Ok(())
+}

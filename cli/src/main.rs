@@ -107,6 +107,18 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         devices: usize,
     },
+    /// Internal: the Rust side of the bindings' validate benchmark (bindings/bench.sh). With
+    /// `--prepare`, writes a full application survey draft into the store and prints its id;
+    /// otherwise times `validate_visit` on VISIT and prints the per-call times as JSON.
+    #[command(hide = true)]
+    BenchValidate {
+        #[arg(long)]
+        prepare: bool,
+        #[arg(long)]
+        visit: Option<String>,
+        #[arg(long, default_value_t = 2_000)]
+        rounds: usize,
+    },
     /// Internal: the pulling phone of `bench`, run as its own process to measure its memory.
     #[command(hide = true)]
     BenchPullProbe {
@@ -415,6 +427,9 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::BenchPullProbe { server, token, store } => bench_sync::pull_probe(&server, &token, &store),
+        Command::BenchValidate { prepare, visit, rounds } => {
+            bench::validate_probe(&open(&cli.store)?, prepare, visit.as_deref(), rounds)
+        }
     }
 }
 
