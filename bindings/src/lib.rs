@@ -166,6 +166,24 @@ pub struct Household {
     pub members: Vec<Member>,
 }
 
+/// The cipher suite of an encrypted store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Cipher {
+    /// AES-256 (SQLCipher).
+    Aes256,
+    /// The national suite: SM4 pages, SM3 MACs and key derivation.
+    Sm4,
+}
+
+impl From<Cipher> for zoufang_core::Cipher {
+    fn from(c: Cipher) -> Self {
+        match c {
+            Cipher::Aes256 => Self::Aes256,
+            Cipher::Sm4 => Self::Sm4,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum VisitStatus {
     Draft,
@@ -510,14 +528,30 @@ impl Collector {
 #[uniffi::export]
 impl Collector {
     /// Opens (creating and migrating) the store at `path`. `encryption_key` comes from the
-    /// platform keystore; a build without encryption refuses a key.
-    #[uniffi::constructor]
-    pub fn open(path: String, encryption_key: Option<String>) -> Result<Arc<Self>> {
-        let inner = CoreCollector::open(path.as_ref(), &StoreOptions { encryption_key })?;
+    /// platform keystore: 64 hex digits (32 random bytes) are used as a raw key, other text as a
+    /// passphrase. `cipher` is the suite of an encrypted store (AES-256 unless the deployment
+    /// runs in the national SM4 mode); a store keeps the suite it was created with.
+    #[uniffi::constructor(default(encryption_key = None, cipher = None))]
+    pub fn open(
+        path: String,
+        encryption_key: Option<String>,
+        cipher: Option<Cipher>,
+    ) -> Result<Arc<Self>> {
+        let options = StoreOptions {
+            encryption_key,
+            cipher: cipher.map(Into::into).unwrap_or_default(),
+        };
+        let inner = CoreCollector::open(path.as_ref(), &options)?;
         Ok(Arc::new(Self {
             inner: Arc::new(inner),
             cancel: Mutex::new(None),
         }))
+    }
+
+    /// Re-encrypts the whole store with `new_key`, atomically. Keep the old key in the keystore
+    /// until this returns; on open, try the new key first.
+    pub fn rotate_key(&self, new_key: String) -> Result<()> {
+        Ok(self.inner.rotate_key(&new_key)?)
     }
 
     pub fn sign_in(&self, user_id: String) -> Result<()> {

@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod bench_crypto;
 mod bench_sync;
 mod demo;
 mod net;
@@ -97,7 +98,7 @@ enum Command {
         /// Repetitions of each timed step.
         #[arg(long, default_value_t = 40)]
         rounds: usize,
-        /// Which benchmarks: store, sync or all.
+        /// Which benchmarks: store, sync, crypto (encrypted against plaintext) or all.
         #[arg(long, default_value = "all")]
         suite: String,
         /// Visits pushed in the sync benchmark.
@@ -418,8 +419,11 @@ fn run(cli: Cli) -> CliResult {
             if suite == "sync" || suite == "all" {
                 report.extend(bench_sync::run(households, visits, devices, cli.json)?);
             }
-            if !matches!(suite.as_str(), "store" | "sync" | "all") {
-                return Err(fail("invalid_input", "--suite is store, sync or all"));
+            if suite == "crypto" || suite == "all" {
+                report.extend(bench_crypto::run(households / 5, rounds, cli.json)?);
+            }
+            if !matches!(suite.as_str(), "store" | "sync" | "crypto" | "all") {
+                return Err(fail("invalid_input", "--suite is store, sync, crypto or all"));
             }
             if cli.json {
                 outln!("{}", serde_json::to_string_pretty(&json!({"benchmarks": report})).unwrap_or_default());

@@ -306,9 +306,17 @@ fn the_benchmark_runs_and_reports_ratios() {
             "push_visits",
             "pull_township",
             "server_throughput",
-            "weak_link"
+            "weak_link",
+            "save_full_visit_aes256",
+            "save_full_visit_sm4",
+            "search_by_name_aes256",
+            "search_by_name_sm4"
         ]
     );
+    // Encrypted against plaintext: real ratios, measured on stores that hold the households.
+    for b in &report["benchmarks"].as_array().unwrap()[11..] {
+        assert!(b["ratio"].as_f64().unwrap() > 0.0 && b["households"] == json!(60), "{b}");
+    }
     let pull = &report["benchmarks"][8];
     assert_eq!(
         pull["probe"]["households"],

@@ -260,6 +260,15 @@ impl Collector {
     // ----- user ---------------------------------------------------------------------------
 
     /// Records who is using this store; every later change is attributed to them.
+    /// Re-encrypts the whole store with `new_key` (same cipher suite). Atomic: if the process
+    /// dies during the rotation, the old key still opens the store until the commit, the new one
+    /// after it; the app keeps both until this returns.
+    pub fn rotate_key(&self, new_key: &str) -> Result<()> {
+        self.db.rotate_key(new_key)?;
+        tracing::info!("store key rotated");
+        Ok(())
+    }
+
     pub fn sign_in(&self, user_id: &str) -> Result<()> {
         let user = user_id.trim();
         if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {

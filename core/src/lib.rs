@@ -14,4 +14,4 @@ pub mod sync;
 
 pub use collector::{Collector, FieldState};
 pub use error::{Error, Result};
-pub use store::StoreOptions;
+pub use store::{Cipher, StoreOptions};

@@ -72,6 +72,7 @@ fn bad_files_and_keys_are_typed_errors() {
     assert_eq!(err.code(), "wrong_key_or_not_a_store");
     let keyed = StoreOptions {
         encryption_key: Some("k".into()),
+        ..StoreOptions::default()
     };
     let path = dir.path().join("k.db");
     #[cfg(not(feature = "sqlcipher"))]
@@ -90,6 +91,7 @@ fn bad_files_and_keys_are_typed_errors() {
         drop(c);
         let wrong = StoreOptions {
             encryption_key: Some("not-k".into()),
+            ..StoreOptions::default()
         };
         assert_eq!(
             Collector::open(&path, &wrong).unwrap_err().code(),

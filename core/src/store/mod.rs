@@ -6,7 +6,7 @@
 
 pub mod schema;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
@@ -17,13 +17,30 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
     /// The encryption key supplied by the host app (from Android Keystore / iOS Keychain).
-    /// `None` opens a plaintext store; a key needs a build with the `sqlcipher` feature.
+    /// 64 hex digits are used as a raw 256-bit key (the recommended form: random bytes from the
+    /// platform keystore, no key derivation at open); any other text is a passphrase stretched
+    /// with PBKDF2. `None` opens a plaintext store; a key needs the `sqlcipher` feature.
     pub encryption_key: Option<String>,
+    /// The cipher suite of an encrypted store. A store keeps the suite it was created with.
+    pub cipher: Cipher,
+}
+
+/// The cipher suite of an encrypted store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cipher {
+    /// AES-256-CBC with HMAC-SHA512 per page (SQLCipher 4 defaults).
+    #[default]
+    Aes256,
+    /// The national suite for deployments under a commercial-cryptography assessment:
+    /// SM4-CBC with HMAC-SM3 per page, PBKDF2-HMAC-SM3 for passphrases.
+    Sm4,
 }
 
 pub(crate) struct Connections {
     pub writer: Mutex<Connection>,
     pub reader: Mutex<Connection>,
+    path: PathBuf,
+    options: Mutex<StoreOptions>,
 }
 
 impl std::fmt::Debug for Connections {
@@ -32,13 +49,56 @@ impl std::fmt::Debug for Connections {
     }
 }
 
-fn apply_key(conn: &Connection, key: Option<&str>) -> Result<()> {
-    match key {
+/// The text of `PRAGMA key` for `key`: SQLCipher's raw-key form for 64 hex digits, else the
+/// passphrase itself. SM4 keys are 128-bit: a raw 256-bit key is reduced with SM3.
+#[cfg(feature = "sqlcipher")]
+fn key_pragma(key: &str, cipher: Cipher) -> Result<String> {
+    if key.is_empty() {
+        return Err(Error::InvalidInput("the encryption key is empty".into()));
+    }
+    let raw = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
+    if !raw {
+        return Ok(key.to_owned());
+    }
+    Ok(match cipher {
+        Cipher::Aes256 => format!("x'{key}'"),
+        Cipher::Sm4 => {
+            let bytes = hex::decode(key).map_err(|_| Error::InvalidInput("bad key".into()))?;
+            let digest = zoufang_sqlcipher_sm::sm3(&bytes);
+            let half = digest.get(..16).unwrap_or_default();
+            format!("x'{}'", hex::encode(half))
+        }
+    })
+}
+
+#[cfg(feature = "sqlcipher")]
+fn suite(cipher: Cipher) -> zoufang_sqlcipher_sm::CipherSuite {
+    match cipher {
+        Cipher::Aes256 => zoufang_sqlcipher_sm::CipherSuite::Aes256,
+        Cipher::Sm4 => zoufang_sqlcipher_sm::CipherSuite::Sm4,
+    }
+}
+
+fn apply_key(conn: &Connection, options: &StoreOptions) -> Result<()> {
+    match options.encryption_key.as_deref() {
         None => Ok(()),
         #[cfg(feature = "sqlcipher")]
         Some(key) => {
-            // SQLCipher needs the key before any other statement touches the file.
-            conn.pragma_update(None, "key", key)?;
+            let pragma = key_pragma(key, options.cipher)?;
+            // A wrong key is our typed error; SQLCipher's own stderr log would only be noise.
+            conn.pragma_update(None, "cipher_log_level", "NONE")?;
+            // SQLCipher needs the key before any other statement touches the file; the suite
+            // decides which provider the connection's codec gets.
+            zoufang_sqlcipher_sm::with_suite(suite(options.cipher), || {
+                conn.pragma_update(None, "key", &pragma)?;
+                if options.cipher == Cipher::Aes256 {
+                    // Every page write is MACed: SHA-256 runs on the CPU's SHA instructions
+                    // (x86 SHA-NI, ARMv8 SHA2), SHA-512 does not. Set at every open.
+                    conn.pragma_update(None, "cipher_hmac_algorithm", "HMAC_SHA256")?;
+                }
+                Ok::<_, rusqlite::Error>(())
+            })
+            .map_err(|e| Error::Storage(e.to_string()))??;
             Ok(())
         }
         #[cfg(not(feature = "sqlcipher"))]
@@ -62,7 +122,7 @@ pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Connections> {
         return Err(Error::EncryptionUnavailable);
     }
     let mut writer = Connection::open(path)?;
-    apply_key(&writer, options.encryption_key.as_deref())?;
+    apply_key(&writer, options)?;
     // Before anything reads: wait for another connection's lock instead of failing at once.
     writer.busy_timeout(std::time::Duration::from_secs(10))?;
     // The first read of the file is where a wrong key or a foreign file shows.
@@ -83,14 +143,65 @@ pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Connections> {
     schema::migrations()
         .to_latest(&mut writer)
         .map_err(|e| Error::Migration(e.to_string()))?;
+    let reader = open_reader(path, options)?;
+    Ok(Connections {
+        writer: Mutex::new(writer),
+        reader: Mutex::new(reader),
+        path: path.to_owned(),
+        options: Mutex::new(options.clone()),
+    })
+}
+
+fn open_reader(path: &Path, options: &StoreOptions) -> Result<Connection> {
     let reader = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    apply_key(&reader, options.encryption_key.as_deref())?;
+    apply_key(&reader, options)?;
     configure(&reader)?;
-    Ok(Connections {
-        writer: Mutex::new(writer),
-        reader: Mutex::new(reader),
-    })
+    Ok(reader)
+}
+
+impl Connections {
+    /// Re-encrypts every page with `new_key`, atomically: a crash before the commit leaves the
+    /// old key valid, after it the new one. The WAL is emptied first so that no frame under the
+    /// old key outlives the rotation, and again after so the main file holds only new pages.
+    /// The host app keeps both keys until this returns and tries the new one first on open.
+    pub(crate) fn rotate_key(&self, new_key: &str) -> Result<()> {
+        // Writer, then reader, then options: no read sees a half-rotated store.
+        let writer = self.writer.lock();
+        let mut reader = self.reader.lock();
+        let mut options = self.options.lock();
+        if options.encryption_key.is_none() {
+            return Err(Error::InvalidInput(
+                "the store is not encrypted; a key can only be rotated on an encrypted store"
+                    .into(),
+            ));
+        }
+        #[cfg(feature = "sqlcipher")]
+        {
+            let pragma = key_pragma(new_key, options.cipher)?;
+            let checkpoint = || -> Result<()> {
+                let busy: i64 =
+                    writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy != 0 {
+                    return Err(Error::Storage(
+                        "the store is busy; rotate the key again".into(),
+                    ));
+                }
+                Ok(())
+            };
+            checkpoint()?;
+            writer.pragma_update(None, "rekey", &pragma)?;
+            checkpoint()?;
+            options.encryption_key = Some(new_key.to_owned());
+            *reader = open_reader(&self.path, &options)?;
+            Ok(())
+        }
+        #[cfg(not(feature = "sqlcipher"))]
+        {
+            let _ = (new_key, &writer, &mut reader, &mut options, &self.path);
+            Err(Error::EncryptionUnavailable)
+        }
+    }
 }

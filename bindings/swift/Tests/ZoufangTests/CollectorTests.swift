@@ -171,6 +171,32 @@ final class CollectorTests: XCTestCase {
         }
     }
 
+    func testAnEncryptedStoreOpensOnlyWithItsKeyAndSurvivesARotation() throws {
+        let key = "3f1c2a9d8e7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877"
+        let newKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+        for cipher in [Cipher.aes256, Cipher.sm4] {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zoufang-key-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            let path = dir.appendingPathComponent("store.db").path
+            var household = ""
+            do {
+                let c = try Collector.open(path: path, encryptionKey: key, cipher: cipher)
+                try c.signIn(userId: "coord-1")
+                household = try c.newHousehold()
+                try c.rotateKey(newKey: newKey)
+            }
+            let other: Cipher = cipher == .aes256 ? .sm4 : .aes256
+            for (k, suite) in [(key, cipher), (newKey, other)] {
+                XCTAssertThrowsError(try Collector.open(path: path, encryptionKey: k, cipher: suite)) { error in
+                    guard case let ZoufangError.Storage(code, _) = error else { return XCTFail("\(error)") }
+                    XCTAssertEqual(code, "wrong_key_or_not_a_store")
+                }
+            }
+            let c = try Collector.open(path: path, encryptionKey: newKey, cipher: cipher)
+            XCTAssertEqual(try c.household(id: household).members.count, 1)
+        }
+    }
+
     func testTwoPhonesSyncAndResolveAConflictAsync() async throws {
         let server = try TestServer()
         let a = try openStore(), b = try openStore()

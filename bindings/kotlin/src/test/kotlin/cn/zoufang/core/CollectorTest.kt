@@ -135,6 +135,27 @@ class CollectorTest {
     }
 
     @Test
+    fun `an encrypted store opens only with its key and suite, and survives a key rotation`() {
+        val key = "3f1c2a9d8e7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877"
+        val newKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+        for (cipher in Cipher.entries) {
+            val path = Files.createTempDirectory("zoufang-key").toFile().resolve("store.db").path
+            val household = Collector.open(path, key, cipher).use { c ->
+                c.signIn("coord-1")
+                c.newHousehold().also { c.rotateKey(newKey) }
+            }
+            val other = if (cipher == Cipher.AES256) Cipher.SM4 else Cipher.AES256
+            for ((k, suite) in listOf(key to cipher, newKey to other, null to cipher)) {
+                val e = assertFailsWith<ZoufangException.Storage> { Collector.open(path, k, suite) }
+                assertEquals("wrong_key_or_not_a_store", e.code)
+            }
+            Collector.open(path, newKey, cipher).use { c ->
+                assertEquals(1, c.household(household).members.size)
+            }
+        }
+    }
+
+    @Test
     fun `two phones sync through a real server, a conflict is made and resolved from Kotlin`() = runBlocking<Unit> {
         val server = TestServer().closeLater()
         val a = openStore().closeLater()

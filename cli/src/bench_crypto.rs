@@ -1,0 +1,94 @@
+//! `zoufang bench --suite crypto`: the cost of encryption at rest. Three stores in one run —
+//! plaintext, AES-256 and SM4, each keyed with a raw 256-bit key as an app would supply from the
+//! platform keystore — take the same saves and searches, round by round in rotating order, so
+//! the ratios against plaintext are same-run figures (target: at most 1.15x).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+use zoufang_core::{Cipher, Collector, StoreOptions};
+
+use crate::bench::{median, ms};
+use crate::sample::{self, Rng};
+use crate::{Failure, fail};
+
+const RAW_KEY: &str = "6f1d3c2b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff0";
+
+pub fn run(households: usize, rounds: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
+    let dir = tempfile::Builder::new()
+        .prefix("zoufang-bench-crypto")
+        .tempdir_in(".")
+        .map_err(|e| fail("io", e.to_string()))?;
+    let rounds = rounds.max(3);
+    let suites: [(&str, Option<Cipher>); 3] = [
+        ("plaintext", None),
+        ("aes256", Some(Cipher::Aes256)),
+        ("sm4", Some(Cipher::Sm4)),
+    ];
+    let mut rng = Rng::new(11);
+    let all: Vec<_> = (0..households)
+        .map(|_| sample::household(&mut rng))
+        .collect();
+    let answers = sample::application_survey(&mut rng);
+    let mut stores = Vec::new();
+    for (name, cipher) in suites {
+        let options = StoreOptions {
+            encryption_key: cipher.map(|_| RAW_KEY.to_owned()),
+            cipher: cipher.unwrap_or_default(),
+        };
+        let c = Collector::open(&dir.path().join(format!("{name}.db")), &options)?;
+        c.sign_in("bench-coordinator")?;
+        for chunk in all.chunks(1000) {
+            c.import_households(chunk.to_vec())?;
+        }
+        stores.push((name, c));
+    }
+
+    let mut save: Vec<Vec<Duration>> = vec![Vec::new(); stores.len()];
+    let mut search: Vec<Vec<Duration>> = vec![Vec::new(); stores.len()];
+    for round in 0..rounds {
+        let prefix: String = sample::name(&mut rng).chars().take(3).collect();
+        for k in 0..stores.len() {
+            let i = (round + k) % stores.len();
+            let (Some((_, c)), Some(saves), Some(searches)) =
+                (stores.get(i), save.get_mut(i), search.get_mut(i))
+            else {
+                continue;
+            };
+            let draft = c.start_visit(None, "application_survey")?;
+            let t = Instant::now();
+            c.set_answers(&draft.id, &answers)?;
+            saves.push(t.elapsed());
+            for _ in 0..5 {
+                let t = Instant::now();
+                c.search_households(&prefix, 50)?;
+                searches.push(t.elapsed());
+            }
+        }
+    }
+
+    let medians =
+        |v: &[Vec<Duration>]| -> Vec<Duration> { v.iter().cloned().map(median).collect() };
+    let (save, search) = (medians(&save), medians(&search));
+    let mut report = Vec::new();
+    for (what, times) in [("save full visit", &save), ("search by name", &search)] {
+        let plain = times.first().copied().unwrap_or_default();
+        for ((name, _), t) in stores.iter().zip(times.iter()).skip(1) {
+            let ratio = ms(*t) / ms(plain).max(1e-9);
+            if !json_output {
+                outln!(
+                    "{:<28} {:.3} ms vs plaintext {:.3} ms: {ratio:.2}x (target <= 1.15x)",
+                    format!("{what}, {name}"),
+                    ms(*t),
+                    ms(plain)
+                );
+            }
+            report.push(
+                json!({"name": format!("{}_{name}", what.replace(' ', "_")), "median_ms": ms(*t),
+                               "baseline_ms": ms(plain), "ratio": ratio, "target_ratio": 1.15,
+                               "households": households, "rounds": rounds}),
+            );
+        }
+    }
+    Ok(report)
+}
