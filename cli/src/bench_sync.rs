@@ -127,6 +127,7 @@ pub fn run(
         .collect();
     let one = protocol::encode(&PushRequest {
         protocol: protocol::PROTOCOL_VERSION,
+        device_id: uuid::Uuid::now_v7().to_string(),
         device_time: "2026-11-28T02:10:00.000Z".into(),
         changes: records
             .first()
@@ -136,6 +137,7 @@ pub fn run(
     .map_err(|e| fail("bench", e.to_string()))?;
     let batch = protocol::encode(&PushRequest {
         protocol: protocol::PROTOCOL_VERSION,
+        device_id: uuid::Uuid::now_v7().to_string(),
         device_time: "2026-11-28T02:10:00.000Z".into(),
         changes: records
             .iter()
@@ -377,7 +379,7 @@ pub fn run(
         "process_ms": ms(pull_time), "peak_rss_kb": peak_kb, "baseline_rss_kb": baseline_kb, "probe": probe}));
 
     // 5. Server throughput with many devices pushing at once.
-    let tokens: Vec<String> = (0..devices)
+    let tokens: Vec<(String, String)> = (0..devices)
         .map(|i| {
             let t = enroll(
                 &storage,
@@ -387,7 +389,7 @@ pub fn run(
             )?;
             storage
                 .enroll(&t, "load", chrono::Utc::now())
-                .map(|e| e.device_token)
+                .map(|e| (e.device_id, e.device_token))
                 .map_err(server_err)
         })
         .collect::<Result<_, _>>()?;
@@ -417,12 +419,13 @@ pub fn run(
     let threads: Vec<_> = tokens
         .iter()
         .enumerate()
-        .map(|(i, token)| {
+        .map(|(i, (device_id, token))| {
             let (url, token) = (server.url.clone(), token.clone());
             let batches: Vec<Vec<u8>> = (0..per_device_batches)
                 .filter_map(|r| {
                     protocol::encode(&PushRequest {
                         protocol: protocol::PROTOCOL_VERSION,
+                        device_id: device_id.clone(),
                         device_time: chrono::Utc::now().to_rfc3339(),
                         changes: make_batch(i, r),
                     })

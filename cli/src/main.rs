@@ -73,6 +73,15 @@ enum Command {
         data: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// PEM certificate chain: serve HTTPS (rustls) instead of plain HTTP. With --tls-key.
+        #[arg(long, env = "ZOUFANG_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of the certificate.
+        #[arg(long, env = "ZOUFANG_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Behind our own reverse proxy: rate limits key on the last X-Forwarded-For address.
+        #[arg(long)]
+        behind_proxy: bool,
     },
     /// Administer a server's data directory: users, areas, enrolment tokens, forms, devices.
     Admin {
@@ -85,6 +94,9 @@ enum Command {
     Device {
         #[arg(long, env = "ZOUFANG_SERVER", global = true)]
         server: Option<String>,
+        /// PEM root certificate to trust besides the public ones (a provincial private CA).
+        #[arg(long, env = "ZOUFANG_CA_CERT", global = true)]
+        ca_cert: Option<PathBuf>,
         #[command(subcommand)]
         command: net::DeviceCommand,
     },
@@ -407,9 +419,16 @@ fn run(cli: Cli) -> CliResult {
             let counts = open(&cli.store)?.counts()?;
             out.emit(&counts, || format!("{counts:#?}"))
         }
-        Command::Serve { data, listen } => net::serve(&data, &listen),
+        Command::Serve { data, listen, tls_cert, tls_key, behind_proxy } => {
+            let tls = tls_cert.zip(tls_key).map(|(certificate_chain, private_key)| {
+                zoufang_server::TlsFiles { certificate_chain, private_key }
+            });
+            net::serve(&data, &listen, tls, behind_proxy)
+        }
         Command::Admin { data, command } => net::admin(command, &data, &out),
-        Command::Device { server, command } => net::device(command, &open(&cli.store)?, &server, &out),
+        Command::Device { server, ca_cert, command } => {
+            net::device(command, &open(&cli.store)?, &server, ca_cert.as_deref(), &out)
+        }
         Command::Demo => demo::run(cli.json),
         Command::Bench { households, rounds, suite, visits, devices } => {
             let mut report = Vec::new();

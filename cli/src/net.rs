@@ -90,7 +90,12 @@ pub fn init_logs() {
         .try_init();
 }
 
-pub fn serve(data: &Option<PathBuf>, listen: &str) -> CliResult {
+pub fn serve(
+    data: &Option<PathBuf>,
+    listen: &str,
+    tls: Option<zoufang_server::TlsFiles>,
+    behind_proxy: bool,
+) -> CliResult {
     init_logs();
     let storage = Arc::new(storage(data)?);
     if storage
@@ -113,9 +118,18 @@ pub fn serve(data: &Option<PathBuf>, listen: &str) -> CliResult {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        zoufang_server::serve(AppState::new(storage), listener, shutdown)
-            .await
-            .map_err(|e| fail("io", e.to_string()))
+        let state = AppState {
+            trust_forwarded_for: behind_proxy,
+            ..AppState::new(storage)
+        };
+        let served = match tls {
+            Some(tls) => {
+                let listener = listener.into_std().map_err(|e| fail("io", e.to_string()))?;
+                zoufang_server::serve_tls(state, listener, &tls, shutdown).await
+            }
+            None => zoufang_server::serve(state, listener, shutdown).await,
+        };
+        served.map_err(|e| fail("io", e.to_string()))
     })
 }
 
@@ -218,12 +232,26 @@ impl SyncListener for Bar {
     }
 }
 
-pub fn device(cmd: DeviceCommand, c: &Collector, server: &Option<String>, out: &Out) -> CliResult {
+pub fn device(
+    cmd: DeviceCommand,
+    c: &Collector,
+    server: &Option<String>,
+    ca_cert: Option<&std::path::Path>,
+    out: &Out,
+) -> CliResult {
     let transport = || -> Result<ReqwestTransport, Failure> {
         let url = server
             .as_ref()
             .ok_or_else(|| fail("no_server", "give --server URL or set ZOUFANG_SERVER"))?;
-        ReqwestTransport::new(url).map_err(|e| fail("transport", e.message))
+        match ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| fail("io", format!("cannot read the CA certificate: {e}")))?;
+                ReqwestTransport::with_root_certificate(url, &pem)
+            }
+            None => ReqwestTransport::new(url),
+        }
+        .map_err(|e| fail("transport", e.message))
     };
     match cmd {
         DeviceCommand::Enroll { token, name } => {

@@ -315,7 +315,10 @@ fn the_benchmark_runs_and_reports_ratios() {
     );
     // Encrypted against plaintext: real ratios, measured on stores that hold the households.
     for b in &report["benchmarks"].as_array().unwrap()[11..] {
-        assert!(b["ratio"].as_f64().unwrap() > 0.0 && b["households"] == json!(60), "{b}");
+        assert!(
+            b["ratio"].as_f64().unwrap() > 0.0 && b["households"] == json!(60),
+            "{b}"
+        );
     }
     let pull = &report["benchmarks"][8];
     assert_eq!(

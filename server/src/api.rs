@@ -2,13 +2,14 @@
 //! call on the blocking pool, and answer zstd-compressed JSON. Errors are JSON with a stable
 //! code. Logs carry routes, device ids, counts and timings — never personal data.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,6 +33,63 @@ pub const MAX_PUSH_CHANGES: usize = 5000;
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+    pub limits: Arc<RateLimits>,
+    /// Behind a reverse proxy: the client is the last address of `X-Forwarded-For` (the one the
+    /// proxy appended), not the proxy's socket. Off unless the proxy is ours.
+    pub trust_forwarded_for: bool,
+}
+
+/// Per-address budgets for the doors an attacker would knock on: enrolment attempts (an
+/// enrolment token is the one secret a person types) and failed authentications. A device with
+/// a valid token is never slowed down by them.
+pub struct RateLimits {
+    enroll: governor::DefaultKeyedRateLimiter<IpAddr>,
+    auth_failures: governor::DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RateLimits")
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self::per_minute(10, 30)
+    }
+}
+
+impl RateLimits {
+    /// `enrollments` attempts and `auth_failures` failed authentications per address and
+    /// minute, each also the burst allowed at once.
+    pub fn per_minute(enrollments: u32, auth_failures: u32) -> Self {
+        let quota =
+            |n: u32| governor::Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        Self {
+            enroll: governor::RateLimiter::keyed(quota(enrollments)),
+            auth_failures: governor::RateLimiter::keyed(quota(auth_failures)),
+        }
+    }
+
+    fn check(
+        limiter: &governor::DefaultKeyedRateLimiter<IpAddr>,
+        ip: IpAddr,
+    ) -> Result<(), ServerError> {
+        use governor::clock::{Clock, DefaultClock};
+        if limiter.len() > 100_000 {
+            limiter.retain_recent();
+        }
+        limiter.check_key(&ip).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            tracing::warn!(
+                route_budget = "exhausted",
+                "rate limit reached for an address"
+            );
+            ServerError::RateLimited {
+                retry_after_s: wait.as_secs().max(1),
+            }
+        })
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -45,6 +103,8 @@ impl AppState {
         Self {
             storage,
             clock: Arc::new(Utc::now),
+            limits: Arc::new(RateLimits::default()),
+            trust_forwarded_for: false,
         }
     }
 }
@@ -72,7 +132,7 @@ impl IntoResponse for ApiError {
             },
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(
                 header::CONTENT_TYPE,
@@ -80,7 +140,13 @@ impl IntoResponse for ApiError {
             )],
             json,
         )
-            .into_response()
+            .into_response();
+        if let ServerError::RateLimited { retry_after_s } = self.0 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+        }
+        response
     }
 }
 
@@ -129,18 +195,51 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| ServerError::Storage("a storage task failed".into()))?
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<DeviceAuth, ServerError> {
+/// The address a request comes from (see [`AppState::trust_forwarded_for`]).
+fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    if state.trust_forwarded_for {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse().ok());
+        if let Some(ip) = forwarded {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+/// The device of the bearer token. Failures count against the address's budget; past it the
+/// answer is 429 instead of 401.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<DeviceAuth, ServerError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ServerError::Unauthorized("missing bearer token"))?
-        .to_owned();
+        .map(str::to_owned);
     let (storage, now) = (state.storage.clone(), (state.clock)());
-    blocking(move || storage.authenticate(&token, now)).await
+    let result = match token {
+        Some(token) => blocking(move || storage.authenticate(&token, now)).await,
+        None => Err(ServerError::Unauthorized("missing bearer token")),
+    };
+    if let Err(ServerError::Unauthorized(_)) = &result {
+        RateLimits::check(&state.limits.auth_failures, client_ip(state, headers, peer))?;
+    }
+    result
 }
 
-async fn enroll(State(state): State<AppState>, body: Bytes) -> ApiResult {
+async fn enroll(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    RateLimits::check(&state.limits.enroll, client_ip(&state, &headers, peer))?;
     let req: EnrollRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let enrolled =
@@ -156,8 +255,13 @@ async fn enroll(State(state): State<AppState>, body: Bytes) -> ApiResult {
     })
 }
 
-async fn catalog(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    authenticate(&state, &headers).await?;
+async fn catalog(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    authenticate(&state, &headers, peer).await?;
     let req: CatalogRequest = message(&body)?;
     let storage = state.storage.clone();
     let (forms, code_lists) = blocking(move || storage.catalog(&req)).await?;
@@ -169,10 +273,22 @@ async fn catalog(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     })
 }
 
-async fn push(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn push(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let started = Instant::now();
-    let auth = authenticate(&state, &headers).await?;
+    let auth = authenticate(&state, &headers, peer).await?;
     let req: PushRequest = message(&body)?;
+    if req.device_id != auth.device_id {
+        tracing::warn!(device = %auth.device_id, "push refused: the body names another device");
+        return Err(ServerError::Forbidden(
+            "the push names another device than the token's (a replayed body?)".into(),
+        )
+        .into());
+    }
     if req.changes.len() > MAX_PUSH_CHANGES {
         return Err(ServerError::bad(
             "too_many_changes",
@@ -196,9 +312,14 @@ async fn push(State(state): State<AppState>, headers: HeaderMap, body: Bytes) ->
     })
 }
 
-async fn pull(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn pull(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let started = Instant::now();
-    let auth = authenticate(&state, &headers).await?;
+    let auth = authenticate(&state, &headers, peer).await?;
     let req: PullRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let device = auth.device_id.clone();
@@ -207,8 +328,13 @@ async fn pull(State(state): State<AppState>, headers: HeaderMap, body: Bytes) ->
     reply(&response)
 }
 
-async fn snapshot(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let auth = authenticate(&state, &headers).await?;
+async fn snapshot(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let auth = authenticate(&state, &headers, peer).await?;
     let req: SnapshotRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let device = auth.device_id.clone();
@@ -217,8 +343,12 @@ async fn snapshot(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     reply(&response)
 }
 
-async fn conflicts(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    let auth = authenticate(&state, &headers).await?;
+async fn conflicts(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let auth = authenticate(&state, &headers, peer).await?;
     let storage = state.storage.clone();
     let conflicts = blocking(move || storage.conflicts(&auth)).await?;
     reply(&ConflictsResponse {
@@ -229,11 +359,12 @@ async fn conflicts(State(state): State<AppState>, headers: HeaderMap) -> ApiResu
 
 async fn resolve(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let auth = authenticate(&state, &headers).await?;
+    let auth = authenticate(&state, &headers, peer).await?;
     let req: ResolveRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let user = auth.user.id.clone();
@@ -269,8 +400,47 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?addr, "zoufang server listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate_chain: std::path::PathBuf,
+    pub private_key: std::path::PathBuf,
+}
+
+/// As [`serve`], over TLS (rustls: TLS 1.3 and 1.2 with its safe defaults, ALPN h2 and
+/// http/1.1). The certificate is read once at start.
+pub async fn serve_tls(
+    state: AppState,
+    listener: std::net::TcpListener,
+    tls: &TlsFiles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // One process-wide provider: ring, the one the HTTP client already links.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(
+        &tls.certificate_chain,
+        &tls.private_key,
+    )
+    .await?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    tracing::info!(address = ?listener.local_addr().ok(), "zoufang server listening (TLS)");
+    listener.set_nonblocking(true)?;
+    axum_server::from_tcp_rustls(listener, config)?
+        .handle(handle)
+        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
         .await
 }
 
@@ -294,6 +464,15 @@ impl std::fmt::Debug for BackgroundServer {
 impl BackgroundServer {
     /// Binds `addr` (use port 0 for any free port) and serves on a new thread.
     pub fn start(state: AppState, addr: &str) -> std::io::Result<Self> {
+        Self::start_with(state, addr, None)
+    }
+
+    /// As [`BackgroundServer::start`], over TLS; the URL is `https://`.
+    pub fn start_tls(state: AppState, addr: &str, tls: TlsFiles) -> std::io::Result<Self> {
+        Self::start_with(state, addr, Some(tls))
+    }
+
+    fn start_with(state: AppState, addr: &str, tls: Option<TlsFiles>) -> std::io::Result<Self> {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let bound = std_listener.local_addr()?;
@@ -302,21 +481,26 @@ impl BackgroundServer {
             .enable_all()
             .build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let thread = std::thread::spawn(move || {
             runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
-                    return;
-                };
                 let shutdown = async {
                     let _ = stopped.await;
                 };
-                if let Err(e) = serve(state, listener, shutdown).await {
+                let served = match tls {
+                    Some(tls) => serve_tls(state, std_listener, &tls, shutdown).await,
+                    None => match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(listener) => serve(state, listener, shutdown).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = served {
                     tracing::error!("server stopped: {e}");
                 }
             });
         });
         Ok(Self {
-            url: format!("http://{bound}"),
+            url: format!("{scheme}://{bound}"),
             addr: bound,
             stop: Some(stop),
             thread: Some(thread),

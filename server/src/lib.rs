@@ -21,6 +21,8 @@ pub fn publish_defaults(storage: &dyn Storage) -> Result<(), ServerError> {
     Ok(())
 }
 
-pub use api::{AppState, BackgroundServer, router, serve};
+pub use api::{
+    AppState, BackgroundServer, MAX_BODY_BYTES, RateLimits, TlsFiles, router, serve, serve_tls,
+};
 pub use sqlite::SqliteStorage;
 pub use storage::{DeviceAuth, ServerError, Storage};

@@ -72,8 +72,8 @@ pub enum ServerError {
     BadRequest { code: &'static str, message: String },
     #[error("the protocol version {got} is not supported; this server speaks {supported}")]
     Protocol { got: u32, supported: u32 },
-    #[error("too many attempts; try again later")]
-    RateLimited,
+    #[error("too many attempts from this address; try again in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -86,7 +86,7 @@ impl ServerError {
             Self::NotFound(_) => "not_found",
             Self::BadRequest { code, .. } => code,
             Self::Protocol { .. } => "protocol_unsupported",
-            Self::RateLimited => "rate_limited",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Storage(_) => "storage",
         }
     }
@@ -98,7 +98,7 @@ impl ServerError {
             Self::NotFound(_) => 404,
             Self::BadRequest { .. } => 400,
             Self::Protocol { .. } => 426,
-            Self::RateLimited => 429,
+            Self::RateLimited { .. } => 429,
             Self::Storage(_) => 500,
         }
     }

@@ -102,6 +102,7 @@ enum InFlight {
 pub struct SyncEngine<'a> {
     collector: &'a Collector,
     token: String,
+    device_id: String,
     config: SyncConfig,
     phase: SyncPhase,
     in_flight: Option<InFlight>,
@@ -172,9 +173,11 @@ impl<'a> SyncEngine<'a> {
     pub fn new(collector: &'a Collector, config: SyncConfig) -> Result<Self> {
         let settings = collector.sync_settings()?;
         let token = settings.device_token.ok_or(Error::NotEnrolled)?;
+        let device_id = settings.device_id.ok_or(Error::NotEnrolled)?;
         Ok(Self {
             collector,
             token,
+            device_id,
             config,
             phase: SyncPhase::Catalog,
             in_flight: None,
@@ -235,6 +238,7 @@ impl<'a> SyncEngine<'a> {
                     let device_time = timestamp(self.collector.now());
                     let body = encode(&PushRequest {
                         protocol: PROTOCOL_VERSION,
+                        device_id: self.device_id.clone(),
                         device_time,
                         changes: batch,
                     })?;

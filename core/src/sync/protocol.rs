@@ -172,6 +172,9 @@ pub enum ChangeOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushRequest {
     pub protocol: u32,
+    /// The sending device, which must be the device of the bearer token: a body captured from
+    /// one device and replayed with another device's token is refused.
+    pub device_id: String,
     /// The device's clock when sending, to measure its offset from the server.
     pub device_time: String,
     pub changes: Vec<Change>,

@@ -72,14 +72,34 @@ pub struct ReqwestTransport {
 
 #[cfg(feature = "reqwest-transport")]
 impl ReqwestTransport {
+    /// A client that trusts the public web PKI (webpki roots).
     pub fn new(base_url: &str) -> Result<Self, TransportError> {
-        let client = reqwest::blocking::Client::builder()
+        Self::build(base_url, None)
+    }
+
+    /// A client that also trusts `pem` — the root of a provincial private CA, for instance, or a
+    /// test server's self-signed certificate.
+    pub fn with_root_certificate(base_url: &str, pem: &[u8]) -> Result<Self, TransportError> {
+        let roots = reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default();
+        let mut roots = roots.into_iter();
+        let (Some(root), None) = (roots.next(), roots.next()) else {
+            return Err(TransportError {
+                message: "the root certificate must be one PEM certificate".into(),
+            });
+        };
+        Self::build(base_url, Some(root))
+    }
+
+    fn build(base_url: &str, root: Option<reqwest::Certificate>) -> Result<Self, TransportError> {
+        let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| TransportError {
-                message: format!("cannot build the HTTP client: {e}"),
-            })?;
+            .timeout(Duration::from_secs(120));
+        if let Some(root) = root {
+            builder = builder.add_root_certificate(root);
+        }
+        let client = builder.build().map_err(|e| TransportError {
+            message: format!("cannot build the HTTP client: {e}"),
+        })?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
             client,
