@@ -51,6 +51,8 @@ impl From<zoufang_core::Error> for ZoufangError {
             },
             E::NotFound { .. } | E::FormNotFound { .. } => Self::NotFound { code, detail },
             E::NotSignedIn
+            | E::WrongUser
+            | E::DeviceWiped
             | E::NotEnrolled
             | E::VisitNotEditable { .. }
             | E::VisitWrongStatus { .. }
@@ -301,6 +303,7 @@ pub enum SyncPhase {
     Push,
     Pull,
     Verify,
+    Audit,
     Done,
 }
 
@@ -326,6 +329,10 @@ pub struct SyncReport {
     pub bytes_received: u64,
     pub clock_offset_ms: Option<i64>,
     pub clock_skewed: bool,
+    /// Audit entries the server acknowledged in this sync.
+    pub audit_uploaded: u64,
+    /// The server found this device's audit chain broken (tampering); it keeps an alert.
+    pub audit_chain_broken: bool,
 }
 
 impl From<core_sync::SyncReport> for SyncReport {
@@ -342,6 +349,8 @@ impl From<core_sync::SyncReport> for SyncReport {
             bytes_received: r.bytes_received,
             clock_offset_ms: r.clock_offset_ms,
             clock_skewed: r.clock_skewed,
+            audit_uploaded: r.audit_uploaded,
+            audit_chain_broken: r.audit_chain_broken,
         }
     }
 }
@@ -463,6 +472,7 @@ impl core_sync::SyncListener for ForeignListener {
             core_sync::SyncPhase::Push => SyncPhase::Push,
             core_sync::SyncPhase::Pull => SyncPhase::Pull,
             core_sync::SyncPhase::Verify => SyncPhase::Verify,
+            core_sync::SyncPhase::Audit => SyncPhase::Audit,
             core_sync::SyncPhase::Done => SyncPhase::Done,
         };
         self.0.on_progress(SyncProgress {
@@ -546,6 +556,13 @@ impl Collector {
             inner: Arc::new(inner),
             cancel: Mutex::new(None),
         }))
+    }
+
+    /// Removes visits the server already holds and that were last changed more than
+    /// `retention_days` ago; households in scope, drafts and pending work stay.
+    pub fn purge_synced_visits(&self, retention_days: u32) -> Result<u64> {
+        let retention = std::time::Duration::from_secs(u64::from(retention_days) * 86_400);
+        Ok(self.inner.purge_synced_visits(retention)?)
     }
 
     /// Re-encrypts the whole store with `new_key`, atomically. Keep the old key in the keystore

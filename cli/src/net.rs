@@ -45,6 +45,17 @@ pub enum AdminCommand {
     DeviceRevoke {
         id: String,
     },
+    /// Order a device wiped: at its next contact it uploads its audit trail, then destroys its
+    /// store, and the app destroys the key.
+    DeviceWipe {
+        id: String,
+    },
+    /// A device's audit trail as the server holds it.
+    DeviceAudit {
+        id: String,
+    },
+    /// Re-verify every audit chain (each device's and the server's own); exit 1 on a break.
+    AuditVerify,
     Stats,
 }
 
@@ -205,6 +216,47 @@ pub fn admin(cmd: AdminCommand, data: &Option<PathBuf>, out: &Out) -> CliResult 
             s.revoke_device(&id, now).map_err(server_failure)?;
             out.emit(&json!({"ok": true}), || format!("device {id} revoked"))
         }
+        AdminCommand::DeviceWipe { id } => {
+            s.request_wipe(&id, now).map_err(server_failure)?;
+            out.emit(&json!({"ok": true}), || {
+                format!("device {id} will wipe itself at its next contact")
+            })
+        }
+        AdminCommand::DeviceAudit { id } => {
+            let entries = s.device_audit(&id).map_err(server_failure)?;
+            out.emit(&entries, || {
+                entries
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{:>6}  {}  {:<14} {:<12} {} {}",
+                            e.seq,
+                            e.at,
+                            e.user_id,
+                            e.action,
+                            e.entity.as_deref().unwrap_or("-"),
+                            e.entity_id.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        AdminCommand::AuditVerify => {
+            let problems = s.verify_audit().map_err(server_failure)?;
+            out.emit(&json!({"problems": problems}), || {
+                if problems.is_empty() {
+                    "every audit chain is intact".to_owned()
+                } else {
+                    problems.join("\n")
+                }
+            })?;
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(fail("audit_chain_broken", "an audit chain is broken"))
+            }
+        }
         AdminCommand::Stats => {
             let stats = s.stats().map_err(server_failure)?;
             out.emit(&stats, || format!("{stats:#?}"))
@@ -221,6 +273,7 @@ impl SyncListener for Bar {
             SyncPhase::Push => "sending",
             SyncPhase::Pull => "receiving",
             SyncPhase::Verify => "checking",
+            SyncPhase::Audit => "audit trail",
             SyncPhase::Done => "done",
         };
         self.0.set_length(p.total.max(1));

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::{Mutex, RwLock};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
-use serde_json::{Map, Value as Json};
+use serde_json::{Map, Value as Json, json};
 use uuid::Uuid;
 
+use crate::audit::{self, AuditAction, AuditEntry, ChainHash};
 use crate::error::{Error, Result};
 use crate::model::code_list::{CodeList, CodeLists};
 use crate::model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
@@ -197,6 +198,152 @@ impl Collector {
         Ok(out)
     }
 
+    /// Appends an entry to the audit trail, inside the action's own transaction.
+    pub(crate) fn audit(
+        &self,
+        tx: &Transaction<'_>,
+        action: AuditAction,
+        entity: Option<(&str, &str)>,
+        detail: Json,
+    ) -> Result<()> {
+        let alg = self.chain_hash(tx)?;
+        let last: Option<(i64, String)> = tx
+            .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let user = self.current_user().unwrap_or_else(|| "system".to_owned());
+        let entry = audit::next_entry(
+            alg,
+            last.as_ref()
+                .map(|(s, h)| (u64::try_from(*s).unwrap_or(0), h.as_str())),
+            timestamp(self.now()),
+            user,
+            action,
+            entity,
+            detail,
+        );
+        tx.prepare_cached(
+            "INSERT INTO audit_log (seq, at, user_id, action, entity, entity_id, detail, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            i64::try_from(entry.seq).unwrap_or(i64::MAX),
+            entry.at,
+            entry.user_id,
+            entry.action,
+            entry.entity,
+            entry.entity_id,
+            entry.detail.to_string(),
+            entry.prev_hash,
+            entry.hash
+        ])?;
+        Ok(())
+    }
+
+    /// As [`Self::audit`], in a transaction of its own (views, syncs).
+    pub(crate) fn audit_now(
+        &self,
+        action: AuditAction,
+        entity: Option<(&str, &str)>,
+        detail: Json,
+    ) -> Result<()> {
+        self.write(|tx| self.audit(tx, action, entity, detail))
+    }
+
+    /// The chain's hash, fixed when the first entry is written: SM3 in an SM4 store.
+    fn chain_hash(&self, tx: &Transaction<'_>) -> Result<ChainHash> {
+        let stored: Option<String> = tx
+            .prepare_cached("SELECT value FROM meta WHERE key = 'audit_hash'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        if let Some(alg) = stored.as_deref().and_then(ChainHash::parse) {
+            return Ok(alg);
+        }
+        let alg = if self.db.national_crypto() {
+            ChainHash::Sm3
+        } else {
+            ChainHash::Sha256
+        };
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_hash', ?1)",
+            [alg.as_str()],
+        )?;
+        Ok(alg)
+    }
+
+    /// The device's audit entries not yet acknowledged by the server, oldest first.
+    pub fn pending_audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let conn = self.db.reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, at, user_id, action, entity, entity_id, detail, prev_hash, hash
+             FROM audit_log WHERE uploaded = 0 ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(AuditEntry {
+                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                at: r.get(1)?,
+                user_id: r.get(2)?,
+                action: r.get(3)?,
+                entity: r.get(4)?,
+                entity_id: r.get(5)?,
+                detail: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or(Json::Null),
+                prev_hash: r.get(7)?,
+                hash: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The whole audit trail of this device, oldest first, and whether its chain is intact.
+    pub fn audit_trail(&self) -> Result<(Vec<AuditEntry>, bool)> {
+        let all = {
+            let conn = self.db.reader.lock();
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at, user_id, action, entity, entity_id, detail, prev_hash, hash FROM audit_log ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(AuditEntry {
+                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    at: r.get(1)?,
+                    user_id: r.get(2)?,
+                    action: r.get(3)?,
+                    entity: r.get(4)?,
+                    entity_id: r.get(5)?,
+                    detail: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or(Json::Null),
+                    prev_hash: r.get(7)?,
+                    hash: r.get(8)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let alg: Option<String> = self
+            .db
+            .reader
+            .lock()
+            .query_row("SELECT value FROM meta WHERE key = 'audit_hash'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let alg = alg
+            .as_deref()
+            .and_then(ChainHash::parse)
+            .unwrap_or_default();
+        let intact = audit::verify(alg, 0, audit::GENESIS, &all).is_ok();
+        Ok((all, intact))
+    }
+
+    /// Marks entries up to `seq` as received by the server.
+    pub(crate) fn audit_uploaded_through(&self, seq: u64) -> Result<()> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE audit_log SET uploaded = 1 WHERE seq <= ?1 AND uploaded = 0",
+                [seq],
+            )?;
+            Ok(())
+        })
+    }
+
     fn log(&self, tx: &Transaction<'_>, at: &str, change: Change<'_>) -> Result<()> {
         let author = self
             .user
@@ -215,6 +362,25 @@ impl Collector {
             author,
             at
         ])?;
+        // The audit trail follows every user change of a record, naming the field, never the
+        // value. Draft answers are not records yet: their completion is what is audited.
+        let action = match (change.entity, change.op) {
+            (_, "set_answer" | "set_answers" | "remove_instance") | ("form" | "code_list", _) => {
+                None
+            }
+            (_, "create" | "revise") => Some(AuditAction::Create),
+            (_, "complete") => Some(AuditAction::Complete),
+            (_, "sign") => Some(AuditAction::Sign),
+            (_, "void") => Some(AuditAction::Void),
+            _ => Some(AuditAction::Edit),
+        };
+        if let Some(action) = action {
+            let detail = match change.field {
+                Some(field) => json!({"op": change.op, "field": field}),
+                None => json!({"op": change.op}),
+            };
+            self.audit(tx, action, Some((change.entity, change.entity_id)), detail)?;
+        }
         Ok(())
     }
 
@@ -259,16 +425,18 @@ impl Collector {
 
     // ----- user ---------------------------------------------------------------------------
 
-    /// Records who is using this store; every later change is attributed to them.
     /// Re-encrypts the whole store with `new_key` (same cipher suite). Atomic: if the process
     /// dies during the rotation, the old key still opens the store until the commit, the new one
     /// after it; the app keeps both until this returns.
     pub fn rotate_key(&self, new_key: &str) -> Result<()> {
         self.db.rotate_key(new_key)?;
         tracing::info!("store key rotated");
-        Ok(())
+        self.audit_now(AuditAction::KeyRotation, None, json!({}))
     }
 
+    /// Records who is using this store; every later change is attributed to them. A store
+    /// belongs to the first user who signs in: each user of a shared phone has their own store
+    /// and key, and another user is refused (`wrong_user`).
     pub fn sign_in(&self, user_id: &str) -> Result<()> {
         let user = user_id.trim();
         if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
@@ -277,14 +445,28 @@ impl Collector {
             ));
         }
         self.write(|tx| {
+            let owner: Option<String> = tx
+                .query_row("SELECT value FROM meta WHERE key = 'owner_user'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match owner {
+                Some(owner) if owner != user => return Err(Error::WrongUser),
+                Some(_) => {}
+                None => {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('owner_user', ?1)",
+                        [user],
+                    )?;
+                }
+            }
             tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('current_user', ?1)",
                 [user],
             )?;
-            Ok(())
-        })?;
-        *self.user.write() = Some(user.to_owned());
-        Ok(())
+            *self.user.write() = Some(user.to_owned());
+            self.audit(tx, AuditAction::SignIn, None, json!({}))
+        })
     }
 
     pub fn current_user(&self) -> Option<String> {
@@ -622,7 +804,14 @@ impl Collector {
         })
     }
 
+    /// A household with its members, for display: the view is recorded in the audit trail.
     pub fn household(&self, id: &str) -> Result<Household> {
+        let household = self.load_household(id)?;
+        self.audit_now(AuditAction::View, Some(("household", id)), json!({}))?;
+        Ok(household)
+    }
+
+    pub(crate) fn load_household(&self, id: &str) -> Result<Household> {
         let conn = self.db.reader.lock();
         let row = conn
             .query_row(
@@ -755,7 +944,7 @@ impl Collector {
                 code: "choice_unknown",
             });
         }
-        let household = household_id.map(|h| self.household(h)).transpose()?;
+        let household = household_id.map(|h| self.load_household(h)).transpose()?;
         let now = self.now();
         let mut answers = Map::new();
         let put = |answers: &mut Map<String, Json>,
@@ -844,7 +1033,7 @@ impl Collector {
     /// replaces, with its answers.
     pub fn revise_visit(&self, visit_id: &str) -> Result<Visit> {
         let author = self.require_user()?;
-        let old = self.visit(visit_id)?;
+        let old = self.load_visit(visit_id)?;
         if !matches!(old.status, VisitStatus::Completed | VisitStatus::Signed) {
             return Err(Error::VisitWrongStatus {
                 id: old.id,
@@ -1089,13 +1278,20 @@ impl Collector {
         })
     }
 
+    /// A visit with its answers, for display: the view is recorded in the audit trail.
     pub fn visit(&self, id: &str) -> Result<Visit> {
+        let visit = self.load_visit(id)?;
+        self.audit_now(AuditAction::View, Some(("visit", id)), json!({}))?;
+        Ok(visit)
+    }
+
+    pub(crate) fn load_visit(&self, id: &str) -> Result<Visit> {
         load_visit(&self.db.reader.lock(), id)
     }
 
     /// Every problem of a visit's answers, as the form and the domain rules see them now.
     pub fn validate_visit(&self, visit_id: &str) -> Result<Vec<Problem>> {
-        let visit = self.visit(visit_id)?;
+        let visit = self.load_visit(visit_id)?;
         let form = self.form(&visit.form_id, visit.form_version)?;
         let lists = self.code_lists();
         Ok(Evaluation::new(&form, &visit.answers, &lists, self.now()).validate())
@@ -1103,7 +1299,7 @@ impl Collector {
 
     /// For the UI: which fields are relevant and required now, per answer path.
     pub fn field_states(&self, visit_id: &str) -> Result<Vec<FieldState>> {
-        let visit = self.visit(visit_id)?;
+        let visit = self.load_visit(visit_id)?;
         let form = self.form(&visit.form_id, visit.form_version)?;
         let lists = self.code_lists();
         let ev = Evaluation::new(&form, &visit.answers, &lists, self.now());

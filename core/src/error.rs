@@ -44,6 +44,10 @@ pub enum Error {
     VisitHasProblems { problems: Vec<Problem> },
     #[error("no user is signed in on this store")]
     NotSignedIn,
+    #[error("this store belongs to another user; each user has their own store and key")]
+    WrongUser,
+    #[error("an administrator wiped this device: its data and key are destroyed; enrol again")]
+    DeviceWiped,
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("this device is not enrolled with a server yet")]
@@ -79,6 +83,8 @@ impl Error {
             Self::VisitWrongStatus { .. } => "visit_wrong_status",
             Self::VisitHasProblems { .. } => "visit_has_problems",
             Self::NotSignedIn => "not_signed_in",
+            Self::WrongUser => "wrong_user",
+            Self::DeviceWiped => "device_wiped",
             Self::InvalidInput(_) => "invalid_input",
             Self::NotEnrolled => "not_enrolled",
             Self::Transport(_) => "transport",

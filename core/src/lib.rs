@@ -5,10 +5,12 @@
 //! (SQLite, migrations, change log), and the [`Collector`] handle that the CLI, the bindings
 //! and the tests all use.
 
+pub mod audit;
 pub mod collector;
 pub mod error;
 pub mod model;
 pub mod records;
+pub mod retention;
 pub mod store;
 pub mod sync;
 

@@ -373,6 +373,39 @@ async fn resolve(
     reply(&resolved)
 }
 
+async fn audit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    // A device ordered wiped still hands over its trail (its last words); see the storage.
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let auth = match token {
+        Some(token) => blocking(move || storage.authenticate_for_audit(&token, now)).await,
+        None => Err(ServerError::Unauthorized("missing bearer token")),
+    };
+    if let Err(ServerError::Unauthorized(_)) = &auth {
+        RateLimits::check(
+            &state.limits.auth_failures,
+            client_ip(&state, &headers, peer),
+        )?;
+    }
+    let auth = auth?;
+    let req: protocol::AuditUploadRequest = message(&body)?;
+    let storage = state.storage.clone();
+    let device = auth.device_id.clone();
+    let count = req.entries.len();
+    let response = blocking(move || storage.upload_audit(&auth, &req, now)).await?;
+    tracing::info!(device = %device, entries = count, through = response.accepted_through, broken = response.chain_break.is_some(), "audit upload");
+    reply(&response)
+}
+
 async fn health() -> &'static str {
     "ok"
 }
@@ -388,6 +421,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/snapshot", post(snapshot))
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/conflicts/{id}/resolve", post(resolve))
+        .route("/v1/audit", post(audit))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -12,14 +12,16 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use rusqlite_migration::{M, Migrations};
 use serde_json::{Map, Value as Json};
 use sha2::{Digest, Sha256};
+use zoufang_core::audit::{self, AuditEntry, ChainHash};
 use zoufang_core::model::code_list::CodeList;
 use zoufang_core::model::domain::check_region_code;
 use zoufang_core::model::form::Form;
 use zoufang_core::sync::checksum::field_hash;
 use zoufang_core::sync::protocol::{
-    Ack, CatalogRequest, Change, ChangeOp, CompetingValue, ConflictInfo, ConflictStatus, Entity,
-    FeedEntry, FeedItem, FieldValue, Outcome, PROTOCOL_VERSION, PullRequest, PullResponse,
-    RecordState, Role, SnapshotResponse, UserInfo, VisitRecord,
+    Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ChangeOp, CompetingValue,
+    ConflictInfo, ConflictStatus, Entity, FeedEntry, FeedItem, FieldValue, Outcome,
+    PROTOCOL_VERSION, PullRequest, PullResponse, RecordState, Role, SnapshotResponse, UserInfo,
+    VisitRecord,
 };
 
 use crate::merge::{Decision, Edit, FieldNow, decide};
@@ -33,6 +35,36 @@ pub const CLOCK_SKEW_LIMIT: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 pub const MAX_PULL_LIMIT: u32 = 5000;
 /// Largest value of one field accepted.
 const MAX_FIELD_BYTES: usize = 16 * 1024;
+
+/// Remote wipe and the audit trails: each device's chain as uploaded (verified on arrival), and
+/// the server's own chain of administrative events. Both append-only.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE devices ADD COLUMN wipe_requested_at TEXT;
+ALTER TABLE devices ADD COLUMN wiped_at TEXT;
+ALTER TABLE devices ADD COLUMN audit_alert TEXT;
+CREATE TABLE device_audit (
+    device_id   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    chain_hash  TEXT NOT NULL,
+    entry       TEXT NOT NULL,
+    hash        TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE server_audit (
+    seq   INTEGER PRIMARY KEY,
+    entry TEXT NOT NULL,
+    hash  TEXT NOT NULL
+);
+CREATE TRIGGER device_audit_append_only_update BEFORE UPDATE ON device_audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER device_audit_append_only_delete BEFORE DELETE ON device_audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER server_audit_append_only_update BEFORE UPDATE ON server_audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER server_audit_append_only_delete BEFORE DELETE ON server_audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE users (
@@ -178,7 +210,7 @@ impl SqliteStorage {
         writer.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(Duration::from_secs(30))?;
-        Migrations::new(vec![M::up(SCHEMA)])
+        Migrations::new(vec![M::up(SCHEMA), M::up(SCHEMA_V2)])
             .to_latest(&mut writer)
             .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;
         let reader = Connection::open(&path)?;
@@ -195,6 +227,92 @@ impl SqliteStorage {
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// The device of a token. A device an administrator ordered wiped may only upload its
+    /// audit trail (the wipe's last words); every other request gets `410 device_wiped`.
+    fn authenticate_device(
+        &self,
+        device_token: &str,
+        now: DateTime<Utc>,
+        audit_upload: bool,
+    ) -> Result<DeviceAuth> {
+        self.read(|tx| {
+            type Row = (String, String, Option<String>, Option<String>, String, String, String);
+            let row: Option<Row> = tx
+                .prepare_cached(
+                    "SELECT d.id, d.token_expires_at, d.revoked_at, d.wipe_requested_at, u.id, u.role, u.areas
+                     FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
+                )?
+                .query_row([hash_token(device_token)], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .optional()?;
+            let Some((device_id, expires, revoked, wipe, uid, role, areas)) = row else {
+                return Err(ServerError::Unauthorized("unknown device token"));
+            };
+            if revoked.is_some() {
+                return Err(ServerError::Unauthorized("this device was revoked"));
+            }
+            if expires < ts(now) {
+                return Err(ServerError::Unauthorized(
+                    "the device token has expired; enrol again",
+                ));
+            }
+            if wipe.is_some() && !audit_upload {
+                return Err(ServerError::Wiped);
+            }
+            Ok(DeviceAuth {
+                device_id,
+                user: to_user((uid, role, areas))?,
+            })
+        })
+    }
+
+    /// Appends an administrative event to the server's own audit chain (SHA-256).
+    fn server_audit(
+        tx: &Transaction<'_>,
+        now: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+        subject: Option<(&str, &str)>,
+        detail: Json,
+    ) -> Result<()> {
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM server_audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let entry = AuditEntry {
+            seq: last.as_ref().map_or(1, |(s, _)| *s as u64 + 1),
+            at: ts(now),
+            user_id: actor.to_owned(),
+            action: action.to_owned(),
+            entity: subject.map(|(e, _)| e.to_owned()),
+            entity_id: subject.map(|(_, id)| id.to_owned()),
+            detail,
+            prev_hash: last.map(|(_, h)| h).unwrap_or_default(),
+            hash: String::new(),
+        };
+        let entry = AuditEntry {
+            hash: audit::entry_hash(ChainHash::Sha256, &entry),
+            ..entry
+        };
+        tx.execute(
+            "INSERT INTO server_audit (seq, entry, hash) VALUES (?1, ?2, ?3)",
+            params![entry.seq as i64, serde_json::to_string(&entry)?, entry.hash],
+        )?;
+        Ok(())
     }
 
     fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -1093,7 +1211,14 @@ impl Storage for SqliteStorage {
             if n == 0 {
                 return Err(ServerError::NotFound("device".into()));
             }
-            Ok(())
+            Self::server_audit(
+                tx,
+                now,
+                "administrator",
+                "device_revoked",
+                Some(("device", device_id)),
+                Json::Null,
+            )
         })
     }
 
@@ -1209,43 +1334,186 @@ impl Storage for SqliteStorage {
                 params![device_id, user_id, name, hash_token(&device_token), ts(expires), ts(now)],
             )?;
             let user = to_user(tx.query_row("SELECT id, role, areas FROM users WHERE id = ?1", [&user_id], user_row)?)?;
+            Self::server_audit(tx, now, &user.id, "device_enrolled", Some(("device", &device_id)), Json::Null)?;
             Ok(Enrolled { device_id, device_token: device_token.clone(), token_expires_at: ts(expires), user })
         })
     }
 
     fn authenticate(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth> {
-        self.read(|tx| {
-            let row: Option<(String, String, Option<String>, String, String, String)> = tx
-                .prepare_cached(
-                    "SELECT d.id, d.token_expires_at, d.revoked_at, u.id, u.role, u.areas
-                     FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
-                )?
-                .query_row([hash_token(device_token)], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })
+        self.authenticate_device(device_token, now, false)
+    }
+
+    fn authenticate_for_audit(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth> {
+        self.authenticate_device(device_token, now, true)
+    }
+
+    fn request_wipe(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE devices SET wipe_requested_at = ?2 WHERE id = ?1 AND revoked_at IS NULL AND wipe_requested_at IS NULL",
+                params![device_id, ts(now)],
+            )?;
+            if n == 0 {
+                return Err(ServerError::NotFound("active device".into()));
+            }
+            Self::server_audit(tx, now, "administrator", "wipe_ordered", Some(("device", device_id)), Json::Null)
+        })
+    }
+
+    fn upload_audit(
+        &self,
+        auth: &DeviceAuth,
+        request: &AuditUploadRequest,
+        now: DateTime<Utc>,
+    ) -> Result<AuditUploadResponse> {
+        if request.device_id != auth.device_id {
+            return Err(ServerError::Forbidden(
+                "the audit upload names another device than the token's".into(),
+            ));
+        }
+        if request.entries.len() > 5000 {
+            return Err(ServerError::bad(
+                "too_many_entries",
+                "at most 5000 audit entries per upload",
+            ));
+        }
+        self.write(|tx| {
+            let device = &auth.device_id;
+            let head: Option<(i64, String, String)> = tx
+                .query_row(
+                    "SELECT seq, hash, chain_hash FROM device_audit WHERE device_id = ?1 ORDER BY seq DESC LIMIT 1",
+                    [device],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .optional()?;
-            let Some((device_id, expires, revoked, uid, role, areas)) = row else {
-                return Err(ServerError::Unauthorized("unknown device token"));
+            let (last_seq, last_hash) = head
+                .as_ref()
+                .map_or((0, String::new()), |(s, h, _)| (*s as u64, h.clone()));
+            let held_alg = head.as_ref().and_then(|(_, _, a)| ChainHash::parse(a));
+            // Entries the server already holds (a lost answer) are skipped if identical.
+            let mut fresh = Vec::new();
+            for e in &request.entries {
+                if e.seq <= last_seq {
+                    let held: Option<String> = tx
+                        .query_row(
+                            "SELECT hash FROM device_audit WHERE device_id = ?1 AND seq = ?2",
+                            params![device, e.seq as i64],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if held.as_deref() != Some(e.hash.as_str()) {
+                        fresh.clear();
+                        fresh.push(e.clone());
+                        break;
+                    }
+                } else {
+                    fresh.push(e.clone());
+                }
+            }
+            let alg = held_alg.unwrap_or(request.chain_hash);
+            let verdict = if alg == request.chain_hash {
+                audit::verify(alg, last_seq, &last_hash, &fresh).map_err(|b| b.to_string())
+            } else {
+                Err("the chain changed its hash algorithm".to_owned())
             };
-            if revoked.is_some() {
-                return Err(ServerError::Unauthorized("this device was revoked"));
+            if let Err(problem) = verdict {
+                tracing::warn!(device = %device, "audit chain broken: {problem}");
+                tx.execute(
+                    "UPDATE devices SET audit_alert = ?2 WHERE id = ?1",
+                    params![device, problem],
+                )?;
+                Self::server_audit(tx, now, &auth.user.id, "audit_chain_broken", Some(("device", device)),
+                    serde_json::json!({"problem": problem}))?;
+                return Ok(AuditUploadResponse {
+                    protocol: PROTOCOL_VERSION,
+                    server_time: ts(now),
+                    accepted_through: last_seq,
+                    chain_break: Some(problem),
+                });
             }
-            if expires < ts(now) {
-                return Err(ServerError::Unauthorized(
-                    "the device token has expired; enrol again",
-                ));
+            let mut through = last_seq;
+            let mut wiped = false;
+            for e in &fresh {
+                tx.prepare_cached(
+                    "INSERT INTO device_audit (device_id, seq, chain_hash, entry, hash, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![device, e.seq as i64, alg.as_str(), serde_json::to_string(e)?, e.hash, ts(now)])?;
+                through = e.seq;
+                wiped |= e.action == "wipe";
             }
-            Ok(DeviceAuth {
-                device_id,
-                user: to_user((uid, role, areas))?,
+            if wiped {
+                let n = tx.execute(
+                    "UPDATE devices SET wiped_at = ?2, revoked_at = coalesce(revoked_at, ?2)
+                     WHERE id = ?1 AND wipe_requested_at IS NOT NULL",
+                    params![device, ts(now)],
+                )?;
+                if n > 0 {
+                    Self::server_audit(tx, now, &auth.user.id, "wipe_confirmed", Some(("device", device)), Json::Null)?;
+                }
+            }
+            Ok(AuditUploadResponse {
+                protocol: PROTOCOL_VERSION,
+                server_time: ts(now),
+                accepted_through: through,
+                chain_break: None,
             })
+        })
+    }
+
+    fn device_audit(&self, device_id: &str) -> Result<Vec<AuditEntry>> {
+        self.read(|tx| {
+            let mut stmt =
+                tx.prepare("SELECT entry FROM device_audit WHERE device_id = ?1 ORDER BY seq")?;
+            let rows = stmt.query_map([device_id], |r| r.get::<_, String>(0))?;
+            rows.map(|e| Ok(serde_json::from_str(&e?)?)).collect()
+        })
+    }
+
+    fn verify_audit(&self) -> Result<Vec<String>> {
+        self.read(|tx| {
+            let mut problems = Vec::new();
+            let mut chains: BTreeMap<String, (ChainHash, Vec<AuditEntry>)> = BTreeMap::new();
+            let mut stmt = tx.prepare(
+                "SELECT device_id, chain_hash, entry FROM device_audit ORDER BY device_id, seq",
+            )?;
+            for row in stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })? {
+                let (device, alg, entry) = row?;
+                let alg = ChainHash::parse(&alg).unwrap_or_default();
+                let entry: AuditEntry = serde_json::from_str(&entry)?;
+                chains
+                    .entry(device)
+                    .or_insert_with(|| (alg, Vec::new()))
+                    .1
+                    .push(entry);
+            }
+            for (device, (alg, entries)) in &chains {
+                if let Err(b) = audit::verify(*alg, 0, audit::GENESIS, entries) {
+                    problems.push(format!("device {device}: {b}"));
+                }
+            }
+            let mut stmt = tx.prepare("SELECT entry FROM server_audit ORDER BY seq")?;
+            let server: Vec<AuditEntry> = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .map(|e| Ok(serde_json::from_str(&e?)?))
+                .collect::<Result<_>>()?;
+            if let Err(b) = audit::verify(ChainHash::Sha256, 0, audit::GENESIS, &server) {
+                problems.push(format!("server: {b}"));
+            }
+            let mut stmt =
+                tx.prepare("SELECT id, audit_alert FROM devices WHERE audit_alert IS NOT NULL")?;
+            for row in
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            {
+                let (device, alert) = row?;
+                problems.push(format!("device {device}: refused upload: {alert}"));
+            }
+            Ok(problems)
         })
     }
 
@@ -1492,7 +1760,8 @@ impl Storage for SqliteStorage {
                 info.version,
                 None,
             )?;
-            ack.conflict
+            let resolved = ack
+                .conflict
                 .filter(|c| c.status == ConflictStatus::Resolved)
                 .ok_or_else(|| {
                     ServerError::bad(
@@ -1500,7 +1769,16 @@ impl Storage for SqliteStorage {
                         ack.message
                             .unwrap_or_else(|| "the resolution was not accepted".into()),
                     )
-                })
+                })?;
+            Self::server_audit(
+                tx,
+                now,
+                &auth.user.id,
+                "conflict_resolved",
+                Some(("conflict", conflict_id)),
+                serde_json::json!({"field": info.field}),
+            )?;
+            Ok(resolved)
         })
     }
 

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use zoufang_core::model::code_list::CodeList;
 use zoufang_core::sync::protocol::{
-    Ack, CatalogRequest, Change, ConflictInfo, PullRequest, PullResponse, RecordState,
-    SnapshotResponse, UserInfo,
+    Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ConflictInfo,
+    PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
 };
 
 /// An authenticated caller: the device and its user.
@@ -74,6 +74,8 @@ pub enum ServerError {
     Protocol { got: u32, supported: u32 },
     #[error("too many attempts from this address; try again in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+    #[error("an administrator ordered this device wiped")]
+    Wiped,
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -87,6 +89,7 @@ impl ServerError {
             Self::BadRequest { code, .. } => code,
             Self::Protocol { .. } => "protocol_unsupported",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Wiped => "device_wiped",
             Self::Storage(_) => "storage",
         }
     }
@@ -99,6 +102,7 @@ impl ServerError {
             Self::BadRequest { .. } => 400,
             Self::Protocol { .. } => 426,
             Self::RateLimited { .. } => 429,
+            Self::Wiped => 410,
             Self::Storage(_) => 500,
         }
     }
@@ -151,6 +155,22 @@ pub trait Storage: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Enrolled>;
     fn authenticate(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth>;
+    /// As `authenticate`, but also for a device ordered wiped: its audit upload is accepted.
+    fn authenticate_for_audit(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth>;
+    /// Orders a device wiped at its next contact (administrators).
+    fn request_wipe(&self, device_id: &str, now: DateTime<Utc>) -> Result<()>;
+    /// Verifies and stores a device's audit entries; a broken chain is refused and kept as an
+    /// alert on the device. A `wipe` entry from a device ordered wiped completes the wipe.
+    fn upload_audit(
+        &self,
+        auth: &DeviceAuth,
+        request: &AuditUploadRequest,
+        now: DateTime<Utc>,
+    ) -> Result<AuditUploadResponse>;
+    /// A device's audit trail as the server holds it (administrators and reviewers).
+    fn device_audit(&self, device_id: &str) -> Result<Vec<zoufang_core::audit::AuditEntry>>;
+    /// Re-verifies every stored chain (each device's and the server's own): the problems found.
+    fn verify_audit(&self) -> Result<Vec<String>>;
     fn catalog(&self, request: &CatalogRequest) -> Result<(Vec<Json>, Vec<CodeList>)>;
     fn push(
         &self,

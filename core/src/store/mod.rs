@@ -163,6 +163,51 @@ fn open_reader(path: &Path, options: &StoreOptions) -> Result<Connection> {
 }
 
 impl Connections {
+    /// Overwrites and deletes the store's files after closing them; the handle is left on an
+    /// empty in-memory database, so any later call fails instead of touching the old file.
+    pub(crate) fn destroy(&self) -> Result<()> {
+        let mut writer = self.writer.lock();
+        let mut reader = self.reader.lock();
+        let _ = writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        *reader = Connection::open_in_memory()?;
+        *writer = Connection::open_in_memory()?;
+        let mut files = vec![self.path.clone()];
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = self.path.clone().into_os_string();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for file in files {
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            let overwrite = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().write(true).open(&file)?;
+                let zeros = vec![0u8; 64 * 1024];
+                let mut left = meta.len();
+                while left > 0 {
+                    let n = left.min(zeros.len() as u64) as usize;
+                    f.write_all(zeros.get(..n).unwrap_or_default())?;
+                    left -= n as u64;
+                }
+                f.sync_all()
+            };
+            overwrite().map_err(|e| Error::Storage(format!("wiping the store: {e}")))?;
+            std::fs::remove_file(&file)
+                .map_err(|e| Error::Storage(format!("wiping the store: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// An SM4 store: the national-crypto mode, whose audit chain hashes with SM3.
+    pub(crate) fn national_crypto(&self) -> bool {
+        let options = self.options.lock();
+        options.encryption_key.is_some() && options.cipher == Cipher::Sm4
+    }
+
     /// Re-encrypts every page with `new_key`, atomically: a crash before the commit leaves the
     /// old key valid, after it the new one. The WAL is emptied first so that no frame under the
     /// old key outlives the rotation, and again after so the main file holds only new pages.

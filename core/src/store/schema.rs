@@ -5,11 +5,11 @@ use rusqlite_migration::{M, Migrations};
 
 /// The migrations, in order; `user_version` records how many are applied.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
 }
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -154,6 +154,28 @@ CREATE TABLE scope_checksums (
 ) WITHOUT ROWID;
 "#;
 
+/// The audit trail: append-only (triggers refuse edits and deletions; only the upload mark
+/// moves) and hash-chained (see `crate::audit`).
+const V3: &str = r#"
+CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY,
+    at        TEXT NOT NULL,
+    user_id   TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    entity    TEXT,
+    entity_id TEXT,
+    detail    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL,
+    uploaded  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TRIGGER audit_log_append_only_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_log_append_only_update
+BEFORE UPDATE OF seq, at, user_id, action, entity, entity_id, detail, prev_hash, hash ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +202,7 @@ mod tests {
             tables,
             [
                 "attachments",
+                "audit_log",
                 "change_log",
                 "code_lists",
                 "form_definitions",

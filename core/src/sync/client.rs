@@ -487,7 +487,7 @@ impl Collector {
 
     /// A visit as it travels to the server (for tools that measure or inspect the wire).
     pub fn visit_submission(&self, visit_id: &str) -> Result<VisitRecord> {
-        let visit = self.visit(visit_id)?;
+        let visit = self.load_visit(visit_id)?;
         self.write(|tx| self.visit_record(tx, &visit))
     }
 

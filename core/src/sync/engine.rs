@@ -15,13 +15,16 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::protocol::{
-    self, CatalogRequest, CatalogResponse, EnrollRequest, EnrollResponse, ErrorBody,
-    PROTOCOL_VERSION, PullRequest, PullResponse, PushRequest, PushResponse, SnapshotRequest,
-    SnapshotResponse, UserInfo,
+    self, AuditUploadRequest, AuditUploadResponse, CatalogRequest, CatalogResponse, EnrollRequest,
+    EnrollResponse, ErrorBody, PROTOCOL_VERSION, PullRequest, PullResponse, PushRequest,
+    PushResponse, SnapshotRequest, SnapshotResponse, UserInfo,
 };
 use super::transport::{HttpRequest, HttpResponse, RetryPolicy, Transport};
 use crate::collector::{Collector, timestamp};
 use crate::error::{Error, Result};
+
+/// Audit entries per upload request.
+const AUDIT_BATCH: usize = 500;
 
 /// A device clock further than this from the server's is reported as skewed.
 pub const CLOCK_SKEW_LIMIT_MS: i64 = 5 * 60 * 1000;
@@ -33,6 +36,8 @@ pub enum SyncPhase {
     Push,
     Pull,
     Verify,
+    /// Uploading the audit trail.
+    Audit,
     Done,
 }
 
@@ -68,6 +73,10 @@ pub struct SyncReport {
     /// Server time minus device time.
     pub clock_offset_ms: Option<i64>,
     pub clock_skewed: bool,
+    /// Audit entries the server acknowledged.
+    pub audit_uploaded: u64,
+    /// The server found this device's audit chain broken (it keeps an alert).
+    pub audit_chain_broken: bool,
 }
 
 /// Tuning of one sync.
@@ -96,6 +105,7 @@ enum InFlight {
     Push(u64),
     Pull,
     Snapshot(String),
+    Audit(u64),
 }
 
 /// The sync state machine of one device.
@@ -121,7 +131,7 @@ impl std::fmt::Debug for SyncEngine<'_> {
     }
 }
 
-fn request(method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> HttpRequest {
+pub(crate) fn request(method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> HttpRequest {
     let mut headers = vec![
         ("Content-Type".to_owned(), "application/json".to_owned()),
         ("Content-Encoding".to_owned(), "zstd".to_owned()),
@@ -138,7 +148,7 @@ fn request(method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> Http
     }
 }
 
-fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>> {
+pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>> {
     protocol::encode(message).map_err(|e| Error::Storage(format!("cannot encode a message: {e}")))
 }
 
@@ -158,7 +168,7 @@ pub(crate) fn server_error(response: &HttpResponse) -> Error {
     }
 }
 
-fn decode<T: for<'de> serde::Deserialize<'de>>(response: &HttpResponse) -> Result<T> {
+pub(crate) fn decode<T: for<'de> serde::Deserialize<'de>>(response: &HttpResponse) -> Result<T> {
     if response.status != 200 {
         return Err(server_error(response));
     }
@@ -255,7 +265,8 @@ impl<'a> SyncEngine<'a> {
                 }
                 SyncPhase::Verify => {
                     let Some(village) = self.to_repair.last().cloned() else {
-                        self.enter(SyncPhase::Done, 0);
+                        let pending = self.collector.pending_audit(usize::MAX)?.len() as u64;
+                        self.enter(SyncPhase::Audit, pending);
                         continue;
                     };
                     let body = encode(&SnapshotRequest {
@@ -263,6 +274,23 @@ impl<'a> SyncEngine<'a> {
                         village_code: village.clone(),
                     })?;
                     ("/v1/snapshot", body, InFlight::Snapshot(village))
+                }
+                SyncPhase::Audit => {
+                    let entries = self.collector.pending_audit(AUDIT_BATCH)?;
+                    let (Some(last), false) = (
+                        entries.last().map(|e| e.seq),
+                        self.report.audit_chain_broken,
+                    ) else {
+                        self.enter(SyncPhase::Done, 0);
+                        continue;
+                    };
+                    let body = encode(&AuditUploadRequest {
+                        protocol: PROTOCOL_VERSION,
+                        device_id: self.device_id.clone(),
+                        chain_hash: self.collector.audit_chain_hash()?,
+                        entries,
+                    })?;
+                    ("/v1/audit", body, InFlight::Audit(last))
                 }
                 SyncPhase::Done => return Ok(None),
             };
@@ -347,6 +375,32 @@ impl<'a> SyncEngine<'a> {
                     self.enter(SyncPhase::Verify, n);
                 }
             }
+            InFlight::Audit(last) => {
+                let uploaded: AuditUploadResponse = decode(response)?;
+                let before = self.report.audit_uploaded;
+                let first_pending = self
+                    .collector
+                    .pending_audit(1)?
+                    .first()
+                    .map_or(u64::MAX, |e| e.seq);
+                if uploaded.accepted_through >= first_pending {
+                    self.collector
+                        .audit_uploaded_through(uploaded.accepted_through.min(last))?;
+                    self.report.audit_uploaded +=
+                        uploaded.accepted_through.min(last) + 1 - first_pending;
+                }
+                self.phase_done += self.report.audit_uploaded - before;
+                if uploaded.chain_break.is_some() {
+                    tracing::warn!("the server refused this device's audit chain");
+                    self.report.audit_chain_broken = true;
+                } else if self.report.audit_uploaded == before {
+                    return Err(Error::Server {
+                        status: 200,
+                        code: "no_audit_progress".into(),
+                        message: "the server acknowledged no audit entry".into(),
+                    });
+                }
+            }
             InFlight::Snapshot(village) => {
                 let snapshot: SnapshotResponse = decode(response)?;
                 self.collector.apply_snapshot(&village, &snapshot)?;
@@ -361,6 +415,13 @@ impl<'a> SyncEngine<'a> {
 
     /// Records the sync's end and returns its report.
     pub fn finish(self) -> Result<SyncReport> {
+        let r = &self.report;
+        self.collector.audit_now(
+            crate::audit::AuditAction::Sync,
+            None,
+            serde_json::json!({"pushed": r.pushed, "pulled": r.pulled, "conflicts": r.conflicts,
+                               "rejected": r.rejected, "audit_uploaded": r.audit_uploaded}),
+        )?;
         let now = timestamp(self.collector.now());
         let hlc = self.collector.hlc.lock().to_string();
         let offset = self.report.clock_offset_ms;
@@ -389,7 +450,7 @@ impl CancelFlag {
 }
 
 /// Sends with retries: no answer, 5xx and 429 are retried with backoff; other answers return.
-fn send_with_retry(
+pub(crate) fn send_with_retry(
     transport: &dyn Transport,
     request: &HttpRequest,
     policy: &RetryPolicy,
@@ -470,6 +531,10 @@ impl Collector {
                 return Err(Error::Cancelled);
             }
             let response = send_with_retry(transport, &req, &config.retry, cancel)?;
+            if response.status == 410 {
+                drop(engine);
+                return self.wipe_on_request(transport, &config.retry);
+            }
             engine.handle_response(&response)?;
             if let Some(l) = listener {
                 l.on_progress(engine.progress());

@@ -382,6 +382,27 @@ pub struct ErrorDetail {
 }
 
 /// The body of every non-2xx response.
+/// `POST /v1/audit`: the device's audit entries not yet acknowledged, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditUploadRequest {
+    pub protocol: u32,
+    pub device_id: String,
+    pub chain_hash: crate::audit::ChainHash,
+    pub entries: Vec<crate::audit::AuditEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditUploadResponse {
+    pub protocol: u32,
+    pub server_time: String,
+    /// The server holds every entry up to this one.
+    pub accepted_through: u64,
+    /// Set when the entries do not continue the chain the server holds (an entry removed or
+    /// altered on the device): the server keeps an alert for administrators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_break: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub protocol: u32,
@@ -467,7 +488,10 @@ mod tests {
         };
         let body = encode(&pull).unwrap();
         assert_eq!(decode::<PullRequest>(&body).unwrap(), pull);
-        assert_eq!(decode::<PullRequest>(&serde_json::to_vec(&pull).unwrap()).unwrap(), pull);
+        assert_eq!(
+            decode::<PullRequest>(&serde_json::to_vec(&pull).unwrap()).unwrap(),
+            pull
+        );
         // Truncated frame, a frame followed by garbage, and a small body inflating past the bound.
         assert_eq!(
             decode::<PullRequest>(&body[..body.len() - 3]).unwrap_err(),
@@ -475,10 +499,16 @@ mod tests {
         );
         let mut trailing = body.clone();
         trailing.extend_from_slice(b"garbage");
-        assert_eq!(decode::<PullRequest>(&trailing).unwrap_err(), DecodeError::Compression);
+        assert_eq!(
+            decode::<PullRequest>(&trailing).unwrap_err(),
+            DecodeError::Compression
+        );
         let bomb = zstd::bulk::compress(&vec![b' '; MAX_MESSAGE_BYTES + 1], 19).unwrap();
         assert!(bomb.len() < 64 * 1024);
-        assert_eq!(decode::<PullRequest>(&bomb).unwrap_err(), DecodeError::Compression);
+        assert_eq!(
+            decode::<PullRequest>(&bomb).unwrap_err(),
+            DecodeError::Compression
+        );
         assert_eq!(protocol_of(&bomb), None);
     }
 }

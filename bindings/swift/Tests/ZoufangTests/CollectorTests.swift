@@ -161,6 +161,10 @@ final class CollectorTests: XCTestCase {
             XCTAssertEqual(code, "not_signed_in")
         }
         try c.signIn(userId: "coord-1")
+        XCTAssertThrowsError(try c.signIn(userId: "coord-2")) { error in
+            guard case let ZoufangError.InvalidState(code, _) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(code, "wrong_user")
+        }
         let v = try c.startVisit(householdId: nil, visitType: "routine")
         XCTAssertThrowsError(try c.setAnswer(visitId: v.id, path: "address", valueJson: "{oops")) { error in
             guard case let ZoufangError.InvalidInput(code, _) = error else { return XCTFail("\(error)") }

@@ -124,6 +124,7 @@ class CollectorTest {
         val c = openStore().closeLater()
         assertEquals("not_signed_in", assertFailsWith<ZoufangException.InvalidState> { c.startVisit(null, "routine") }.code)
         c.signIn("coord-1")
+        assertEquals("wrong_user", assertFailsWith<ZoufangException.InvalidState> { c.signIn("coord-2") }.code)
         val v = c.startVisit(null, "routine")
         assertEquals("invalid_json", assertFailsWith<ZoufangException.InvalidInput> { c.setAnswer(v.id, "address", "{oops") }.code)
         assertEquals("answer_type", assertFailsWith<ZoufangException.InvalidInput> { c.setAnswer(v.id, "village_code_year", "\"x\"") }.code)

@@ -1,0 +1,151 @@
+//! Keeping only what the coordinator still needs, and destroying everything on an
+//! administrator's order.
+//!
+//! - [`Collector::purge_synced_visits`]: visits that the server holds (completed, signed or
+//!   voided, acknowledged) and that are older than the retention period leave the phone, with
+//!   their attachments' metadata and their change-log lines (which hold typed values). Households
+//!   in the coordinator's areas, drafts and anything not yet acknowledged stay. Deleted pages
+//!   are overwritten (`secure_delete`) and the WAL is emptied.
+//! - Remote wipe: when the server answers `410 device_wiped`, the device records the wipe in its
+//!   audit trail, uploads the trail, then overwrites and deletes its files and returns
+//!   `Error::DeviceWiped`, on which the app destroys the store key in the platform keystore.
+//!   With an encrypted store, the key's destruction is what makes the data unrecoverable: flash
+//!   storage may keep old copies of overwritten blocks.
+
+use std::time::Duration;
+
+use rusqlite::params;
+use serde_json::json;
+
+use crate::audit::{AuditAction, ChainHash};
+use crate::collector::{Collector, timestamp};
+use crate::error::{Error, Result};
+use crate::sync::protocol::{AuditUploadRequest, AuditUploadResponse, PROTOCOL_VERSION};
+use crate::sync::transport::{RetryPolicy, Transport};
+
+impl Collector {
+    /// Removes visits the server already holds that were last changed more than `retention`
+    /// ago. Returns how many left the phone.
+    pub fn purge_synced_visits(&self, retention: Duration) -> Result<u64> {
+        self.require_user()?;
+        let retention = chrono::TimeDelta::from_std(retention)
+            .map_err(|_| Error::InvalidInput("the retention period is too long".into()))?;
+        let cutoff = timestamp(self.now() - retention);
+        let purged = self.write(|tx| {
+            tx.execute_batch("PRAGMA secure_delete = ON")?;
+            tx.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY)",
+                [],
+            )?;
+            tx.execute("DELETE FROM temp.purge_ids", [])?;
+            tx.execute(
+                "INSERT INTO temp.purge_ids (id)
+                 SELECT v.id FROM visits v
+                 WHERE v.status IN ('completed', 'signed', 'void')
+                   AND v.synced_seq IS NOT NULL
+                   AND v.updated_at < ?1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.entity = 'visit' AND o.entity_id = v.id)
+                   AND NOT EXISTS (SELECT 1 FROM visits r WHERE r.revision_of = v.id)",
+                params![cutoff],
+            )?;
+            tx.execute(
+                "DELETE FROM change_log WHERE entity = 'attachment' AND entity_id IN
+                   (SELECT id FROM attachments WHERE visit_id IN (SELECT id FROM temp.purge_ids))",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM attachments WHERE visit_id IN (SELECT id FROM temp.purge_ids)",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM change_log WHERE entity = 'visit' AND entity_id IN (SELECT id FROM temp.purge_ids)",
+                [],
+            )?;
+            let n = tx.execute(
+                "DELETE FROM visits WHERE id IN (SELECT id FROM temp.purge_ids)",
+                [],
+            )?;
+            tx.execute("DELETE FROM temp.purge_ids", [])?;
+            self.audit(
+                tx,
+                AuditAction::Purge,
+                None,
+                json!({"visits": n, "retention_days": retention.num_days()}),
+            )?;
+            Ok(n as u64)
+        })?;
+        // Old copies of the deleted pages may still sit in the WAL: move everything into the
+        // main file now (with secure_delete, freed pages there are zeroed).
+        let _busy: i64 =
+            self.db
+                .writer
+                .lock()
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        tracing::info!(
+            visits = purged,
+            "synced visits purged after the retention period"
+        );
+        Ok(purged)
+    }
+
+    /// The audit chain's hash of this store.
+    pub(crate) fn audit_chain_hash(&self) -> Result<ChainHash> {
+        let stored: Option<String> =
+            rusqlite::OptionalExtension::optional(self.db.reader.lock().query_row(
+                "SELECT value FROM meta WHERE key = 'audit_hash'",
+                [],
+                |r| r.get(0),
+            ))?;
+        Ok(stored
+            .as_deref()
+            .and_then(ChainHash::parse)
+            .unwrap_or(if self.db.national_crypto() {
+                ChainHash::Sm3
+            } else {
+                ChainHash::Sha256
+            }))
+    }
+
+    /// The server ordered this device wiped: record it, hand the audit trail over (best effort:
+    /// the wipe happens even if the link fails), destroy the store.
+    pub(crate) fn wipe_on_request(
+        &self,
+        transport: &dyn Transport,
+        retry: &RetryPolicy,
+    ) -> Result<crate::sync::SyncReport> {
+        tracing::warn!("the server ordered this device wiped");
+        self.audit_now(AuditAction::Wipe, None, json!({"ordered_by": "server"}))?;
+        let settings = self.sync_settings()?;
+        if let (Some(device_id), Some(token)) = (settings.device_id, settings.device_token) {
+            let chain_hash = self.audit_chain_hash()?;
+            loop {
+                let entries = self.pending_audit(500)?;
+                let Some(first) = entries.first().map(|e| e.seq) else {
+                    break;
+                };
+                let body = crate::sync::engine::encode(&AuditUploadRequest {
+                    protocol: PROTOCOL_VERSION,
+                    device_id: device_id.clone(),
+                    chain_hash,
+                    entries,
+                })?;
+                let request = crate::sync::engine::request("POST", "/v1/audit", Some(&token), body);
+                let Ok(response) =
+                    crate::sync::engine::send_with_retry(transport, &request, retry, None)
+                else {
+                    break;
+                };
+                let Ok(uploaded) = crate::sync::engine::decode::<AuditUploadResponse>(&response)
+                else {
+                    break;
+                };
+                if uploaded.accepted_through < first || uploaded.chain_break.is_some() {
+                    break;
+                }
+                self.audit_uploaded_through(uploaded.accepted_through)?;
+            }
+        }
+        self.db.destroy()?;
+        Err(Error::DeviceWiped)
+    }
+}
