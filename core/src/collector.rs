@@ -278,19 +278,7 @@ impl Collector {
             "SELECT seq, at, user_id, action, entity, entity_id, detail, prev_hash, hash
              FROM audit_log WHERE uploaded = 0 ORDER BY seq LIMIT ?1",
         )?;
-        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-            Ok(AuditEntry {
-                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                at: r.get(1)?,
-                user_id: r.get(2)?,
-                action: r.get(3)?,
-                entity: r.get(4)?,
-                entity_id: r.get(5)?,
-                detail: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or(Json::Null),
-                prev_hash: r.get(7)?,
-                hash: r.get(8)?,
-            })
-        })?;
+        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], audit_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
@@ -301,19 +289,7 @@ impl Collector {
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, at, user_id, action, entity, entity_id, detail, prev_hash, hash FROM audit_log ORDER BY seq",
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(AuditEntry {
-                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                    at: r.get(1)?,
-                    user_id: r.get(2)?,
-                    action: r.get(3)?,
-                    entity: r.get(4)?,
-                    entity_id: r.get(5)?,
-                    detail: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or(Json::Null),
-                    prev_hash: r.get(7)?,
-                    hash: r.get(8)?,
-                })
-            })?;
+            let rows = stmt.query_map([], audit_row)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
         let alg: Option<String> = self
@@ -1850,4 +1826,20 @@ impl Evaluation<'_> {
             _ => Value::Null,
         }
     }
+}
+
+/// An `audit_log` row (columns seq, at, user_id, action, entity, entity_id, detail, prev_hash,
+/// hash).
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+        at: r.get(1)?,
+        user_id: r.get(2)?,
+        action: r.get(3)?,
+        entity: r.get(4)?,
+        entity_id: r.get(5)?,
+        detail: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or(Json::Null),
+        prev_hash: r.get(7)?,
+        hash: r.get(8)?,
+    })
 }

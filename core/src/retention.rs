@@ -119,7 +119,7 @@ impl Collector {
         if let (Some(device_id), Some(token)) = (settings.device_id, settings.device_token) {
             let chain_hash = self.audit_chain_hash()?;
             loop {
-                let entries = self.pending_audit(500)?;
+                let entries = self.pending_audit(crate::sync::engine::AUDIT_BATCH)?;
                 let Some(first) = entries.first().map(|e| e.seq) else {
                     break;
                 };

@@ -217,6 +217,17 @@ async fn authenticate(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<DeviceAuth, ServerError> {
+    authenticate_as(state, headers, peer, false).await
+}
+
+/// As [`authenticate`]; with `audit_upload`, a device ordered wiped is let through to hand over
+/// its audit trail (its last words) instead of getting 410.
+async fn authenticate_as(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    audit_upload: bool,
+) -> Result<DeviceAuth, ServerError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -224,6 +235,9 @@ async fn authenticate(
         .map(str::to_owned);
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let result = match token {
+        Some(token) if audit_upload => {
+            blocking(move || storage.authenticate_for_audit(&token, now)).await
+        }
         Some(token) => blocking(move || storage.authenticate(&token, now)).await,
         None => Err(ServerError::Unauthorized("missing bearer token")),
     };
@@ -379,26 +393,9 @@ async fn audit(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    // A device ordered wiped still hands over its trail (its last words); see the storage.
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let (storage, now) = (state.storage.clone(), (state.clock)());
-    let auth = match token {
-        Some(token) => blocking(move || storage.authenticate_for_audit(&token, now)).await,
-        None => Err(ServerError::Unauthorized("missing bearer token")),
-    };
-    if let Err(ServerError::Unauthorized(_)) = &auth {
-        RateLimits::check(
-            &state.limits.auth_failures,
-            client_ip(&state, &headers, peer),
-        )?;
-    }
-    let auth = auth?;
+    let auth = authenticate_as(&state, &headers, peer, true).await?;
     let req: protocol::AuditUploadRequest = message(&body)?;
-    let storage = state.storage.clone();
+    let (storage, now) = (state.storage.clone(), (state.clock)());
     let device = auth.device_id.clone();
     let count = req.entries.len();
     let response = blocking(move || storage.upload_audit(&auth, &req, now)).await?;

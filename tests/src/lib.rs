@@ -131,3 +131,40 @@ impl<T: Transport> Transport for FlakyTransport<T> {
         Ok(response)
     }
 }
+
+/// A JSON object literal as a map.
+pub fn obj(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    v.as_object().cloned().expect("an object literal")
+}
+
+/// A household of one head in `village`, as the sync tests use it.
+pub fn new_household(c: &Collector, village: &str) -> String {
+    use serde_json::json;
+    c.add_household(zoufang_core::records::NewHousehold {
+        village_code: village.into(),
+        fields: obj(json!({"phone": "13812345678", "urban_rural": "rural", "address": "三组", "next_visit_due": "2026-12-01"})),
+        members: vec![obj(json!({"name": "吉克阿呷", "id_type": "resident_id", "id_number": "11010519491231002X",
+                                 "relationship": "02", "lives_together": "yes", "health": "healthy"}))],
+    })
+    .expect("household added")
+}
+
+/// A completed routine visit of `household`, nobody at risk.
+pub fn routine_visit(c: &Collector, household: &str) -> String {
+    use serde_json::json;
+    let v = c
+        .start_visit(Some(household), "routine")
+        .expect("visit started");
+    c.set_answers(
+        &v.id,
+        &obj(json!({
+            "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
+            "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
+            "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
+            "investigator_1_name": "马海木呷", "consent_privacy": "yes"
+        })),
+    )
+    .expect("answers saved");
+    c.complete_visit(&v.id).expect("visit completed");
+    v.id
+}

@@ -6,43 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::{Map, Value as Json, json};
-use zoufang_core::records::NewHousehold;
+use serde_json::json;
 use zoufang_core::sync::protocol::Role;
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::Storage;
-use zoufang_tests::{Device, TestServer};
+use zoufang_tests::{Device, TestServer, routine_visit};
 
 const VILLAGE: &str = "513431104201";
 
-fn obj(v: Json) -> Map<String, Json> {
-    v.as_object().cloned().unwrap()
-}
-
 fn household(c: &Collector) -> String {
-    c.add_household(NewHousehold {
-        village_code: VILLAGE.into(),
-        fields: obj(json!({"phone": "13812345678", "urban_rural": "rural", "address": "三组", "next_visit_due": "2026-12-01"})),
-        members: vec![obj(json!({"name": "吉克阿呷", "id_type": "resident_id", "id_number": "11010519491231002X",
-                                 "relationship": "02", "lives_together": "yes", "health": "healthy"}))],
-    })
-    .unwrap()
-}
-
-fn routine_visit(c: &Collector, h: &str) -> String {
-    let v = c.start_visit(Some(h), "routine").unwrap();
-    c.set_answers(
-        &v.id,
-        &obj(json!({
-            "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
-            "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
-            "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
-            "investigator_1_name": "马海木呷", "consent_privacy": "yes"
-        })),
-    )
-    .unwrap();
-    c.complete_visit(&v.id).unwrap();
-    v.id
+    zoufang_tests::new_household(c, VILLAGE)
 }
 
 fn device_id(server: &TestServer, user: &str) -> String {

@@ -11,7 +11,7 @@ use zoufang_core::Collector;
 use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::protocol::{Entity, Role, UserInfo};
 use zoufang_server::{DeviceAuth, Storage};
-use zoufang_tests::{Device, TestServer};
+use zoufang_tests::{Device, TestServer, obj, routine_visit};
 
 const VILLAGE: &str = "513431104201";
 
@@ -27,34 +27,8 @@ fn reviewer() -> DeviceAuth {
     }
 }
 
-fn obj(v: Json) -> Map<String, Json> {
-    v.as_object().cloned().unwrap()
-}
-
 fn new_household(c: &Collector) -> String {
-    c.add_household(NewHousehold {
-        village_code: VILLAGE.into(),
-        fields: obj(json!({"phone": "13812345678", "urban_rural": "rural", "address": "三组", "next_visit_due": "2026-12-01"})),
-        members: vec![obj(json!({"name": "吉克阿呷", "id_type": "resident_id", "id_number": "11010519491231002X",
-                                 "relationship": "02", "lives_together": "yes", "health": "healthy"}))],
-    })
-    .unwrap()
-}
-
-fn routine_visit(c: &Collector, household: &str) -> String {
-    let v = c.start_visit(Some(household), "routine").unwrap();
-    c.set_answers(
-        &v.id,
-        &obj(json!({
-            "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
-            "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
-            "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
-            "investigator_1_name": "马海木呷", "consent_privacy": "yes"
-        })),
-    )
-    .unwrap();
-    c.complete_visit(&v.id).unwrap();
-    v.id
+    zoufang_tests::new_household(c, VILLAGE)
 }
 
 fn fields(c: &Collector, household: &str) -> Map<String, Json> {

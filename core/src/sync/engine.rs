@@ -23,8 +23,9 @@ use super::transport::{HttpRequest, HttpResponse, RetryPolicy, Transport};
 use crate::collector::{Collector, timestamp};
 use crate::error::{Error, Result};
 
-/// Audit entries per upload request.
-const AUDIT_BATCH: usize = 500;
+/// Audit entries per upload request: about 6 KB compressed, like a push batch, so that a request
+/// fits between two cuts of a weak link.
+pub(crate) const AUDIT_BATCH: usize = 100;
 
 /// A device clock further than this from the server's is reported as skewed.
 pub const CLOCK_SKEW_LIMIT_MS: i64 = 5 * 60 * 1000;
