@@ -29,7 +29,7 @@ use zoufang_core::model::engine::Problem;
 use zoufang_core::model::form::{Form, ItemDef};
 use zoufang_core::model::text::Lang;
 use zoufang_core::records::NewHousehold;
-use zoufang_core::{Collector, Error, StoreOptions};
+use zoufang_core::{Cipher, Collector, Error, StoreOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +44,13 @@ struct Cli {
     /// The store file.
     #[arg(long, global = true, env = "ZOUFANG_STORE")]
     store: Option<PathBuf>,
+    /// The store's encryption key (64 hex digits, or a passphrase). From the environment rather
+    /// than the command line, so that it stays out of shell history and process lists.
+    #[arg(long, global = true, env = "ZOUFANG_STORE_KEY", hide_env_values = true)]
+    store_key: Option<String>,
+    /// The store is encrypted with SM4 (the national-crypto mode) rather than AES-256.
+    #[arg(long, global = true)]
+    sm4: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -324,11 +331,18 @@ fn lang(code: &str) -> Result<Lang, Failure> {
     Lang::parse(code).ok_or_else(|| fail("invalid_input", "--lang is zh, ii or en"))
 }
 
-fn open(store: &Option<PathBuf>) -> Result<Collector, Failure> {
+/// Where the store is and how to open it.
+struct StoreArgs {
+    path: Option<PathBuf>,
+    options: StoreOptions,
+}
+
+fn open(store: &StoreArgs) -> Result<Collector, Failure> {
     let path = store
+        .path
         .as_ref()
         .ok_or_else(|| fail("no_store", "give --store PATH or set ZOUFANG_STORE"))?;
-    Ok(Collector::open(path, &StoreOptions::default())?)
+    Ok(Collector::open(path, &store.options)?)
 }
 
 pub(crate) fn problem_lines(problems: &[Problem], lang: Lang) -> String {
@@ -373,6 +387,13 @@ fn outline(items: &[ItemDef], lang: Lang, depth: usize, out: &mut String) {
 
 fn run(cli: Cli) -> CliResult {
     let out = Out { json: cli.json };
+    let store = StoreArgs {
+        path: cli.store.clone(),
+        options: StoreOptions {
+            encryption_key: cli.store_key.clone(),
+            cipher: if cli.sm4 { Cipher::Sm4 } else { Cipher::Aes256 },
+        },
+    };
     match cli.command {
         Command::Form(FormCommand::Print { file, lang: l }) => {
             let l = lang(&l)?;
@@ -403,20 +424,20 @@ fn run(cli: Cli) -> CliResult {
             }
         },
         Command::Form(FormCommand::Install { file }) => {
-            let c = open(&cli.store)?;
+            let c = open(&store)?;
             let form = c.install_form(&read_file(&file)?)?;
             out.emit(&json!({"id": form.id(), "version": form.version()}), || format!("installed {} v{}", form.id(), form.version()))
         }
         Command::Init { user } => {
-            let c = open(&cli.store)?;
+            let c = open(&store)?;
             c.sign_in(&user)?;
             let forms = c.installed_forms()?;
             out.emit(&json!({"user": user, "forms": forms}), || format!("store ready; signed in as {user}"))
         }
-        Command::Household(cmd) => household(cmd, &open(&cli.store)?, &out),
-        Command::Visit(cmd) => visit(cmd, &open(&cli.store)?, &out),
+        Command::Household(cmd) => household(cmd, &open(&store)?, &out),
+        Command::Visit(cmd) => visit(cmd, &open(&store)?, &out),
         Command::Counts => {
-            let counts = open(&cli.store)?.counts()?;
+            let counts = open(&store)?.counts()?;
             out.emit(&counts, || format!("{counts:#?}"))
         }
         Command::Serve { data, listen, tls_cert, tls_key, behind_proxy } => {
@@ -427,7 +448,7 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Admin { data, command } => net::admin(command, &data, &out),
         Command::Device { server, ca_cert, command } => {
-            net::device(command, &open(&cli.store)?, &server, ca_cert.as_deref(), &out)
+            net::device(command, &open(&store)?, &server, ca_cert.as_deref(), &out)
         }
         Command::Demo => demo::run(cli.json),
         Command::Bench { households, rounds, suite, visits, devices } => {
@@ -451,7 +472,7 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::BenchPullProbe { server, token, store } => bench_sync::pull_probe(&server, &token, &store),
         Command::BenchValidate { prepare, visit, rounds } => {
-            bench::validate_probe(&open(&cli.store)?, prepare, visit.as_deref(), rounds)
+            bench::validate_probe(&open(&store)?, prepare, visit.as_deref(), rounds)
         }
     }
 }

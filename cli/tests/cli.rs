@@ -14,7 +14,9 @@ use serde_json::{Value as Json, json};
 
 fn zoufang(store: Option<&Path>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoufang"));
-    cmd.args(args).env_remove("ZOUFANG_STORE");
+    cmd.args(args)
+        .env_remove("ZOUFANG_STORE")
+        .env_remove("ZOUFANG_STORE_KEY");
     if let Some(s) = store {
         cmd.env("ZOUFANG_STORE", s);
     }
@@ -199,6 +201,44 @@ fn a_desk_user_records_a_visit_end_to_end() {
         (counts["households"].clone(), counts["signed"].clone()),
         (json!(1), json!(1))
     );
+}
+
+#[test]
+fn a_desk_user_works_on_an_encrypted_store_with_the_key_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("k.db");
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let run = |key: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoufang"));
+        cmd.args(args)
+            .env("ZOUFANG_STORE", &store)
+            .env_remove("ZOUFANG_STORE_KEY");
+        if let Some(k) = key {
+            cmd.env("ZOUFANG_STORE_KEY", k);
+        }
+        cmd.output().unwrap()
+    };
+    for sm4 in [false, true] {
+        let _ = std::fs::remove_file(&store);
+        let flag: &[&'static str] = if sm4 { &["--sm4"] } else { &[] };
+        let with = |args: &[&'static str]| -> Vec<&'static str> { [flag, args].concat() };
+        assert!(
+            run(Some(key), &with(&["init", "--user", "u"]))
+                .status
+                .success()
+        );
+        assert!(run(Some(key), &with(&["counts"])).status.success());
+        let out = run(None, &with(&["counts"]));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).starts_with("error[wrong_key_or_not_a_store]"),
+            "{}",
+            stderr(&out)
+        );
+        // The key is never echoed, not even in help.
+        let help = run(Some(key), &["--help"]);
+        assert!(!String::from_utf8_lossy(&help.stdout).contains(key));
+    }
 }
 
 #[test]
