@@ -114,6 +114,7 @@ pub fn serve(
             protocol: zoufang_core::sync::protocol::PROTOCOL_VERSION,
             forms: vec![],
             code_lists: Default::default(),
+            audit: None,
         })
         .map_err(server_failure)?
         .0

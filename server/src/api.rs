@@ -275,15 +275,33 @@ async fn catalog(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    authenticate(&state, &headers, peer).await?;
-    let req: CatalogRequest = message(&body)?;
-    let storage = state.storage.clone();
-    let (forms, code_lists) = blocking(move || storage.catalog(&req)).await?;
+    let auth = authenticate(&state, &headers, peer).await?;
+    let mut req: CatalogRequest = message(&body)?;
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let (forms, code_lists, audit) = blocking(move || {
+        let audit = match req.audit.take() {
+            Some(batch) => Some(storage.upload_audit(
+                &auth,
+                &protocol::AuditUploadRequest {
+                    protocol: PROTOCOL_VERSION,
+                    device_id: auth.device_id.clone(),
+                    chain_hash: batch.chain_hash,
+                    entries: batch.entries,
+                },
+                now,
+            )?),
+            None => None,
+        };
+        let (forms, code_lists) = storage.catalog(&req)?;
+        Ok((forms, code_lists, audit))
+    })
+    .await?;
     reply(&CatalogResponse {
         protocol: PROTOCOL_VERSION,
-        server_time: (state.clock)().to_rfc3339(),
+        server_time: now.to_rfc3339(),
         forms,
         code_lists,
+        audit,
     })
 }
 

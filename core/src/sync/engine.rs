@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::protocol::{
-    self, AuditUploadRequest, AuditUploadResponse, CatalogRequest, CatalogResponse, EnrollRequest,
-    EnrollResponse, ErrorBody, PROTOCOL_VERSION, PullRequest, PullResponse, PushRequest,
-    PushResponse, SnapshotRequest, SnapshotResponse, UserInfo,
+    self, AuditBatch, AuditUploadRequest, AuditUploadResponse, CatalogRequest, CatalogResponse,
+    EnrollRequest, EnrollResponse, ErrorBody, PROTOCOL_VERSION, PullRequest, PullResponse,
+    PushRequest, PushResponse, SnapshotRequest, SnapshotResponse, UserInfo,
 };
 use super::transport::{HttpRequest, HttpResponse, RetryPolicy, Transport};
 use crate::collector::{Collector, timestamp};
@@ -102,7 +102,8 @@ impl Default for SyncConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum InFlight {
-    Catalog,
+    /// With the last audit entry it carries, if any.
+    Catalog(Option<u64>),
     Push(u64),
     Pull,
     Snapshot(String),
@@ -232,12 +233,22 @@ impl<'a> SyncEngine<'a> {
                         .iter()
                         .map(|l| (l.name.clone(), l.version))
                         .collect();
+                    let entries = self.collector.pending_audit(AUDIT_BATCH)?;
+                    let last = entries.last().map(|e| e.seq);
+                    let audit = match last {
+                        Some(_) => Some(AuditBatch {
+                            chain_hash: self.collector.audit_chain_hash()?,
+                            entries,
+                        }),
+                        None => None,
+                    };
                     let body = encode(&CatalogRequest {
                         protocol: PROTOCOL_VERSION,
                         forms,
                         code_lists,
+                        audit,
                     })?;
-                    ("/v1/catalog", body, InFlight::Catalog)
+                    ("/v1/catalog", body, InFlight::Catalog(last))
                 }
                 SyncPhase::Push => {
                     let batch = self.collector.outbox_batch(self.config.push_batch)?;
@@ -323,9 +334,12 @@ impl<'a> SyncEngine<'a> {
             .take()
             .ok_or_else(|| Error::InvalidInput("a response without a request".into()))?;
         match flight {
-            InFlight::Catalog => {
+            InFlight::Catalog(audit_sent) => {
                 let catalog: CatalogResponse = decode(response)?;
                 self.measure_clock(&catalog.server_time);
+                if let (Some(last), Some(ack)) = (audit_sent, &catalog.audit) {
+                    self.apply_audit_ack(ack, last)?;
+                }
                 for form in &catalog.forms {
                     self.collector.install_form(&form.to_string())?;
                 }
@@ -379,22 +393,9 @@ impl<'a> SyncEngine<'a> {
             InFlight::Audit(last) => {
                 let uploaded: AuditUploadResponse = decode(response)?;
                 let before = self.report.audit_uploaded;
-                let first_pending = self
-                    .collector
-                    .pending_audit(1)?
-                    .first()
-                    .map_or(u64::MAX, |e| e.seq);
-                if uploaded.accepted_through >= first_pending {
-                    self.collector
-                        .audit_uploaded_through(uploaded.accepted_through.min(last))?;
-                    self.report.audit_uploaded +=
-                        uploaded.accepted_through.min(last) + 1 - first_pending;
-                }
+                self.apply_audit_ack(&uploaded, last)?;
                 self.phase_done += self.report.audit_uploaded - before;
-                if uploaded.chain_break.is_some() {
-                    tracing::warn!("the server refused this device's audit chain");
-                    self.report.audit_chain_broken = true;
-                } else if self.report.audit_uploaded == before {
+                if !self.report.audit_chain_broken && self.report.audit_uploaded == before {
                     return Err(Error::Server {
                         status: 200,
                         code: "no_audit_progress".into(),
@@ -410,6 +411,25 @@ impl<'a> SyncEngine<'a> {
                 self.report.repaired_villages.push(village);
                 self.phase_done += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// Marks what the server acknowledged of an audit batch ending at `last`.
+    fn apply_audit_ack(&mut self, ack: &AuditUploadResponse, last: u64) -> Result<()> {
+        let first_pending = self
+            .collector
+            .pending_audit(1)?
+            .first()
+            .map_or(u64::MAX, |e| e.seq);
+        let through = ack.accepted_through.min(last);
+        if through >= first_pending {
+            self.collector.audit_uploaded_through(through)?;
+            self.report.audit_uploaded += through + 1 - first_pending;
+        }
+        if ack.chain_break.is_some() {
+            tracing::warn!("the server refused this device's audit chain");
+            self.report.audit_chain_broken = true;
         }
         Ok(())
     }

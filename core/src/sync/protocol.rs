@@ -352,6 +352,17 @@ pub struct CatalogRequest {
     pub forms: Vec<(String, u32)>,
     /// Code-list versions the device has.
     pub code_lists: BTreeMap<String, u32>,
+    /// The first batch of the device's pending audit entries, riding on the request every sync
+    /// makes first, so that a sync needs no round trip of its own for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditBatch>,
+}
+
+/// Audit entries of the sending device, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditBatch {
+    pub chain_hash: crate::audit::ChainHash,
+    pub entries: Vec<crate::audit::AuditEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,6 +372,9 @@ pub struct CatalogResponse {
     /// Form definitions (JSON documents) the device does not have yet.
     pub forms: Vec<Json>,
     pub code_lists: Vec<CodeList>,
+    /// The answer to the request's audit batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditUploadResponse>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
