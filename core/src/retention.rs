@@ -4,8 +4,8 @@
 //! - [`Collector::purge_synced_visits`]: visits that the server holds (completed, signed or
 //!   voided, acknowledged) and that are older than the retention period leave the phone, with
 //!   their attachments' metadata and their change-log lines (which hold typed values). Households
-//!   in the coordinator's areas, drafts and anything not yet acknowledged stay. Deleted pages
-//!   are overwritten (`secure_delete`) and the WAL is emptied.
+//!   in the coordinator's areas, drafts and anything not yet acknowledged stay. Deleted bytes
+//!   are zeroed (the store runs with `secure_delete`) and the WAL is emptied.
 //! - Remote wipe: when the server answers `410 device_wiped`, the device records the wipe in its
 //!   audit trail, uploads the trail, then overwrites and deletes its files and returns
 //!   `Error::DeviceWiped`, on which the app destroys the store key in the platform keystore.
@@ -32,7 +32,6 @@ impl Collector {
             .map_err(|_| Error::InvalidInput("the retention period is too long".into()))?;
         let cutoff = timestamp(self.now() - retention);
         let purged = self.write(|tx| {
-            tx.execute_batch("PRAGMA secure_delete = ON")?;
             tx.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY)",
                 [],

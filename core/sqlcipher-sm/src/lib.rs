@@ -19,10 +19,10 @@ use parking_lot::Mutex;
 /// The cipher suite of an encrypted store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CipherSuite {
-    /// SQLCipher's own: AES-256-CBC, HMAC-SHA512, PBKDF2-HMAC-SHA512 (OpenSSL).
+    /// SQLCipher's own provider (OpenSSL): AES-256-CBC; the MAC and KDF are set by the caller.
     #[default]
     Aes256,
-    /// SM4-CBC, HMAC-SM3, PBKDF2-HMAC-SM3 (GB/T 32907, GB/T 32905).
+    /// SM4-CTR, HMAC-SM3, PBKDF2-HMAC-SM3 (GB/T 32907, GB/T 32905).
     Sm4,
 }
 

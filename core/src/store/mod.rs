@@ -28,11 +28,12 @@ pub struct StoreOptions {
 /// The cipher suite of an encrypted store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Cipher {
-    /// AES-256-CBC with HMAC-SHA512 per page (SQLCipher 4 defaults).
+    /// AES-256-CBC with HMAC-SHA256 per page, PBKDF2-HMAC-SHA512 for passphrases (SQLCipher 4
+    /// with the page MAC on SHA-256).
     #[default]
     Aes256,
     /// The national suite for deployments under a commercial-cryptography assessment:
-    /// SM4-CBC with HMAC-SM3 per page, PBKDF2-HMAC-SM3 for passphrases.
+    /// SM4-CTR with HMAC-SM3 per page, PBKDF2-HMAC-SM3 for passphrases.
     Sm4,
 }
 
@@ -113,6 +114,8 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted rows hold personal data: their bytes are zeroed, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 
