@@ -282,6 +282,16 @@ impl Collector {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// How many audit entries wait for the server.
+    pub fn pending_audit_count(&self) -> Result<u64> {
+        let n: i64 = self.db.reader.lock().query_row(
+            "SELECT count(*) FROM audit_log WHERE uploaded = 0",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// The whole audit trail of this device, oldest first, and whether its chain is intact.
     pub fn audit_trail(&self) -> Result<(Vec<AuditEntry>, bool)> {
         let all = {

@@ -250,3 +250,25 @@ fn each_user_has_their_own_store() {
     let b = Collector::open(&dir.path().join("b.db"), &StoreOptions::default()).unwrap();
     b.sign_in("coord-b").unwrap();
 }
+
+/// A proxy on the way answering 410 is not the server's wipe order: nothing is destroyed.
+#[test]
+fn a_bare_410_from_a_proxy_wipes_nothing() {
+    use zoufang_core::sync::{HttpRequest, HttpResponse, Transport, TransportError};
+    struct Gone;
+    impl Transport for Gone {
+        fn send(&self, _: &HttpRequest) -> Result<HttpResponse, TransportError> {
+            Ok(HttpResponse {
+                status: 410,
+                body: b"<html>Gone</html>".to_vec(),
+            })
+        }
+    }
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let h = household(&phone.collector);
+    let err = phone.collector.sync(&Gone, None, None).unwrap_err();
+    assert_ne!(err.code(), "device_wiped");
+    assert!(phone.path.exists());
+    assert!(phone.collector.household(&h).is_ok());
+}

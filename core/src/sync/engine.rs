@@ -277,7 +277,7 @@ impl<'a> SyncEngine<'a> {
                 }
                 SyncPhase::Verify => {
                     let Some(village) = self.to_repair.last().cloned() else {
-                        let pending = self.collector.pending_audit(usize::MAX)?.len() as u64;
+                        let pending = self.collector.pending_audit_count()?;
                         self.enter(SyncPhase::Audit, pending);
                         continue;
                     };
@@ -552,7 +552,10 @@ impl Collector {
                 return Err(Error::Cancelled);
             }
             let response = send_with_retry(transport, &req, &config.retry, cancel)?;
-            if response.status == 410 {
+            // Only the server's own order, never a bare 410 from a proxy on the way.
+            let wipe_ordered = response.status == 410
+                && matches!(server_error(&response), Error::Server { code, .. } if code == "device_wiped");
+            if wipe_ordered {
                 drop(engine);
                 return self.wipe_on_request(transport, &config.retry);
             }
