@@ -5,7 +5,8 @@
 //!   fsynced SQLite insert of the same bytes;
 //! - insert N households (with members) against bare inserts of the same bytes;
 //! - search N households by name prefix (target ≤ 5 ms);
-//! - open a store holding them, against a bare SQLite open and first read.
+//! - open a store holding them, against a bare SQLite open and first read;
+//! - prepare a 12-megapixel camera photo (orient, downscale, re-encode), against decoding it.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -222,6 +223,46 @@ pub fn run(
         ),
     );
     report.push(json!({"name": "open_store", "households": households, "median_ms": ms(o), "baseline_ms": ms(bo), "ratio": ms(o) / ms(bo).max(1e-9)}));
+
+    // 5. Preparing a 12-megapixel camera photo, against only decoding it.
+    let camera = {
+        let mut seed = 7u32;
+        let img = image::RgbImage::from_fn(4000, 3000, |x, y| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let n = (seed >> 26) as u8;
+            image::Rgb([(x / 9) as u8 ^ n, (y / 7) as u8 ^ n, ((x + y) / 13) as u8])
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&img)
+            .map_err(|e| fail("bench", e.to_string()))?;
+        jpeg
+    };
+    let (mut prepare, mut decode_only, mut out_bytes) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..rounds.min(10) {
+        let t = Instant::now();
+        let prepared = zoufang_core::media::prepare_photo(&camera, &Default::default())
+            .map_err(|e| fail(e.code(), e.to_string()))?;
+        prepare.push(t.elapsed());
+        out_bytes = prepared.bytes.len();
+        let t = Instant::now();
+        image::load_from_memory(&camera).map_err(|e| fail("bench", e.to_string()))?;
+        decode_only.push(t.elapsed());
+    }
+    let (p, d) = (median(prepare), median(decode_only));
+    say(
+        "prepare a 12 MP photo",
+        format!(
+            "{:.0} ms ({} KB in, {} KB out, 1600 px) vs decoding it alone {:.0} ms: {:.2}x",
+            ms(p),
+            camera.len() / 1024,
+            out_bytes / 1024,
+            ms(d),
+            ms(p) / ms(d).max(1e-9)
+        ),
+    );
+    report.push(json!({"name": "prepare_photo_12mp", "median_ms": ms(p), "baseline_ms": ms(d), "ratio": ms(p) / ms(d).max(1e-9),
+                       "input_bytes": camera.len(), "output_bytes": out_bytes}));
 
     Ok(report)
 }

@@ -341,6 +341,7 @@ fn the_benchmark_runs_and_reports_ratios() {
             "insert_households",
             "search_by_name_prefix",
             "open_store",
+            "prepare_photo_12mp",
             "bytes_per_visit",
             "round_trips",
             "push_visits",
@@ -354,25 +355,30 @@ fn the_benchmark_runs_and_reports_ratios() {
         ]
     );
     // Encrypted against plaintext: real ratios, measured on stores that hold the households.
-    for b in &report["benchmarks"].as_array().unwrap()[11..] {
+    for b in &report["benchmarks"].as_array().unwrap()[12..] {
         assert!(
             b["ratio"].as_f64().unwrap() > 0.0 && b["households"] == json!(60),
             "{b}"
         );
     }
-    let pull = &report["benchmarks"][8];
+    let pull = &report["benchmarks"][9];
     assert_eq!(
         pull["probe"]["households"],
         json!(300),
         "the probe pulled every household"
     );
-    let weak = &report["benchmarks"][10];
+    let weak = &report["benchmarks"][11];
     assert!(
         weak["cuts"].as_u64().unwrap() <= weak["link_seconds"].as_f64().unwrap() as u64 / 2 + 1
     );
     assert!(
         weak["worst_cut_bytes"].as_u64().unwrap()
             <= weak["largest_request_bytes"].as_u64().unwrap()
+    );
+    let photo = &report["benchmarks"][5];
+    assert!(
+        photo["output_bytes"].as_u64().unwrap() <= 500 * 1024
+            && photo["ratio"].as_f64().unwrap() > 1.0
     );
     let save = &report["benchmarks"][0];
     assert!(save["ratio"].as_f64().unwrap() > 0.0 && save["answers"].as_u64().unwrap() > 120);

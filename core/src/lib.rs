@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod collector;
 pub mod error;
+pub mod media;
 pub mod model;
 pub mod records;
 pub mod retention;
