@@ -1083,6 +1083,123 @@ impl Collector {
     /// `interviewee_signature`): its metadata row and the answer that references it, in one
     /// transaction. The file itself is stored by the attachments layer, content-addressed.
     pub fn add_attachment(&self, visit_id: &str, new: &NewAttachment) -> Result<Attachment> {
+        self.insert_attachment(visit_id, new, None)
+    }
+
+    /// Adds a photo to a draft's photo field from the camera's file: made upright, at most
+    /// `limits` in size, stripped of its metadata (capture time and position are kept in the
+    /// attachment's metadata instead), stored content-addressed in the store, in one
+    /// transaction with the answer. A photo already in the field is replaced.
+    pub fn add_photo(
+        &self,
+        visit_id: &str,
+        field_path: &str,
+        image: &[u8],
+        limits: &crate::media::PhotoLimits,
+    ) -> Result<Attachment> {
+        let prepared = crate::media::prepare_photo(image, limits).map_err(media_error)?;
+        self.store_prepared(visit_id, field_path, AttachmentKind::Photo, prepared)
+    }
+
+    /// Adds a signature or thumbprint image (PNG, lossless) to a draft's signature field.
+    pub fn add_signature(
+        &self,
+        visit_id: &str,
+        field_path: &str,
+        image: &[u8],
+    ) -> Result<Attachment> {
+        let prepared = crate::media::prepare_signature(image).map_err(media_error)?;
+        self.store_prepared(visit_id, field_path, AttachmentKind::Signature, prepared)
+    }
+
+    fn store_prepared(
+        &self,
+        visit_id: &str,
+        field_path: &str,
+        kind: AttachmentKind,
+        prepared: crate::media::PreparedImage,
+    ) -> Result<Attachment> {
+        let mut metadata = Map::new();
+        metadata.insert("width".into(), Json::from(prepared.width));
+        metadata.insert("height".into(), Json::from(prepared.height));
+        if let Some(at) = &prepared.captured_at {
+            metadata.insert("captured_at".into(), Json::from(at.clone()));
+        }
+        if let Some((lat, lon)) = prepared.location {
+            metadata.insert("location".into(), json!({"lat": lat, "lon": lon}));
+        }
+        let new = NewAttachment {
+            field_path: field_path.to_owned(),
+            kind,
+            content_hash: self.content_hash(&prepared.bytes),
+            size_bytes: prepared.bytes.len() as u64,
+            mime_type: prepared.mime_type.to_owned(),
+            metadata,
+        };
+        self.insert_attachment(visit_id, &new, Some(&prepared.bytes))
+    }
+
+    /// The content address of attachment bytes: SHA-256, or SM3 in an SM4 store.
+    pub fn content_hash(&self, bytes: &[u8]) -> String {
+        use sha2::Digest;
+        if self.db.national_crypto() {
+            hex::encode(sm3::Sm3::digest(bytes))
+        } else {
+            hex::encode(sha2::Sha256::digest(bytes))
+        }
+    }
+
+    /// The stored bytes of an attachment's content.
+    pub fn attachment_content(&self, content_hash: &str) -> Result<Vec<u8>> {
+        self.db
+            .reader
+            .lock()
+            .query_row(
+                "SELECT bytes FROM blobs WHERE hash = ?1",
+                [content_hash],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| not_found("attachment content", content_hash))
+    }
+
+    /// Removes an attachment from a draft: its answer is cleared, and its content deleted once no
+    /// attachment names it.
+    pub fn remove_attachment(&self, visit_id: &str, attachment_id: &str) -> Result<()> {
+        self.require_user()?;
+        let logged = Json::from(attachment_id.to_owned());
+        let mut field = None;
+        self.edit_draft(
+            visit_id,
+            |tx, form, answers| {
+                let row: Option<(String, Option<String>)> = tx
+                    .query_row(
+                        "SELECT field_path, content_hash FROM attachments WHERE id = ?1 AND visit_id = ?2",
+                        params![attachment_id, visit_id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let (path, hash) = row.ok_or_else(|| not_found("attachment", attachment_id))?;
+                engine::set_answer(form, answers, &path, Json::Null)?;
+                tx.execute("DELETE FROM attachments WHERE id = ?1", [attachment_id])?;
+                collect_blob(tx, hash.as_deref())?;
+                field = Some(path);
+                Ok(())
+            },
+            "remove_attachment",
+            None,
+            Some(&logged),
+        )?;
+        tracing::debug!(attachment = %attachment_id, field = ?field, "attachment removed from a draft");
+        Ok(())
+    }
+
+    fn insert_attachment(
+        &self,
+        visit_id: &str,
+        new: &NewAttachment,
+        content: Option<&[u8]>,
+    ) -> Result<Attachment> {
         self.require_user()?;
         let hash_ok =
             new.content_hash.len() == 64 && new.content_hash.bytes().all(|b| b.is_ascii_hexdigit());
@@ -1137,6 +1254,20 @@ impl Collector {
                     return Err(Error::InvalidValue { field: "field_path".into(), code: "attachment_field" });
                 }
                 engine::set_answer(form, answers, &new.field_path, Json::from(attachment.id.clone()))?;
+                // A new photo in the field replaces the one it held.
+                let replaced: Vec<(String, Option<String>)> = tx
+                    .prepare("SELECT id, content_hash FROM attachments WHERE visit_id = ?1 AND field_path = ?2")?
+                    .query_map(params![visit_id, new.field_path], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (old, _) in &replaced {
+                    tx.execute("DELETE FROM attachments WHERE id = ?1", [old])?;
+                }
+                if let Some(bytes) = content {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO blobs (hash, size, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![attachment.content_hash, size, bytes, attachment.created_at],
+                    )?;
+                }
                 tx.execute(
                     "INSERT INTO attachments (id, visit_id, field_path, kind, content_hash, size_bytes, mime_type, metadata, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -1156,7 +1287,11 @@ impl Collector {
                     tx,
                     &attachment.created_at,
                     Change { entity: "attachment", entity_id: &attachment.id, op: "create", field: Some(visit_id), value: None },
-                )
+                )?;
+                for (_, hash) in &replaced {
+                    collect_blob(tx, hash.as_deref())?;
+                }
+                Ok(())
             },
             "set_answer",
             Some(&new.field_path),
@@ -1852,4 +1987,22 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
         prev_hash: r.get(7)?,
         hash: r.get(8)?,
     })
+}
+
+/// Deletes a content no attachment names any more.
+pub(crate) fn collect_blob(tx: &Transaction<'_>, hash: Option<&str>) -> Result<()> {
+    if let Some(hash) = hash {
+        tx.execute(
+            "DELETE FROM blobs WHERE hash = ?1 AND NOT EXISTS (SELECT 1 FROM attachments WHERE content_hash = ?1)",
+            [hash],
+        )?;
+    }
+    Ok(())
+}
+
+fn media_error(e: crate::media::MediaError) -> Error {
+    Error::InvalidValue {
+        field: "image".into(),
+        code: e.code(),
+    }
 }

@@ -57,6 +57,10 @@ impl Collector {
                 [],
             )?;
             tx.execute(
+                "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM attachments a WHERE a.content_hash = blobs.hash)",
+                [],
+            )?;
+            tx.execute(
                 "DELETE FROM change_log WHERE entity = 'visit' AND entity_id IN (SELECT id FROM temp.purge_ids)",
                 [],
             )?;

@@ -5,11 +5,11 @@ use rusqlite_migration::{M, Migrations};
 
 /// The migrations, in order; `user_version` records how many are applied.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
 }
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -176,6 +176,19 @@ BEFORE UPDATE OF seq, at, user_id, action, entity, entity_id, detail, prev_hash,
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#;
 
+/// Attachment contents, content-addressed, inside the store: they share its encryption (either
+/// suite), its transactions (a photo and the answer naming it commit together) and its crash
+/// safety, and a content no attachment names is deleted in the same transaction.
+const V4: &str = r#"
+CREATE TABLE blobs (
+    hash       TEXT NOT NULL UNIQUE,
+    size       INTEGER NOT NULL,
+    bytes      BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX attachments_by_content ON attachments (content_hash);
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +216,7 @@ mod tests {
             [
                 "attachments",
                 "audit_log",
+                "blobs",
                 "change_log",
                 "code_lists",
                 "form_definitions",
