@@ -122,6 +122,39 @@ impl From<zoufang_core::model::engine::Problem> for Problem {
     }
 }
 
+/// A photo or signature of a visit. Its content is fetched with `attachmentContent`.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Attachment {
+    pub id: String,
+    pub visit_id: String,
+    pub field_path: String,
+    /// `photo` or `signature`.
+    pub kind: String,
+    /// SHA-256 (SM3 in an SM4 store) of the stored bytes, lowercase hex.
+    pub content_hash: String,
+    pub size_bytes: u64,
+    pub mime_type: String,
+    /// Width, height, and the capture time and position read from the camera's file.
+    pub metadata_json: String,
+    pub created_at: String,
+}
+
+impl From<records::Attachment> for Attachment {
+    fn from(a: records::Attachment) -> Self {
+        Self {
+            id: a.id,
+            visit_id: a.visit_id,
+            field_path: a.field_path,
+            kind: a.kind.as_str().to_owned(),
+            content_hash: a.content_hash,
+            size_bytes: a.size_bytes,
+            mime_type: a.mime_type,
+            metadata_json: Json::Object(a.metadata).to_string(),
+            created_at: a.created_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct FormInfo {
     pub id: String,
@@ -556,6 +589,66 @@ impl Collector {
             inner: Arc::new(inner),
             cancel: Mutex::new(None),
         }))
+    }
+
+    /// Adds a photo to a draft's photo field from the camera's bytes: upright, at most 1600 px
+    /// and about 500 KB, without the file's metadata; stored in the (encrypted) store with the
+    /// answer. A photo already in the field is replaced.
+    pub fn add_photo(
+        &self,
+        visit_id: String,
+        field_path: String,
+        image: Vec<u8>,
+    ) -> Result<Attachment> {
+        Ok(self
+            .inner
+            .add_photo(&visit_id, &field_path, &image, &Default::default())?
+            .into())
+    }
+
+    /// As `addPhoto`, from the file the camera wrote.
+    pub fn add_photo_file(
+        &self,
+        visit_id: String,
+        field_path: String,
+        path: String,
+    ) -> Result<Attachment> {
+        Ok(self
+            .inner
+            .add_photo_file(&visit_id, &field_path, path.as_ref(), &Default::default())?
+            .into())
+    }
+
+    /// Adds a signature or thumbprint image to a draft's signature field (kept lossless).
+    pub fn add_signature(
+        &self,
+        visit_id: String,
+        field_path: String,
+        image: Vec<u8>,
+    ) -> Result<Attachment> {
+        Ok(self
+            .inner
+            .add_signature(&visit_id, &field_path, &image)?
+            .into())
+    }
+
+    /// Removes an attachment from a draft; its content goes once nothing names it.
+    pub fn remove_attachment(&self, visit_id: String, attachment_id: String) -> Result<()> {
+        Ok(self.inner.remove_attachment(&visit_id, &attachment_id)?)
+    }
+
+    pub fn attachments_of_visit(&self, visit_id: String) -> Result<Vec<Attachment>> {
+        Ok(self
+            .inner
+            .attachments_of_visit(&visit_id)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// The stored bytes of an attachment (JPEG or PNG), for display.
+    pub fn attachment_content(&self, content_hash: String) -> Result<Vec<u8>> {
+        Ok(self.inner.attachment_content(&content_hash)?)
     }
 
     /// Removes visits the server already holds and that were last changed more than

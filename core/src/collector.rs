@@ -1101,6 +1101,25 @@ impl Collector {
         self.store_prepared(visit_id, field_path, AttachmentKind::Photo, prepared)
     }
 
+    /// As [`Self::add_photo`], from the file the camera wrote (read once, bounded in size).
+    pub fn add_photo_file(
+        &self,
+        visit_id: &str,
+        field_path: &str,
+        file: &Path,
+        limits: &crate::media::PhotoLimits,
+    ) -> Result<Attachment> {
+        let too_large = std::fs::metadata(file)
+            .map(|m| m.len() > crate::media::MAX_INPUT_BYTES as u64)
+            .map_err(|_| Error::InvalidInput("the photo file cannot be read".into()))?;
+        if too_large {
+            return Err(media_error(crate::media::MediaError::TooLarge));
+        }
+        let image = std::fs::read(file)
+            .map_err(|_| Error::InvalidInput("the photo file cannot be read".into()))?;
+        self.add_photo(visit_id, field_path, &image, limits)
+    }
+
     /// Adds a signature or thumbprint image (PNG, lossless) to a draft's signature field.
     pub fn add_signature(
         &self,

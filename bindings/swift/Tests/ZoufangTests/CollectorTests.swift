@@ -175,6 +175,26 @@ final class CollectorTests: XCTestCase {
         }
     }
 
+    func testAPhotoIsStoredWithItsAnswerAndRemovedAgain() throws {
+        let c = try openStore()
+        try c.signIn(userId: "coord-1")
+        let v = try c.startVisit(householdId: nil, visitType: "application_survey")
+        // A 64×48 JPEG from a camera; small photos are kept at their size.
+        let jpeg = Data(base64Encoded: "/9j/4AAQSkZJRgABAgAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDAxNDQ0Hyc5PTgyPC4zNDL/2wBDAQkJCQwLDBgNDRgyIRwhMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjL/wAARCAAwAEADASIAAhEBAxEB/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcFBAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDw+O19qtx2vtV6O19quR2vtUqZFDElGO19qtx2vtV6O19quR2vtWime1QxJRjtfarcdr7Vejtfarcdr7VqpntUMSUY7X2q5Ha+1Xo7X2q3Ha+1aqZ7dDEnEx2vtVuO19qvR2vtVuO19q8dTPxChiSjHa+1XI7X2q9Ha+1W47X2rVTPaoYkox2vtVyO19qvR2vtVuO19q1Uz2qGJKMdr7Vbjtfar0dr7VcjtfatFM9uhiTiI7X2q5Ha+1Xo7X2q3Ha+1eQpn4hQxJRjtfarcdr7Vejtfarkdr7VqpntUMSUY7X2q3Ha+1Xo7X2q5Ha+1aKZ7VDElGO19qtx2vtV6O19qtx2vtWqme1QxJ//2Q==")!
+        let photo = try c.addPhoto(visitId: v.id, fieldPath: "house_exterior_photo", image: jpeg)
+        XCTAssertEqual(photo.mimeType, "image/jpeg")
+        XCTAssertTrue(photo.metadataJson.contains("\"width\":64"), photo.metadataJson)
+        XCTAssertEqual(UInt64(try c.attachmentContent(contentHash: photo.contentHash).count), photo.sizeBytes)
+        XCTAssertEqual(try c.attachmentsOfVisit(visitId: v.id).map { $0.id }, [photo.id])
+        try c.removeAttachment(visitId: v.id, attachmentId: photo.id)
+        XCTAssertTrue(try c.attachmentsOfVisit(visitId: v.id).isEmpty)
+        XCTAssertThrowsError(try c.addPhoto(visitId: v.id, fieldPath: "house_exterior_photo", image: Data([1, 2, 3]))) { error in
+            guard case let ZoufangError.InvalidInput(code, detail) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(code, "invalid_value")
+            XCTAssertTrue(detail.contains("image_unreadable"), detail)
+        }
+    }
+
     func testAnEncryptedStoreOpensOnlyWithItsKeyAndSurvivesARotation() throws {
         let key = "3f1c2a9d8e7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877"
         let newKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"

@@ -136,6 +136,31 @@ class CollectorTest {
     }
 
     @Test
+    fun `a photo from the camera is stored with its answer and removed again`() {
+        val c = openStore().closeLater()
+        c.signIn("coord-1")
+        val v = c.startVisit(null, "application_survey")
+        // A camera file written by the JVM's own JPEG encoder, passed by path.
+        val image = java.awt.image.BufferedImage(2400, 1800, java.awt.image.BufferedImage.TYPE_INT_RGB)
+        for (x in 0 until 2400 step 8) for (y in 0 until 1800 step 8) image.setRGB(x, y, x * y)
+        val file = Files.createTempFile("camera", ".jpg").toFile()
+        javax.imageio.ImageIO.write(image, "jpg", file)
+        val photo = c.addPhotoFile(v.id, "house_exterior_photo", file.path)
+        assertEquals("image/jpeg", photo.mimeType)
+        assertTrue(photo.metadataJson.contains("\"width\":1600"), photo.metadataJson)
+        val bytes = c.attachmentContent(photo.contentHash)
+        assertEquals(photo.sizeBytes, bytes.size.toULong())
+        assertEquals(listOf(photo.id), c.attachmentsOfVisit(v.id).map { it.id })
+        assertEquals("\"${photo.id}\"", c.visit(v.id).answersJson.let { Regex("\"house_exterior_photo\":(\"[^\"]+\")").find(it)!!.groupValues[1] })
+        c.removeAttachment(v.id, photo.id)
+        assertTrue(c.attachmentsOfVisit(v.id).isEmpty())
+        assertEquals("not_found", assertFailsWith<ZoufangException.NotFound> { c.attachmentContent(photo.contentHash) }.code)
+        val bad = assertFailsWith<ZoufangException.InvalidInput> { c.addPhoto(v.id, "house_exterior_photo", byteArrayOf(1, 2, 3)) }
+        assertEquals("invalid_value", bad.code)
+        assertTrue(bad.detail.contains("image_unreadable"), bad.detail)
+    }
+
+    @Test
     fun `an encrypted store opens only with its key and suite, and survives a key rotation`() {
         val key = "3f1c2a9d8e7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877"
         val newKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
