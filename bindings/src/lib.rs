@@ -122,6 +122,14 @@ impl From<zoufang_core::model::engine::Problem> for Problem {
     }
 }
 
+/// A signature of a visit and whether it still matches the visit (stale after a later change).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SignatureState {
+    pub field_path: String,
+    pub attachment_id: String,
+    pub valid: bool,
+}
+
 /// A photo or signature of a visit. Its content is fetched with `attachmentContent`.
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct Attachment {
@@ -643,6 +651,20 @@ impl Collector {
             .attachments_of_visit(&visit_id)?
             .into_iter()
             .map(Into::into)
+            .collect())
+    }
+
+    /// The visit's signatures; one is stale when the visit changed after it was given.
+    pub fn signatures(&self, visit_id: String) -> Result<Vec<SignatureState>> {
+        Ok(self
+            .inner
+            .signatures(&visit_id)?
+            .into_iter()
+            .map(|s| SignatureState {
+                field_path: s.field_path,
+                attachment_id: s.attachment_id,
+                valid: s.valid,
+            })
             .collect())
     }
 

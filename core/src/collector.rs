@@ -1245,7 +1245,7 @@ impl Collector {
                 code: "attachment_type",
             });
         }
-        let attachment = Attachment {
+        let mut attachment = Attachment {
             id: new_id(),
             visit_id: visit_id.to_owned(),
             field_path: new.field_path.clone(),
@@ -1271,6 +1271,11 @@ impl Collector {
                 };
                 if kind != Some(expected) {
                     return Err(Error::InvalidValue { field: "field_path".into(), code: "attachment_field" });
+                }
+                // A signature binds to the visit as it is now (signature fields aside).
+                if new.kind == AttachmentKind::Signature {
+                    let signed = self.visit_content_hash(tx, form, visit_id, answers)?;
+                    attachment.metadata.insert(crate::signing::SIGNED_CONTENT.into(), Json::from(signed));
                 }
                 engine::set_answer(form, answers, &new.field_path, Json::from(attachment.id.clone()))?;
                 // A new photo in the field replaces the one it held.
@@ -1434,7 +1439,10 @@ impl Collector {
         let visit = self.load_visit(visit_id)?;
         let form = self.form(&visit.form_id, visit.form_version)?;
         let lists = self.code_lists();
-        Ok(Evaluation::new(&form, &visit.answers, &lists, self.now()).validate())
+        let mut problems = Evaluation::new(&form, &visit.answers, &lists, self.now()).validate();
+        let conn = self.db.reader.lock();
+        problems.extend(self.stale_signature_problems(&conn, &form, visit_id, &visit.answers)?);
+        Ok(problems)
     }
 
     /// For the UI: which fields are relevant and required now, per answer path.
@@ -1478,7 +1486,8 @@ impl Collector {
             }
             let lists = self.code_lists();
             let ev = Evaluation::new(&form, &visit.answers, &lists, now);
-            let problems = ev.validate();
+            let mut problems = ev.validate();
+            problems.extend(self.stale_signature_problems(tx, &form, visit_id, &visit.answers)?);
             if problems.iter().any(Problem::blocks_completion) {
                 return Err(Error::VisitHasProblems { problems });
             }

@@ -12,6 +12,7 @@ pub mod media;
 pub mod model;
 pub mod records;
 pub mod retention;
+pub mod signing;
 pub mod store;
 pub mod sync;
 

@@ -195,3 +195,64 @@ mod sha2_check {
         hex::encode(sha2::Sha256::digest(bytes))
     }
 }
+
+#[test]
+fn a_signature_goes_stale_when_the_visit_changes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::open(&dir.path().join("s.db"), &StoreOptions::default()).unwrap();
+    c.sign_in("coord-1").unwrap();
+    let v = c.start_visit(None, "application_survey").unwrap();
+    c.set_answer(&v.id, "interviewee_name", json!("吉克阿呷"))
+        .unwrap();
+    c.add_photo(
+        &v.id,
+        "house_exterior_photo",
+        &camera_jpeg(640, 480, 1),
+        &PhotoLimits::default(),
+    )
+    .unwrap();
+    let sig = c
+        .add_signature(&v.id, "investigator_1_signature", &signature_png())
+        .unwrap();
+    let stale = |c: &Collector| -> Vec<String> {
+        c.validate_visit(&v.id)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.code == "signature_stale")
+            .map(|p| p.path)
+            .collect()
+    };
+    assert!(c.signatures(&v.id).unwrap()[0].valid);
+    assert!(stale(&c).is_empty());
+    // A second signature does not invalidate the first: signatures are not what is signed.
+    c.add_signature(&v.id, "investigator_2_signature", &signature_png())
+        .unwrap();
+    assert!(c.signatures(&v.id).unwrap().iter().all(|s| s.valid));
+
+    // An answer changes after signing: both signatures go stale, visibly, and block completion.
+    c.set_answer(&v.id, "interviewee_name", json!("阿苏拉则"))
+        .unwrap();
+    assert!(c.signatures(&v.id).unwrap().iter().all(|s| !s.valid));
+    assert_eq!(
+        stale(&c),
+        ["investigator_1_signature", "investigator_2_signature"]
+    );
+    // Re-signing binds to the new content.
+    let again = c
+        .add_signature(&v.id, "investigator_1_signature", &signature_png())
+        .unwrap();
+    assert_ne!(again.id, sig.id);
+    assert_eq!(stale(&c), ["investigator_2_signature"]);
+    // Replacing a photo changes the content too.
+    c.add_signature(&v.id, "investigator_2_signature", &signature_png())
+        .unwrap();
+    assert!(stale(&c).is_empty());
+    c.add_photo(
+        &v.id,
+        "house_exterior_photo",
+        &camera_jpeg(640, 480, 99),
+        &PhotoLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(stale(&c).len(), 2);
+}

@@ -1,0 +1,134 @@
+//! Signatures bound to what was signed: when a signature is added to a draft, it records a hash
+//! of the visit's content at that moment — the answers as typed (without signature fields,
+//! calculated values and the end time, which completion fills) and the content hashes of its
+//! other attachments. If an answer or a photo changes afterwards, the signature no longer
+//! matches: it is listed as stale and the visit cannot be completed until it is signed again.
+
+use rusqlite::params;
+use serde_json::{Map, Value as Json};
+
+use crate::collector::Collector;
+use crate::error::Result;
+use crate::model::engine::Problem;
+use crate::model::form::{FieldKind, Form, Severity};
+
+/// Metadata key of a signature attachment holding the content hash it signed.
+pub(crate) const SIGNED_CONTENT: &str = "signed_content";
+
+/// A signature of a visit and whether it still matches the visit's content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SignatureState {
+    pub field_path: String,
+    pub attachment_id: String,
+    pub valid: bool,
+}
+
+/// The answers without what signing does not cover, keys sorted (serde_json's map).
+fn signed_answers(form: &Form, answers: &Map<String, Json>) -> Json {
+    fn strip(form: &Form, value: &Json) -> Json {
+        match value {
+            Json::Object(map) => Json::Object(
+                map.iter()
+                    .filter(|(k, _)| {
+                        k.as_str() != "ended_at"
+                            && !form.fields.iter().any(|f| {
+                                f.name == **k
+                                    && matches!(f.kind, FieldKind::Signature | FieldKind::Calculate)
+                            })
+                    })
+                    .map(|(k, v)| (k.clone(), strip(form, v)))
+                    .collect(),
+            ),
+            Json::Array(items) => Json::Array(items.iter().map(|v| strip(form, v)).collect()),
+            other => other.clone(),
+        }
+    }
+    strip(form, &Json::Object(answers.clone()))
+}
+
+impl Collector {
+    /// The hash signatures bind to: answers as typed and the other attachments' contents.
+    pub(crate) fn visit_content_hash(
+        &self,
+        conn: &rusqlite::Connection,
+        form: &Form,
+        visit_id: &str,
+        answers: &Map<String, Json>,
+    ) -> Result<String> {
+        let mut attachments: Vec<(String, String)> = conn
+            .prepare_cached(
+                "SELECT field_path, coalesce(content_hash, '') FROM attachments
+                 WHERE visit_id = ?1 AND kind = 'photo' ORDER BY field_path, content_hash",
+            )?
+            .query_map(params![visit_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        attachments.sort();
+        let content = serde_json::json!({
+            "answers": signed_answers(form, answers),
+            "attachments": attachments,
+        });
+        Ok(self.content_hash(content.to_string().as_bytes()))
+    }
+
+    /// Every signature of a visit, and whether it still matches the visit's content.
+    pub fn signatures(&self, visit_id: &str) -> Result<Vec<SignatureState>> {
+        let visit = self.load_visit(visit_id)?;
+        let form = self.form(&visit.form_id, visit.form_version)?;
+        let conn = self.db.reader.lock();
+        self.signature_states(&conn, &form, visit_id, &visit.answers)
+    }
+
+    pub(crate) fn signature_states(
+        &self,
+        conn: &rusqlite::Connection,
+        form: &Form,
+        visit_id: &str,
+        answers: &Map<String, Json>,
+    ) -> Result<Vec<SignatureState>> {
+        let now = self.visit_content_hash(conn, form, visit_id, answers)?;
+        let rows: Vec<(String, String, String)> = conn
+            .prepare_cached(
+                "SELECT id, field_path, metadata FROM attachments
+                 WHERE visit_id = ?1 AND kind = 'signature' ORDER BY field_path",
+            )?
+            .query_map(params![visit_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(attachment_id, field_path, metadata)| {
+                let signed = serde_json::from_str::<Json>(&metadata).ok().and_then(|m| {
+                    m.get(SIGNED_CONTENT)
+                        .and_then(Json::as_str)
+                        .map(str::to_owned)
+                });
+                SignatureState {
+                    valid: signed.as_deref() == Some(now.as_str()),
+                    field_path,
+                    attachment_id,
+                }
+            })
+            .collect())
+    }
+
+    /// Problems for signatures that no longer match (they block completion).
+    pub(crate) fn stale_signature_problems(
+        &self,
+        conn: &rusqlite::Connection,
+        form: &Form,
+        visit_id: &str,
+        answers: &Map<String, Json>,
+    ) -> Result<Vec<Problem>> {
+        Ok(self
+            .signature_states(conn, form, visit_id, answers)?
+            .into_iter()
+            .filter(|s| !s.valid)
+            .map(|s| Problem {
+                path: s.field_path,
+                code: "signature_stale".into(),
+                severity: Severity::Error,
+                message_zh: "签名后内容已修改，请重新签名".into(),
+                message_en: "The visit changed after this signature; sign again".into(),
+            })
+            .collect())
+    }
+}
