@@ -75,7 +75,16 @@ impl Collector {
         let visit = self.load_visit(visit_id)?;
         let form = self.form(&visit.form_id, visit.form_version)?;
         let conn = self.db.reader.lock();
-        self.signature_states(&conn, &form, visit_id, &visit.answers)
+        let mut states = self.signature_states(&conn, &form, visit_id, &visit.answers)?;
+        if visit.status != crate::records::VisitStatus::Draft {
+            // Completion refuses stale signatures, then fills the end time, defaults and
+            // household links, and the visit never changes again: its signatures stand as
+            // checked at completion.
+            for s in &mut states {
+                s.valid = true;
+            }
+        }
+        Ok(states)
     }
 
     pub(crate) fn signature_states(

@@ -256,3 +256,28 @@ fn a_signature_goes_stale_when_the_visit_changes_after_it() {
     .unwrap();
     assert_eq!(stale(&c).len(), 2);
 }
+
+#[test]
+fn completing_a_visit_keeps_its_signatures_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::open(&dir.path().join("s.db"), &StoreOptions::default()).unwrap();
+    c.sign_in("coord-1").unwrap();
+    let v = c.start_visit(None, "routine").unwrap();
+    let answers = json!({
+        "village_code": "513431104201", "urban_rural": "rural",
+        "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
+        "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
+        "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
+        "investigator_1_name": "马海木呷", "consent_privacy": "yes"
+    });
+    c.set_answers(&v.id, answers.as_object().unwrap()).unwrap();
+    c.add_signature(&v.id, "investigator_1_signature", &signature_png())
+        .unwrap();
+    c.complete_visit(&v.id).unwrap();
+    let states = c.signatures(&v.id).unwrap();
+    assert_eq!(states.len(), 1);
+    assert!(
+        states[0].valid,
+        "completion (end time, calculated values, defaults) is not a change"
+    );
+}
