@@ -252,23 +252,29 @@ impl Collector {
 
     /// The chain's hash, fixed when the first entry is written: SM3 in an SM4 store.
     fn chain_hash(&self, tx: &Transaction<'_>) -> Result<ChainHash> {
-        let stored: Option<String> = tx
-            .prepare_cached("SELECT value FROM meta WHERE key = 'audit_hash'")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
-        if let Some(alg) = stored.as_deref().and_then(ChainHash::parse) {
+        if let Some(alg) = stored_chain_hash(tx)? {
             return Ok(alg);
         }
-        let alg = if self.db.national_crypto() {
-            ChainHash::Sm3
-        } else {
-            ChainHash::Sha256
-        };
+        let alg = self.new_chain_hash();
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_hash', ?1)",
             [alg.as_str()],
         )?;
         Ok(alg)
+    }
+
+    /// The hash a chain started now would use: SM3 in an SM4 store, SHA-256 otherwise.
+    fn new_chain_hash(&self) -> ChainHash {
+        if self.db.national_crypto() {
+            ChainHash::Sm3
+        } else {
+            ChainHash::Sha256
+        }
+    }
+
+    /// The audit chain's hash of this store.
+    pub(crate) fn audit_chain_hash(&self) -> Result<ChainHash> {
+        Ok(stored_chain_hash(&self.db.reader.lock())?.unwrap_or_else(|| self.new_chain_hash()))
     }
 
     /// The device's audit entries not yet acknowledged by the server, oldest first.
@@ -302,18 +308,7 @@ impl Collector {
             let rows = stmt.query_map([], audit_row)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
-        let alg: Option<String> = self
-            .db
-            .reader
-            .lock()
-            .query_row("SELECT value FROM meta WHERE key = 'audit_hash'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let alg = alg
-            .as_deref()
-            .and_then(ChainHash::parse)
-            .unwrap_or_default();
+        let alg = self.audit_chain_hash()?;
         let intact = audit::verify(alg, 0, audit::GENESIS, &all).is_ok();
         Ok((all, intact))
     }
@@ -2033,4 +2028,13 @@ fn media_error(e: crate::media::MediaError) -> Error {
         field: "image".into(),
         code: e.code(),
     }
+}
+
+/// The chain's hash recorded in the store once its first entry was written.
+fn stored_chain_hash(conn: &rusqlite::Connection) -> Result<Option<ChainHash>> {
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'audit_hash'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(stored.as_deref().and_then(ChainHash::parse))
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::params;
 use serde_json::json;
 
-use crate::audit::{AuditAction, ChainHash};
+use crate::audit::AuditAction;
 use crate::collector::{Collector, timestamp};
 use crate::error::{Error, Result};
 use crate::sync::protocol::{AuditUploadRequest, AuditUploadResponse, PROTOCOL_VERSION};
@@ -89,24 +89,6 @@ impl Collector {
             "synced visits purged after the retention period"
         );
         Ok(purged)
-    }
-
-    /// The audit chain's hash of this store.
-    pub(crate) fn audit_chain_hash(&self) -> Result<ChainHash> {
-        let stored: Option<String> =
-            rusqlite::OptionalExtension::optional(self.db.reader.lock().query_row(
-                "SELECT value FROM meta WHERE key = 'audit_hash'",
-                [],
-                |r| r.get(0),
-            ))?;
-        Ok(stored
-            .as_deref()
-            .and_then(ChainHash::parse)
-            .unwrap_or(if self.db.national_crypto() {
-                ChainHash::Sm3
-            } else {
-                ChainHash::Sha256
-            }))
     }
 
     /// The server ordered this device wiped: record it, hand the audit trail over (best effort:

@@ -4,6 +4,8 @@
 //! other attachments. If an answer or a photo changes afterwards, the signature no longer
 //! matches: it is listed as stale and the visit cannot be completed until it is signed again.
 
+use std::collections::HashSet;
+
 use rusqlite::params;
 use serde_json::{Map, Value as Json};
 
@@ -25,25 +27,26 @@ pub struct SignatureState {
 
 /// The answers without what signing does not cover, keys sorted (serde_json's map).
 fn signed_answers(form: &Form, answers: &Map<String, Json>) -> Json {
-    fn strip(form: &Form, value: &Json) -> Json {
+    fn strip(unsigned: &HashSet<&str>, value: &Json) -> Json {
         match value {
             Json::Object(map) => Json::Object(
                 map.iter()
-                    .filter(|(k, _)| {
-                        k.as_str() != "ended_at"
-                            && !form.fields.iter().any(|f| {
-                                f.name == **k
-                                    && matches!(f.kind, FieldKind::Signature | FieldKind::Calculate)
-                            })
-                    })
-                    .map(|(k, v)| (k.clone(), strip(form, v)))
+                    .filter(|(k, _)| !unsigned.contains(k.as_str()))
+                    .map(|(k, v)| (k.clone(), strip(unsigned, v)))
                     .collect(),
             ),
-            Json::Array(items) => Json::Array(items.iter().map(|v| strip(form, v)).collect()),
+            Json::Array(items) => Json::Array(items.iter().map(|v| strip(unsigned, v)).collect()),
             other => other.clone(),
         }
     }
-    strip(form, &Json::Object(answers.clone()))
+    let unsigned: HashSet<&str> = form
+        .fields
+        .iter()
+        .filter(|f| matches!(f.kind, FieldKind::Signature | FieldKind::Calculate))
+        .map(|f| f.name.as_str())
+        .chain(["ended_at"])
+        .collect();
+    strip(&unsigned, &Json::Object(answers.clone()))
 }
 
 impl Collector {
@@ -55,14 +58,13 @@ impl Collector {
         visit_id: &str,
         answers: &Map<String, Json>,
     ) -> Result<String> {
-        let mut attachments: Vec<(String, String)> = conn
+        let attachments: Vec<(String, String)> = conn
             .prepare_cached(
                 "SELECT field_path, coalesce(content_hash, '') FROM attachments
                  WHERE visit_id = ?1 AND kind = 'photo' ORDER BY field_path, content_hash",
             )?
             .query_map(params![visit_id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        attachments.sort();
         let content = serde_json::json!({
             "answers": signed_answers(form, answers),
             "attachments": attachments,
