@@ -345,6 +345,8 @@ pub enum SyncPhase {
     Pull,
     Verify,
     Audit,
+    /// Uploading photos and signatures; `done`/`total` count bytes.
+    Attachments,
     Done,
 }
 
@@ -374,6 +376,18 @@ pub struct SyncReport {
     pub audit_uploaded: u64,
     /// The server found this device's audit chain broken (tampering); it keeps an alert.
     pub audit_chain_broken: bool,
+    /// Attachment contents sent whole and verified by the server.
+    pub attachments_uploaded: u64,
+    /// Contents the server already held (from this device or another): not sent.
+    pub attachments_already_held: u64,
+    /// Content bytes sent, re-sent ones included.
+    pub attachment_bytes_sent: u64,
+    /// Chunks cut or refused, each resumed from what the server confirmed.
+    pub attachment_interruptions: u64,
+    /// Contents left for a later sync.
+    pub attachments_waiting: u64,
+    /// Contents whose stored bytes no longer match their hash: kept, not sent.
+    pub attachments_damaged: u64,
 }
 
 impl From<core_sync::SyncReport> for SyncReport {
@@ -392,6 +406,12 @@ impl From<core_sync::SyncReport> for SyncReport {
             clock_skewed: r.clock_skewed,
             audit_uploaded: r.audit_uploaded,
             audit_chain_broken: r.audit_chain_broken,
+            attachments_uploaded: r.attachments_uploaded,
+            attachments_already_held: r.attachments_already_held,
+            attachment_bytes_sent: r.attachment_bytes_sent,
+            attachment_interruptions: r.attachment_interruptions,
+            attachments_waiting: r.attachments_waiting,
+            attachments_damaged: r.attachments_damaged,
         }
     }
 }
@@ -405,6 +425,19 @@ pub struct SyncStatus {
     pub rejected_changes: u64,
     pub last_sync_at: Option<String>,
     pub clock_offset_ms: Option<i64>,
+    /// Attachment contents of completed visits not yet on the server, and their bytes.
+    pub pending_attachments: u64,
+    pub pending_attachment_bytes: u64,
+}
+
+/// A completed visit whose photos or signatures have not all reached the server.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct PendingAttachments {
+    pub visit_id: String,
+    pub attachments: u64,
+    pub bytes: u64,
+    /// The server has the visit's data; false while the visit itself waits to be sent.
+    pub visit_synced: bool,
 }
 
 #[derive(Debug, Clone, uniffi::Record)]
@@ -514,6 +547,7 @@ impl core_sync::SyncListener for ForeignListener {
             core_sync::SyncPhase::Pull => SyncPhase::Pull,
             core_sync::SyncPhase::Verify => SyncPhase::Verify,
             core_sync::SyncPhase::Audit => SyncPhase::Audit,
+            core_sync::SyncPhase::Attachments => SyncPhase::Attachments,
             core_sync::SyncPhase::Done => SyncPhase::Done,
         };
         self.0.on_progress(SyncProgress {
@@ -984,7 +1018,24 @@ impl Collector {
             rejected_changes: s.rejected_changes,
             last_sync_at: s.last_sync_at,
             clock_offset_ms: s.clock_offset_ms,
+            pending_attachments: s.pending_attachments,
+            pending_attachment_bytes: s.pending_attachment_bytes,
         })
+    }
+
+    /// Completed visits whose photos or signatures have not all reached the server.
+    pub fn visits_with_pending_attachments(&self) -> Result<Vec<PendingAttachments>> {
+        Ok(self
+            .inner
+            .visits_with_pending_attachments()?
+            .into_iter()
+            .map(|p| PendingAttachments {
+                visit_id: p.visit_id,
+                attachments: p.attachments,
+                bytes: p.bytes,
+                visit_synced: p.visit_synced,
+            })
+            .collect())
     }
 
     pub fn conflicts(&self) -> Result<Vec<Conflict>> {

@@ -249,6 +249,23 @@ enum VisitCommand {
     Show {
         visit: String,
     },
+    /// Add a photo (a scanned document, say) to a draft's photo field from a JPEG or PNG file:
+    /// made upright, bounded in size, stripped of its metadata.
+    AddPhoto {
+        visit: String,
+        field: String,
+        file: PathBuf,
+        /// Longest side in pixels.
+        #[arg(long, default_value_t = 1600)]
+        max_side: u32,
+        /// Largest stored size in KB.
+        #[arg(long, default_value_t = 500)]
+        max_kb: usize,
+    },
+    /// A visit's photos and signatures.
+    Attachments {
+        visit: String,
+    },
     /// Visits of a household, or the signed-in user's drafts.
     List {
         #[arg(long)]
@@ -644,6 +661,43 @@ fn visit(cmd: VisitCommand, c: &Collector, out: &Out) -> CliResult {
         VisitCommand::Show { visit } => {
             let v = c.visit(&visit)?;
             out.emit(&v, || serde_json::to_string_pretty(&v).unwrap_or_default())
+        }
+        VisitCommand::AddPhoto {
+            visit,
+            field,
+            file,
+            max_side,
+            max_kb,
+        } => {
+            let limits = zoufang_core::media::PhotoLimits {
+                max_long_side: max_side,
+                max_bytes: max_kb.saturating_mul(1024),
+            };
+            let a = c.add_photo_file(&visit, &field, &file, &limits)?;
+            out.emit(&a, || {
+                format!(
+                    "photo {} stored: {} B, content {}",
+                    a.id, a.size_bytes, a.content_hash
+                )
+            })
+        }
+        VisitCommand::Attachments { visit } => {
+            let list = c.attachments_of_visit(&visit)?;
+            out.emit(&list, || {
+                list.iter()
+                    .map(|a| {
+                        format!(
+                            "{}  {} {} {} B {}",
+                            a.id,
+                            a.kind.as_str(),
+                            a.field_path,
+                            a.size_bytes,
+                            a.content_hash
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
         }
         VisitCommand::List { household } => {
             let list = match household {

@@ -78,6 +78,17 @@ pub enum DeviceCommand {
     Resolve { conflict: String, value: String },
     /// Changes the server refused (kept, never dropped).
     Rejected,
+    /// Completed visits whose photos or signatures have not all reached the server.
+    PendingAttachments,
+    /// Download an attachment content by its hash (reviewers), checked against the hash.
+    FetchAttachment {
+        content_hash: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// The hash's algorithm: sha256, or sm3 for a store in the national mode.
+        #[arg(long, default_value = "sha256")]
+        algorithm: String,
+    },
 }
 
 fn storage(data: &Option<PathBuf>) -> Result<SqliteStorage, Failure> {
@@ -275,6 +286,7 @@ impl SyncListener for Bar {
             SyncPhase::Pull => "receiving",
             SyncPhase::Verify => "checking",
             SyncPhase::Audit => "audit trail",
+            SyncPhase::Attachments => "photos",
             SyncPhase::Done => "done",
         };
         self.0.set_length(p.total.max(1));
@@ -333,12 +345,15 @@ pub fn device(
             listener.0.finish_and_clear();
             out.emit(&report, || {
                 format!(
-                    "synced: sent {} change(s) ({} accepted, {} in conflict, {} refused), received {}, {} round trips, {} B up / {} B down{}",
+                    "synced: sent {} change(s) ({} accepted, {} in conflict, {} refused), received {}, {} attachment(s) uploaded ({} already on the server, {} waiting), {} round trips, {} B up / {} B down{}",
                     report.pushed,
                     report.accepted,
                     report.conflicts,
                     report.rejected,
                     report.pulled,
+                    report.attachments_uploaded,
+                    report.attachments_already_held,
+                    report.attachments_waiting,
                     report.round_trips,
                     report.bytes_sent,
                     report.bytes_received,
@@ -382,6 +397,45 @@ pub fn device(
             c.resolve_conflict(&conflict, parse_json("VALUE", &value)?)?;
             out.emit(&json!({"ok": true}), || {
                 "resolved locally; it reaches the server with the next sync".to_owned()
+            })
+        }
+        DeviceCommand::PendingAttachments => {
+            let pending = c.visits_with_pending_attachments()?;
+            out.emit(&pending, || {
+                if pending.is_empty() {
+                    return "every attachment is on the server".to_owned();
+                }
+                pending
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}  {} attachment(s), {} B{}",
+                            p.visit_id,
+                            p.attachments,
+                            p.bytes,
+                            if p.visit_synced {
+                                ""
+                            } else {
+                                " (visit not sent yet)"
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        DeviceCommand::FetchAttachment {
+            content_hash,
+            out: file,
+            algorithm,
+        } => {
+            let algorithm = zoufang_core::audit::HashAlgorithm::parse(&algorithm)
+                .ok_or_else(|| fail("invalid_input", "the algorithm is sha256 or sm3"))?;
+            let bytes = c.fetch_attachment_content(&transport()?, algorithm, &content_hash)?;
+            std::fs::write(&file, &bytes)
+                .map_err(|e| fail("io", format!("cannot write the file: {e}")))?;
+            out.emit(&json!({"bytes": bytes.len()}), || {
+                format!("{} B written, hash checked", bytes.len())
             })
         }
         DeviceCommand::Rejected => {

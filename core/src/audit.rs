@@ -9,30 +9,75 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::Digest;
 
-/// The hash of the chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// The hash a store uses for its audit chain and its attachments' content addresses: SHA-256,
+/// or SM3 in the national-crypto mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum ChainHash {
+pub enum HashAlgorithm {
     #[default]
     Sha256,
     Sm3,
 }
 
-impl ChainHash {
+impl HashAlgorithm {
     pub fn as_str(self) -> &'static str {
         match self {
-            ChainHash::Sha256 => "sha256",
-            ChainHash::Sm3 => "sm3",
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Sm3 => "sm3",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "sha256" => Some(ChainHash::Sha256),
-            "sm3" => Some(ChainHash::Sm3),
+            "sha256" => Some(HashAlgorithm::Sha256),
+            "sm3" => Some(HashAlgorithm::Sm3),
             _ => None,
         }
     }
+
+    /// The hex digest of `bytes`.
+    pub fn digest(self, bytes: &[u8]) -> String {
+        let mut h = self.hasher();
+        h.update(bytes);
+        h.finish()
+    }
+
+    /// An incremental hasher, for contents read piece by piece.
+    pub fn hasher(self) -> ContentHasher {
+        match self {
+            HashAlgorithm::Sha256 => ContentHasher::Sha256(sha2::Sha256::new()),
+            HashAlgorithm::Sm3 => ContentHasher::Sm3(sm3::Sm3::new()),
+        }
+    }
+}
+
+/// Hashes a content piece by piece (see [`HashAlgorithm::hasher`]).
+#[derive(Debug, Clone)]
+pub enum ContentHasher {
+    Sha256(sha2::Sha256),
+    Sm3(sm3::Sm3),
+}
+
+impl ContentHasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            ContentHasher::Sha256(h) => h.update(bytes),
+            ContentHasher::Sm3(h) => h.update(bytes),
+        }
+    }
+
+    /// The hex digest.
+    pub fn finish(self) -> String {
+        match self {
+            ContentHasher::Sha256(h) => hex::encode(h.finalize()),
+            ContentHasher::Sm3(h) => hex::encode(h.finalize()),
+        }
+    }
+}
+
+/// Is `s` a lowercase hex digest of either algorithm (32 bytes)?
+pub fn is_hex_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The `prev_hash` of the first entry.
@@ -106,12 +151,8 @@ fn preimage(e: &AuditEntry) -> Vec<u8> {
 }
 
 /// The hash an entry must carry (hex).
-pub fn entry_hash(alg: ChainHash, e: &AuditEntry) -> String {
-    let bytes = preimage(e);
-    match alg {
-        ChainHash::Sha256 => hex::encode(sha2::Sha256::digest(&bytes)),
-        ChainHash::Sm3 => hex::encode(sm3::Sm3::digest(&bytes)),
-    }
+pub fn entry_hash(alg: HashAlgorithm, e: &AuditEntry) -> String {
+    alg.digest(&preimage(e))
 }
 
 /// Where a chain stops being intact.
@@ -127,7 +168,7 @@ pub enum ChainBreak {
 
 /// Checks `entries` continue a chain whose last entry was `(last_seq, last_hash)`.
 pub fn verify(
-    alg: ChainHash,
+    alg: HashAlgorithm,
     mut last_seq: u64,
     last_hash: &str,
     entries: &[AuditEntry],
@@ -154,7 +195,7 @@ pub fn verify(
 
 /// Builds the next entry of a chain.
 pub fn next_entry(
-    alg: ChainHash,
+    alg: HashAlgorithm,
     last: Option<(u64, &str)>,
     at: String,
     user_id: String,
@@ -185,7 +226,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn chain(alg: ChainHash, n: usize) -> Vec<AuditEntry> {
+    fn chain(alg: HashAlgorithm, n: usize) -> Vec<AuditEntry> {
         let mut out: Vec<AuditEntry> = Vec::new();
         for i in 0..n {
             let last = out.last().map(|e| (e.seq, e.hash.as_str()));
@@ -209,11 +250,11 @@ mod tests {
 
     #[test]
     fn the_hashes_are_the_standard_ones() {
-        let e = &chain(ChainHash::Sha256, 1)[0];
+        let e = &chain(HashAlgorithm::Sha256, 1)[0];
         let bytes = preimage(e);
         assert_eq!(e.hash, hex::encode(sha2::Sha256::digest(&bytes)));
         assert_eq!(e.hash.len(), 64);
-        let s = &chain(ChainHash::Sm3, 1)[0];
+        let s = &chain(HashAlgorithm::Sm3, 1)[0];
         assert_ne!(s.hash, e.hash);
         // SM3 of "abc" (GB/T 32905-2016, appendix A) through the same crate.
         assert_eq!(
@@ -232,7 +273,7 @@ mod tests {
         fn any_removal_alteration_or_swap_is_detected(
             n in 2usize..30, at in 0usize..30, sm3 in any::<bool>(), how in 0u8..3,
         ) {
-            let alg = if sm3 { ChainHash::Sm3 } else { ChainHash::Sha256 };
+            let alg = if sm3 { HashAlgorithm::Sm3 } else { HashAlgorithm::Sha256 };
             let entries = chain(alg, n);
             prop_assert!(verify(alg, 0, GENESIS, &entries).is_ok());
             let k = at % n;

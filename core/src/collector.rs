@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value as Json, json};
 use uuid::Uuid;
 
-use crate::audit::{self, AuditAction, AuditEntry, ChainHash};
+use crate::audit::{self, AuditAction, AuditEntry, HashAlgorithm};
 use crate::error::{Error, Result};
 use crate::model::code_list::{CodeList, CodeLists};
 use crate::model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
@@ -251,11 +251,11 @@ impl Collector {
     }
 
     /// The chain's hash, fixed when the first entry is written: SM3 in an SM4 store.
-    fn chain_hash(&self, tx: &Transaction<'_>) -> Result<ChainHash> {
+    fn chain_hash(&self, tx: &Transaction<'_>) -> Result<HashAlgorithm> {
         if let Some(alg) = stored_chain_hash(tx)? {
             return Ok(alg);
         }
-        let alg = self.new_chain_hash();
+        let alg = self.suite_hash_algorithm();
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_hash', ?1)",
             [alg.as_str()],
@@ -264,17 +264,18 @@ impl Collector {
     }
 
     /// The hash a chain started now would use: SM3 in an SM4 store, SHA-256 otherwise.
-    fn new_chain_hash(&self) -> ChainHash {
+    fn suite_hash_algorithm(&self) -> HashAlgorithm {
         if self.db.national_crypto() {
-            ChainHash::Sm3
+            HashAlgorithm::Sm3
         } else {
-            ChainHash::Sha256
+            HashAlgorithm::Sha256
         }
     }
 
     /// The audit chain's hash of this store.
-    pub(crate) fn audit_chain_hash(&self) -> Result<ChainHash> {
-        Ok(stored_chain_hash(&self.db.reader.lock())?.unwrap_or_else(|| self.new_chain_hash()))
+    pub(crate) fn audit_chain_hash(&self) -> Result<HashAlgorithm> {
+        Ok(stored_chain_hash(&self.db.reader.lock())?
+            .unwrap_or_else(|| self.suite_hash_algorithm()))
     }
 
     /// The device's audit entries not yet acknowledged by the server, oldest first.
@@ -1155,12 +1156,12 @@ impl Collector {
 
     /// The content address of attachment bytes: SHA-256, or SM3 in an SM4 store.
     pub fn content_hash(&self, bytes: &[u8]) -> String {
-        use sha2::Digest;
-        if self.db.national_crypto() {
-            hex::encode(sm3::Sm3::digest(bytes))
-        } else {
-            hex::encode(sha2::Sha256::digest(bytes))
-        }
+        self.content_hash_algorithm().digest(bytes)
+    }
+
+    /// The algorithm of this store's content addresses (fixed by its cipher suite).
+    pub fn content_hash_algorithm(&self) -> HashAlgorithm {
+        self.suite_hash_algorithm()
     }
 
     /// The stored bytes of an attachment's content.
@@ -1321,39 +1322,7 @@ impl Collector {
 
     /// The attachments recorded for a visit, oldest first.
     pub fn attachments_of_visit(&self, visit_id: &str) -> Result<Vec<Attachment>> {
-        let conn = self.db.reader.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, visit_id, field_path, kind, content_hash, size_bytes, mime_type, metadata, created_at
-             FROM attachments WHERE visit_id = ?1 ORDER BY created_at, id",
-        )?;
-        let rows = stmt.query_map([visit_id], |r| {
-            let kind: String = r.get(3)?;
-            let metadata: String = r.get(7)?;
-            Ok((
-                Attachment {
-                    id: r.get(0)?,
-                    visit_id: r.get(1)?,
-                    field_path: r.get(2)?,
-                    kind: if kind == "signature" {
-                        AttachmentKind::Signature
-                    } else {
-                        AttachmentKind::Photo
-                    },
-                    content_hash: r.get(4)?,
-                    size_bytes: r.get::<_, i64>(5)?.max(0) as u64,
-                    mime_type: r.get(6)?,
-                    metadata: Map::new(),
-                    created_at: r.get(8)?,
-                },
-                metadata,
-            ))
-        })?;
-        rows.map(|row| {
-            let (mut a, metadata) = row?;
-            a.metadata = parse_object(&metadata)?;
-            Ok(a)
-        })
-        .collect()
+        load_attachments(&self.db.reader.lock(), visit_id)
     }
 
     /// Removes one repeat instance of a draft (`members[3]`).
@@ -2031,10 +2000,49 @@ fn media_error(e: crate::media::MediaError) -> Error {
 }
 
 /// The chain's hash recorded in the store once its first entry was written.
-fn stored_chain_hash(conn: &rusqlite::Connection) -> Result<Option<ChainHash>> {
+fn stored_chain_hash(conn: &rusqlite::Connection) -> Result<Option<HashAlgorithm>> {
     let stored: Option<String> = conn
         .prepare_cached("SELECT value FROM meta WHERE key = 'audit_hash'")?
         .query_row([], |r| r.get(0))
         .optional()?;
-    Ok(stored.as_deref().and_then(ChainHash::parse))
+    Ok(stored.as_deref().and_then(HashAlgorithm::parse))
+}
+
+/// The attachments recorded for a visit, oldest first.
+pub(crate) fn load_attachments(
+    conn: &rusqlite::Connection,
+    visit_id: &str,
+) -> Result<Vec<Attachment>> {
+    let mut stmt = conn.prepare_cached(
+            "SELECT id, visit_id, field_path, kind, content_hash, size_bytes, mime_type, metadata, created_at
+             FROM attachments WHERE visit_id = ?1 ORDER BY created_at, id",
+        )?;
+    let rows = stmt.query_map([visit_id], |r| {
+        let kind: String = r.get(3)?;
+        let metadata: String = r.get(7)?;
+        Ok((
+            Attachment {
+                id: r.get(0)?,
+                visit_id: r.get(1)?,
+                field_path: r.get(2)?,
+                kind: if kind == "signature" {
+                    AttachmentKind::Signature
+                } else {
+                    AttachmentKind::Photo
+                },
+                content_hash: r.get(4)?,
+                size_bytes: r.get::<_, i64>(5)?.max(0) as u64,
+                mime_type: r.get(6)?,
+                metadata: Map::new(),
+                created_at: r.get(8)?,
+            },
+            metadata,
+        ))
+    })?;
+    rows.map(|row| {
+        let (mut a, metadata) = row?;
+        a.metadata = parse_object(&metadata)?;
+        Ok(a)
+    })
+    .collect()
 }

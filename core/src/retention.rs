@@ -24,8 +24,8 @@ use crate::sync::protocol::{AuditUploadRequest, AuditUploadResponse, PROTOCOL_VE
 use crate::sync::transport::{RetryPolicy, Transport};
 
 impl Collector {
-    /// Removes visits the server already holds that were last changed more than `retention`
-    /// ago. Returns how many left the phone.
+    /// Removes visits the server already holds, their photos and signatures included, that were
+    /// last changed more than `retention` ago. Returns how many left the phone.
     pub fn purge_synced_visits(&self, retention: Duration) -> Result<u64> {
         self.require_user()?;
         let retention = chrono::TimeDelta::from_std(retention)
@@ -44,7 +44,9 @@ impl Collector {
                    AND v.synced_seq IS NOT NULL
                    AND v.updated_at < ?1
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.entity = 'visit' AND o.entity_id = v.id)
-                   AND NOT EXISTS (SELECT 1 FROM visits r WHERE r.revision_of = v.id)",
+                   AND NOT EXISTS (SELECT 1 FROM visits r WHERE r.revision_of = v.id)
+                   AND NOT EXISTS (SELECT 1 FROM attachments a JOIN blobs b ON b.hash = a.content_hash
+                                   WHERE a.visit_id = v.id AND b.uploaded_at IS NULL)",
                 params![cutoff],
             )?;
             tx.execute(

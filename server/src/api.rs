@@ -5,29 +5,38 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use zoufang_core::audit::HashAlgorithm;
+use zoufang_core::sync::frames::{FrameError, FrameReader};
 use zoufang_core::sync::protocol::{
-    self, CatalogRequest, CatalogResponse, ConflictsResponse, EnrollRequest, EnrollResponse,
+    self, AttachmentStatusRequest, AttachmentStatusResponse, CatalogRequest, CatalogResponse,
+    ChunkResponse, ConflictsResponse, ContentRef, ContentStatus, EnrollRequest, EnrollResponse,
     ErrorBody, ErrorDetail, PROTOCOL_VERSION, PullRequest, PushRequest, PushResponse,
     ResolveRequest, SnapshotRequest,
 };
 
+use crate::blobs::ContentKey;
 use crate::storage::{DeviceAuth, ServerError, Storage};
 
 /// Largest request body accepted, compressed.
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Most changes in one push.
 pub const MAX_PUSH_CHANGES: usize = 5000;
+/// Most content bytes in one attachment chunk (devices send at most 256 KB).
+pub const MAX_CHUNK_CONTENT: usize = 1024 * 1024;
+/// Most contents asked about in one status request.
+pub const MAX_STATUS_CONTENTS: usize = 1000;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -37,6 +46,37 @@ pub struct AppState {
     /// Behind a reverse proxy: the client is the last address of `X-Forwarded-For` (the one the
     /// proxy appended), not the proxy's socket. Off unless the proxy is ours.
     pub trust_forwarded_for: bool,
+    pub uploads: Arc<UploadsInFlight>,
+}
+
+/// The chunk being received for each content. A device whose connection dropped mid-chunk
+/// asks at once how far the server got; the answer must wait until what arrived before the
+/// cut is written, or the device would resume from too early and be refused.
+#[derive(Debug, Default)]
+pub struct UploadsInFlight {
+    locks: parking_lot::Mutex<std::collections::HashMap<ContentKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// How long a status question waits for a chunk still being received (a connection that died
+/// without the server noticing is given up on after [`CHUNK_IDLE`]).
+const STATUS_WAIT: Duration = Duration::from_secs(10);
+/// A chunk whose body stops arriving for this long is treated as cut.
+const CHUNK_IDLE: Duration = Duration::from_secs(30);
+
+impl UploadsInFlight {
+    fn lock_of(&self, key: &ContentKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock();
+        if locks.len() > 10_000 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(key.clone()).or_default().clone()
+    }
+
+    /// Waits (bounded) until no chunk of `key` is being received.
+    async fn settled(&self, key: &ContentKey) {
+        let lock = self.lock_of(key);
+        let _ = tokio::time::timeout(STATUS_WAIT, lock.lock()).await;
+    }
 }
 
 /// Per-address budgets for the doors an attacker would knock on: enrolment attempts (an
@@ -105,6 +145,7 @@ impl AppState {
             clock: Arc::new(Utc::now),
             limits: Arc::new(RateLimits::default()),
             trust_forwarded_for: false,
+            uploads: Arc::default(),
         }
     }
 }
@@ -421,6 +462,205 @@ async fn audit(
     reply(&response)
 }
 
+fn content_key(algorithm: &str, hash: &str) -> Result<ContentKey, ServerError> {
+    HashAlgorithm::parse(algorithm)
+        .and_then(|alg| ContentKey::new(alg, hash))
+        .ok_or_else(|| {
+            ServerError::bad(
+                "bad_content_name",
+                "a content is named by sha256 or sm3 and a lowercase hex digest",
+            )
+        })
+}
+
+async fn attachment_status(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let auth = authenticate(&state, &headers, peer).await?;
+    let req: AttachmentStatusRequest = message(&body)?;
+    if req.contents.len() > MAX_STATUS_CONTENTS {
+        return Err(ServerError::bad(
+            "too_many_contents",
+            format!("at most {MAX_STATUS_CONTENTS} contents per status request"),
+        )
+        .into());
+    }
+    for c in &req.contents {
+        if let Some(key) = ContentKey::new(req.hash_algorithm, &c.content_hash) {
+            state.uploads.settled(&key).await;
+        }
+    }
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let contents =
+        blocking(move || storage.attachment_status(&auth, req.hash_algorithm, &req.contents, now))
+            .await?;
+    reply(&AttachmentStatusResponse {
+        protocol: PROTOCOL_VERSION,
+        contents,
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ChunkQuery {
+    offset: u64,
+}
+
+/// `PUT /v1/attachments/{algorithm}/{hash}?offset=N`, a framed body (`core::sync::frames`).
+/// Every whole frame that arrives with a sound checksum is kept, even when the connection
+/// drops mid-chunk or a later frame is corrupt; the device then asks how far the server got.
+async fn put_chunk(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((algorithm, hash)): Path<(String, String)>,
+    Query(query): Query<ChunkQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult {
+    let auth = authenticate(&state, &headers, peer).await?;
+    let key = content_key(&algorithm, &hash)?;
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let receiving = tokio::time::timeout(STATUS_WAIT, state.uploads.lock_of(&key).lock_owned())
+        .await
+        .map_err(|_| ServerError::Conflict {
+            code: "upload_busy",
+            message: "another chunk of this content is being received".into(),
+        })?;
+    // A wrong offset is refused before a byte of the body is read.
+    let held = {
+        let (storage, auth, key) = (storage.clone(), auth.clone(), key.clone());
+        let asked = [ContentRef {
+            content_hash: key.hash().to_owned(),
+            size_bytes: 0,
+        }];
+        blocking(move || storage.attachment_status(&auth, key.algorithm, &asked, now))
+            .await?
+            .pop()
+            .ok_or_else(|| ServerError::Storage("no status for a content".into()))?
+    };
+    match held.status {
+        ContentStatus::Unknown => {
+            return Err(ServerError::NotFound("attachment content".into()).into());
+        }
+        ContentStatus::Complete => {
+            return reply(&ChunkResponse {
+                protocol: PROTOCOL_VERSION,
+                received: held.received,
+                complete: true,
+            });
+        }
+        ContentStatus::Receiving if held.received != query.offset => {
+            return Err(ServerError::Conflict {
+                code: "offset_mismatch",
+                message: format!(
+                    "the chunk starts at {} but the server holds {} bytes",
+                    query.offset, held.received
+                ),
+            }
+            .into());
+        }
+        ContentStatus::Receiving => {}
+    }
+    let device = auth.device_id.clone();
+    // Its own task: when the connection drops, axum drops this handler, but what arrived
+    // before the cut must still be written.
+    let task = tokio::spawn(async move {
+        let _receiving = receiving;
+        let mut frames = FrameReader::new();
+        let mut stream = body.into_data_stream();
+        let mut cut = false;
+        loop {
+            let Ok(piece) = tokio::time::timeout(CHUNK_IDLE, stream.next()).await else {
+                cut = true;
+                break;
+            };
+            let Some(piece) = piece else { break };
+            match piece {
+                Ok(bytes) => {
+                    if frames.push(&bytes).is_err() {
+                        break;
+                    }
+                    if frames.content().len() > MAX_CHUNK_CONTENT {
+                        return Err(ServerError::bad(
+                            "chunk_too_long",
+                            format!("at most {MAX_CHUNK_CONTENT} bytes per chunk"),
+                        ));
+                    }
+                }
+                Err(_) => {
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        let (content, outcome) = frames.finish();
+        let stored = if content.is_empty() {
+            held
+        } else {
+            let offset = query.offset;
+            blocking(move || storage.append_attachment(&auth, &key, offset, &content, now)).await?
+        };
+        Ok((stored, outcome, cut))
+    });
+    let (stored, outcome, cut) = task
+        .await
+        .map_err(|_| ServerError::Storage("an upload task failed".into()))??;
+    tracing::debug!(device = %device, received = stored.received, cut, "attachment chunk");
+    match outcome {
+        Err(FrameError::Checksum | FrameError::Length) => {
+            tracing::warn!(device = %device, "a corrupt attachment chunk was refused after its sound frames");
+            Err(ServerError::Unprocessable {
+                code: "chunk_corrupt",
+                message: format!(
+                    "a frame of the chunk was damaged on the way; the server holds {} bytes",
+                    stored.received
+                ),
+            }
+            .into())
+        }
+        Err(FrameError::Truncated) => Err(ServerError::bad(
+            "chunk_truncated",
+            format!(
+                "the chunk ended inside a frame; the server holds {} bytes",
+                stored.received
+            ),
+        )
+        .into()),
+        Ok(()) => reply(&ChunkResponse {
+            protocol: PROTOCOL_VERSION,
+            received: stored.received,
+            complete: stored.status == ContentStatus::Complete,
+        }),
+    }
+}
+
+/// `GET /v1/attachments/{algorithm}/{hash}`: a complete content, to a user whose areas cover a
+/// visit that names it (404 to anyone else, as if it did not exist).
+async fn get_attachment(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((algorithm, hash)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let auth = authenticate(&state, &headers, peer).await?;
+    let key = content_key(&algorithm, &hash)?;
+    let storage = state.storage.clone();
+    let device = auth.device_id.clone();
+    let bytes = blocking(move || storage.attachment_content(&auth, &key)).await?;
+    tracing::info!(device = %device, bytes = bytes.len(), "attachment served");
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        bytes,
+    )
+        .into_response())
+}
+
 async fn health() -> &'static str {
     "ok"
 }
@@ -437,6 +677,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/conflicts/{id}/resolve", post(resolve))
         .route("/v1/audit", post(audit))
+        .route("/v1/attachments/status", post(attachment_status))
+        .route(
+            "/v1/attachments/{algorithm}/{hash}",
+            put(put_chunk).get(get_attachment),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -483,7 +728,7 @@ pub async fn serve_tls(
     let stopper = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
-        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
     });
     tracing::info!(address = ?listener.local_addr().ok(), "zoufang server listening (TLS)");
     listener.set_nonblocking(true)?;

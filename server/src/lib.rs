@@ -2,6 +2,7 @@
 //! [`storage::Storage`] trait, with the embedded SQLite implementation in [`sqlite`].
 
 pub mod api;
+pub mod blobs;
 pub mod merge;
 pub mod sqlite;
 pub mod storage;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -12,18 +13,19 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use rusqlite_migration::{M, Migrations};
 use serde_json::{Map, Value as Json};
 use sha2::{Digest, Sha256};
-use zoufang_core::audit::{self, AuditEntry, ChainHash};
+use zoufang_core::audit::{self, AuditEntry, HashAlgorithm};
 use zoufang_core::model::code_list::CodeList;
 use zoufang_core::model::domain::check_region_code;
 use zoufang_core::model::form::Form;
 use zoufang_core::sync::checksum::field_hash;
 use zoufang_core::sync::protocol::{
     Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ChangeOp, CompetingValue,
-    ConflictInfo, ConflictStatus, Entity, FeedEntry, FeedItem, FieldValue, Outcome,
-    PROTOCOL_VERSION, PullRequest, PullResponse, RecordState, Role, SnapshotResponse, UserInfo,
-    VisitRecord,
+    ConflictInfo, ConflictStatus, ContentRef, ContentState, ContentStatus, Entity, FeedEntry,
+    FeedItem, FieldValue, Outcome, PROTOCOL_VERSION, PullRequest, PullResponse, RecordState, Role,
+    SnapshotResponse, UserInfo, VisitRecord,
 };
 
+use crate::blobs::{BlobError, BlobStore, ContentKey, FsBlobStore, Held};
 use crate::merge::{Decision, Edit, FieldNow, decide};
 use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, Result, ServerError, Stats, Storage};
 
@@ -38,6 +40,40 @@ const MAX_FIELD_BYTES: usize = 16 * 1024;
 
 /// Remote wipe and the audit trails: each device's chain as uploaded (verified on arrival), and
 /// the server's own chain of administrative events. Both append-only.
+/// Attachments: which contents each visit names, and the contents held whole and verified (the
+/// bytes themselves are in the blob store).
+const SCHEMA_V3: &str = r#"
+CREATE TABLE visit_attachments (
+    visit_id       TEXT NOT NULL REFERENCES visits (id),
+    attachment_id  TEXT NOT NULL,
+    hash_algorithm TEXT NOT NULL,
+    content_hash   TEXT NOT NULL,
+    size_bytes     INTEGER NOT NULL,
+    PRIMARY KEY (visit_id, attachment_id)
+) WITHOUT ROWID;
+CREATE INDEX visit_attachments_by_content ON visit_attachments (hash_algorithm, content_hash);
+CREATE TABLE contents (
+    hash_algorithm TEXT NOT NULL,
+    content_hash   TEXT NOT NULL,
+    size_bytes     INTEGER NOT NULL,
+    stored_at      TEXT NOT NULL,
+    PRIMARY KEY (hash_algorithm, content_hash)
+) WITHOUT ROWID;
+"#;
+
+/// Visits naming a content the server does not hold whole yet.
+const AWAITING_ATTACHMENTS: &str = "SELECT DISTINCT va.visit_id FROM visit_attachments va
+     WHERE NOT EXISTS (SELECT 1 FROM contents c
+                       WHERE c.hash_algorithm = va.hash_algorithm AND c.content_hash = va.content_hash)
+     ORDER BY va.visit_id";
+const AWAITING_ATTACHMENTS_COUNT: &str = "SELECT count(DISTINCT va.visit_id) FROM visit_attachments va
+     WHERE NOT EXISTS (SELECT 1 FROM contents c
+                       WHERE c.hash_algorithm = va.hash_algorithm AND c.content_hash = va.content_hash)";
+
+/// Most attachments one visit may name, and the largest content (the device's own bounds).
+const MAX_VISIT_ATTACHMENTS: usize = 64;
+const MAX_CONTENT_BYTES: u64 = 50 * 1024 * 1024;
+
 const SCHEMA_V2: &str = r#"
 ALTER TABLE devices ADD COLUMN wipe_requested_at TEXT;
 ALTER TABLE devices ADD COLUMN wiped_at TEXT;
@@ -189,6 +225,7 @@ fn area_upper(prefix: &str) -> String {
 pub struct SqliteStorage {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    blobs: Arc<dyn BlobStore>,
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -198,8 +235,18 @@ impl std::fmt::Debug for SqliteStorage {
 }
 
 impl SqliteStorage {
-    /// Opens (creating and migrating) `server.db` in `data_dir`.
+    /// Opens (creating and migrating) `server.db` in `data_dir`, with attachment contents in
+    /// its `attachments` directory.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
+        let blobs = FsBlobStore::open(&data_dir.join("attachments"))
+            .map_err(|e| ServerError::Storage(format!("cannot open the attachment store: {e}")))?;
+        Self::open_with(data_dir, Arc::new(blobs))
+    }
+
+    /// As [`Self::open`], with the attachment contents in `blobs` (an object store, say).
+    pub fn open_with(data_dir: &Path, blobs: Arc<dyn BlobStore>) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
         let path = data_dir.join("server.db");
@@ -210,7 +257,7 @@ impl SqliteStorage {
         writer.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(Duration::from_secs(30))?;
-        Migrations::new(vec![M::up(SCHEMA), M::up(SCHEMA_V2)])
+        Migrations::new(vec![M::up(SCHEMA), M::up(SCHEMA_V2), M::up(SCHEMA_V3)])
             .to_latest(&mut writer)
             .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;
         let reader = Connection::open(&path)?;
@@ -218,6 +265,7 @@ impl SqliteStorage {
         Ok(Self {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            blobs,
         })
     }
 
@@ -305,7 +353,7 @@ impl SqliteStorage {
             hash: String::new(),
         };
         let entry = AuditEntry {
-            hash: audit::entry_hash(ChainHash::Sha256, &entry),
+            hash: audit::entry_hash(HashAlgorithm::Sha256, &entry),
             ..entry
         };
         tx.execute(
@@ -1043,6 +1091,9 @@ fn submit_visit(
             "only completed visits are submitted",
         ));
     }
+    if let Some(problem) = attachments_problem(visit) {
+        return Ok(rejected(seq, "invalid_attachment", problem));
+    }
     let existing: Option<i64> = tx
         .prepare_cached("SELECT seq FROM visits WHERE id = ?1")?
         .query_row([&visit.id], |r| r.get(0))
@@ -1067,6 +1118,19 @@ fn submit_visit(
             server_seq as i64,
             serde_json::to_string(visit)?
         ])?;
+    for a in &visit.attachments {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO visit_attachments (visit_id, attachment_id, hash_algorithm, content_hash, size_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            visit.id,
+            a.id,
+            a.hash_algorithm.as_str(),
+            a.content_hash,
+            a.size_bytes as i64
+        ])?;
+    }
     append_feed(
         tx,
         server_seq,
@@ -1077,6 +1141,63 @@ fn submit_visit(
         },
     )?;
     Ok(applied(seq, Outcome::Applied, server_seq, None, None))
+}
+
+/// What is wrong with a visit's attachment list, if anything.
+fn attachments_problem(visit: &VisitRecord) -> Option<&'static str> {
+    if visit.attachments.len() > MAX_VISIT_ATTACHMENTS {
+        return Some("a visit names too many attachments");
+    }
+    for a in &visit.attachments {
+        if a.id.is_empty() || a.id.len() > 64 || a.field_path.len() > 256 {
+            return Some("an attachment needs an id and a field");
+        }
+        if !matches!(a.kind.as_str(), "photo" | "signature") {
+            return Some("an attachment is a photo or a signature");
+        }
+        if !audit::is_hex_digest(&a.content_hash) {
+            return Some("an attachment's content hash must be a lowercase hex digest");
+        }
+        if a.size_bytes == 0 || a.size_bytes > MAX_CONTENT_BYTES {
+            return Some("an attachment's size is out of bounds");
+        }
+    }
+    None
+}
+
+/// The size of a content, if a visit inside the caller's areas names it.
+fn referenced_size(
+    tx: &Transaction<'_>,
+    auth: &DeviceAuth,
+    key: &ContentKey,
+) -> Result<Option<u64>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT v.village_code, va.size_bytes FROM visit_attachments va JOIN visits v ON v.id = va.visit_id
+         WHERE va.hash_algorithm = ?1 AND va.content_hash = ?2",
+    )?;
+    let rows = stmt.query_map(params![key.algorithm.as_str(), key.hash()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (village, size) = row?;
+        if auth.covers(&village) {
+            return Ok(Some(size.max(0) as u64));
+        }
+    }
+    Ok(None)
+}
+
+fn record_content(
+    tx: &Transaction<'_>,
+    key: &ContentKey,
+    size: u64,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO contents (hash_algorithm, content_hash, size_bytes, stored_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![key.algorithm.as_str(), key.hash(), size as i64, ts(now)])?;
+    Ok(())
 }
 
 fn record_states(tx: &Transaction<'_>, village: &str) -> Result<Vec<RecordState>> {
@@ -1277,6 +1398,101 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn attachment_status(
+        &self,
+        auth: &DeviceAuth,
+        algorithm: HashAlgorithm,
+        contents: &[ContentRef],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ContentState>> {
+        let mut states = Vec::with_capacity(contents.len());
+        for c in contents {
+            let unknown = ContentState {
+                content_hash: c.content_hash.clone(),
+                status: ContentStatus::Unknown,
+                received: 0,
+            };
+            let Some(key) = ContentKey::new(algorithm, &c.content_hash) else {
+                states.push(unknown);
+                continue;
+            };
+            let Some(size) = self.read(|tx| referenced_size(tx, auth, &key))? else {
+                states.push(unknown);
+                continue;
+            };
+            let held = self.blobs.held(&key).map_err(BlobError::from)?;
+            states.push(match held {
+                Held::Complete => {
+                    // Repairs a record lost between the file's completion and its row.
+                    self.write(|tx| record_content(tx, &key, size, now))?;
+                    ContentState {
+                        content_hash: c.content_hash.clone(),
+                        status: ContentStatus::Complete,
+                        received: size,
+                    }
+                }
+                Held::Partial(n) => ContentState {
+                    content_hash: c.content_hash.clone(),
+                    status: ContentStatus::Receiving,
+                    received: n,
+                },
+            });
+        }
+        Ok(states)
+    }
+
+    fn append_attachment(
+        &self,
+        auth: &DeviceAuth,
+        key: &ContentKey,
+        offset: u64,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<ContentState> {
+        let size = self
+            .read(|tx| referenced_size(tx, auth, key))?
+            .ok_or_else(|| ServerError::NotFound("attachment content".into()))?;
+        let held = self.blobs.append(key, offset, size, bytes).inspect_err(|e| {
+            if matches!(e, BlobError::HashMismatch) {
+                tracing::warn!(device = %auth.device_id, content = %key.hash(), "an uploaded content did not match its hash; discarded");
+            }
+        })?;
+        Ok(match held {
+            Held::Complete => {
+                self.write(|tx| record_content(tx, key, size, now))?;
+                tracing::info!(device = %auth.device_id, content = %key.hash(), bytes = size, "attachment content stored");
+                ContentState {
+                    content_hash: key.hash().to_owned(),
+                    status: ContentStatus::Complete,
+                    received: size,
+                }
+            }
+            Held::Partial(n) => ContentState {
+                content_hash: key.hash().to_owned(),
+                status: ContentStatus::Receiving,
+                received: n,
+            },
+        })
+    }
+
+    fn attachment_content(&self, auth: &DeviceAuth, key: &ContentKey) -> Result<Vec<u8>> {
+        let not_found = || ServerError::NotFound("attachment content".into());
+        self.read(|tx| referenced_size(tx, auth, key))?
+            .ok_or_else(not_found)?;
+        self.blobs
+            .read(key)
+            .map_err(BlobError::from)?
+            .ok_or_else(not_found)
+    }
+
+    fn visits_awaiting_attachments(&self) -> Result<Vec<String>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(AWAITING_ATTACHMENTS)?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
     fn stats(&self) -> Result<Stats> {
         self.read(|tx| {
             let n = |sql: &str| {
@@ -1290,6 +1506,9 @@ impl Storage for SqliteStorage {
                 open_conflicts: n("SELECT count(*) FROM conflicts WHERE status = 'open'")?,
                 feed_entries: n("SELECT count(*) FROM feed")?,
                 devices: n("SELECT count(*) FROM devices WHERE revoked_at IS NULL")?,
+                attachment_contents: n("SELECT count(*) FROM contents")?,
+                attachment_bytes: n("SELECT coalesce(sum(size_bytes), 0) FROM contents")?,
+                visits_awaiting_attachments: n(AWAITING_ATTACHMENTS_COUNT)?,
             })
         })
     }
@@ -1389,7 +1608,7 @@ impl Storage for SqliteStorage {
             let (last_seq, last_hash) = head
                 .as_ref()
                 .map_or((0, String::new()), |(s, h, _)| (*s as u64, h.clone()));
-            let held_alg = head.as_ref().and_then(|(_, _, a)| ChainHash::parse(a));
+            let held_alg = head.as_ref().and_then(|(_, _, a)| HashAlgorithm::parse(a));
             // Entries the server already holds (a lost answer) are skipped if identical.
             let mut fresh = Vec::new();
             for e in &request.entries {
@@ -1472,7 +1691,7 @@ impl Storage for SqliteStorage {
     fn verify_audit(&self) -> Result<Vec<String>> {
         self.read(|tx| {
             let mut problems = Vec::new();
-            let mut chains: BTreeMap<String, (ChainHash, Vec<AuditEntry>)> = BTreeMap::new();
+            let mut chains: BTreeMap<String, (HashAlgorithm, Vec<AuditEntry>)> = BTreeMap::new();
             let mut stmt = tx.prepare(
                 "SELECT device_id, chain_hash, entry FROM device_audit ORDER BY device_id, seq",
             )?;
@@ -1484,7 +1703,7 @@ impl Storage for SqliteStorage {
                 ))
             })? {
                 let (device, alg, entry) = row?;
-                let alg = ChainHash::parse(&alg).unwrap_or_default();
+                let alg = HashAlgorithm::parse(&alg).unwrap_or_default();
                 let entry: AuditEntry = serde_json::from_str(&entry)?;
                 chains
                     .entry(device)
@@ -1502,7 +1721,7 @@ impl Storage for SqliteStorage {
                 .query_map([], |r| r.get::<_, String>(0))?
                 .map(|e| Ok(serde_json::from_str(&e?)?))
                 .collect::<Result<_>>()?;
-            if let Err(b) = audit::verify(ChainHash::Sha256, 0, audit::GENESIS, &server) {
+            if let Err(b) = audit::verify(HashAlgorithm::Sha256, 0, audit::GENESIS, &server) {
                 problems.push(format!("server: {b}"));
             }
             let mut stmt =

@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
+use zoufang_core::audit::HashAlgorithm;
 use zoufang_core::model::code_list::CodeList;
 use zoufang_core::sync::protocol::{
-    Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ConflictInfo,
-    PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
+    Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ConflictInfo, ContentRef,
+    ContentState, PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
 };
+
+use crate::blobs::{BlobError, ContentKey};
 
 /// An authenticated caller: the device and its user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,11 @@ pub struct Stats {
     pub open_conflicts: u64,
     pub feed_entries: u64,
     pub devices: u64,
+    /// Attachment contents stored whole and verified, and their bytes.
+    pub attachment_contents: u64,
+    pub attachment_bytes: u64,
+    /// Visits still waiting for some of their attachments.
+    pub visits_awaiting_attachments: u64,
 }
 
 /// Errors of the server, each with an HTTP status and a stable code. Messages name ids, never
@@ -76,6 +84,12 @@ pub enum ServerError {
     RateLimited { retry_after_s: u64 },
     #[error("an administrator ordered this device wiped")]
     Wiped,
+    /// The request does not fit the state it acts on (an upload's offset).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// Well formed, but its content is refused (a corrupt chunk, a hash that does not match).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -90,6 +104,7 @@ impl ServerError {
             Self::Protocol { .. } => "protocol_unsupported",
             Self::RateLimited { .. } => "rate_limited",
             Self::Wiped => "device_wiped",
+            Self::Conflict { code, .. } | Self::Unprocessable { code, .. } => code,
             Self::Storage(_) => "storage",
         }
     }
@@ -103,6 +118,8 @@ impl ServerError {
             Self::Protocol { .. } => 426,
             Self::RateLimited { .. } => 429,
             Self::Wiped => 410,
+            Self::Conflict { .. } => 409,
+            Self::Unprocessable { .. } => 422,
             Self::Storage(_) => 500,
         }
     }
@@ -118,6 +135,23 @@ impl ServerError {
 impl From<rusqlite::Error> for ServerError {
     fn from(e: rusqlite::Error) -> Self {
         Self::Storage(e.to_string())
+    }
+}
+
+impl From<BlobError> for ServerError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::OffsetMismatch { .. } => Self::Conflict {
+                code: "offset_mismatch",
+                message: e.to_string(),
+            },
+            BlobError::TooLong => Self::bad("chunk_too_long", e.to_string()),
+            BlobError::HashMismatch => Self::Unprocessable {
+                code: "hash_mismatch",
+                message: e.to_string(),
+            },
+            BlobError::Io(io) => Self::Storage(format!("attachment storage: {io}")),
+        }
     }
 }
 
@@ -199,6 +233,31 @@ pub trait Storage: Send + Sync + 'static {
         value: &Json,
         now: DateTime<Utc>,
     ) -> Result<ConflictInfo>;
+    // Attachments: contents by hash. A caller may see or send a content only if a visit in its
+    // areas names it; to anyone else it does not exist.
+    /// How much of each content the server holds.
+    fn attachment_status(
+        &self,
+        auth: &DeviceAuth,
+        algorithm: HashAlgorithm,
+        contents: &[ContentRef],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ContentState>>;
+    /// Appends verified bytes of a content at `offset` (exactly what the server holds);
+    /// reaching its size, the content is checked against its hash.
+    fn append_attachment(
+        &self,
+        auth: &DeviceAuth,
+        key: &ContentKey,
+        offset: u64,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<ContentState>;
+    /// A complete content (reviewers, and any user whose areas cover a visit naming it).
+    fn attachment_content(&self, auth: &DeviceAuth, key: &ContentKey) -> Result<Vec<u8>>;
+    /// Visits still waiting for some of their attachments (administrators).
+    fn visits_awaiting_attachments(&self) -> Result<Vec<String>>;
+
     /// One household or member as the server holds it (admin and tests).
     fn record(
         &self,

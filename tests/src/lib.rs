@@ -8,6 +8,8 @@
 //! Helpers for the end-to-end tests: a real server on loopback and enrolled devices.
 //! The tests themselves live in `tests/tests/`; helper programs in `src/bin/`.
 
+pub mod fault_proxy;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +58,10 @@ impl TestServer {
 
     pub fn transport(&self) -> ReqwestTransport {
         ReqwestTransport::new(&self.url).expect("transport")
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self._server.addr
     }
 }
 
@@ -167,4 +173,89 @@ pub fn routine_visit(c: &Collector, household: &str) -> String {
     .expect("answers saved");
     c.complete_visit(&v.id).expect("visit completed");
     v.id
+}
+
+/// A camera JPEG of `w`×`h` pixels of noise: noise hardly compresses, so a test gets the size
+/// it asks for.
+pub fn noisy_jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [a, b, c, _] = state.to_le_bytes();
+        image::Rgb([a, b, c])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+        .encode_image(&img)
+        .expect("JPEG encoded");
+    jpeg
+}
+
+/// A signature image (strokes on a transparent ground).
+pub fn signature_png(seed: u32) -> Vec<u8> {
+    let strokes = image::GrayAlphaImage::from_fn(500, 160, |x, y| {
+        image::LumaA([0, if (x + 2 * y + seed).is_multiple_of(13) { 255 } else { 0 }])
+    });
+    let mut png = Vec::new();
+    strokes
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("PNG encoded");
+    png
+}
+
+/// Completes an application survey of a newly found household in `village` with `photo` as the
+/// house's outside photo (stored within `limits`) and the three signatures it needs. Returns the
+/// visit's id and the photo's attachment.
+pub fn survey_with_photo(
+    c: &Collector,
+    village: &str,
+    photo: &[u8],
+    limits: &zoufang_core::media::PhotoLimits,
+) -> (String, zoufang_core::records::Attachment) {
+    use serde_json::json;
+    let v = c
+        .start_visit(None, "application_survey")
+        .expect("visit started")
+        .id;
+    let member = |name: &str, id: &str, relationship: &str| {
+        json!({"name": name, "id_type": "resident_id", "id_number": id, "relationship": relationship,
+               "lives_together": "yes", "health": "healthy", "ethnicity": "07"})
+    };
+    c.set_answers(
+        &v,
+        &obj(json!({
+            "trigger_source": "schedule", "village_code": village, "outcome": "completed",
+            "interviewee_name": "吉克阿呷", "urban_rural": "rural",
+            "location": {"lat": 27.9, "lon": 102.2, "accuracy_m": 12.0, "provider": "gps", "mock": false},
+            "members": [member("吉克阿呷", "11010519491231002X", "02"), member("吉克曲布", "440524188001010014", "10")],
+            "income_items": [{"income_kind": "wages", "income_amount": 2_400_000}],
+            "asset_items": [{"asset_kind": "house", "house_structure": "earth_wood", "unsafe_grade": "c"}],
+            "expense_items": [{"expense_kind": "medical", "expense_amount": 2_200_000}],
+            "basic_living_difficulty": "yes", "risk_level": "high", "recommendation": "apply",
+            "explanation": "主要劳动力重病", "cadre_related": "no", "consent_verification": "yes",
+            "emergency": "no", "next_visit_due": "2027-03-01", "consent_privacy": "yes",
+            "investigator_1_name": "马海木呷", "investigator_2_name": "吉克曲布"
+        })),
+    )
+    .expect("answers saved");
+    let attachment = c
+        .add_photo(&v, "house_exterior_photo", photo, limits)
+        .expect("photo added");
+    for (i, field) in [
+        "investigator_1_signature",
+        "investigator_2_signature",
+        "interviewee_signature",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c.add_signature(&v, field, &signature_png(i as u32))
+            .expect("signature added");
+    }
+    if let Err(e) = c.complete_visit(&v) {
+        panic!("the survey does not complete: {e:?}");
+    }
+    (v, attachment)
 }

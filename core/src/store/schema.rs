@@ -5,11 +5,11 @@ use rusqlite_migration::{M, Migrations};
 
 /// The migrations, in order; `user_version` records how many are applied.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
 }
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -187,6 +187,12 @@ CREATE TABLE blobs (
     created_at TEXT NOT NULL
 );
 CREATE INDEX attachments_by_content ON attachments (content_hash);
+"#;
+
+/// Upload state: a content is pending until the server confirmed it holds it whole and verified
+/// (`uploaded_at`). How far a partial upload got is the server's to say, never guessed here.
+const V5: &str = r#"
+ALTER TABLE blobs ADD COLUMN uploaded_at TEXT;
 "#;
 
 #[cfg(test)]

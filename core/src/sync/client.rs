@@ -11,8 +11,8 @@ use serde_json::{Map, Value as Json};
 use super::checksum::field_hash;
 use super::hlc::Hlc;
 use super::protocol::{
-    Ack, ChangeOp, ConflictInfo, ConflictStatus, Entity, FeedItem, FieldValue, Outcome,
-    PullResponse, RecordState, SnapshotResponse, UserInfo, VisitRecord,
+    Ack, AttachmentRecord, ChangeOp, ConflictInfo, ConflictStatus, Entity, FeedItem, FieldValue,
+    Outcome, PullResponse, RecordState, SnapshotResponse, UserInfo, VisitRecord,
 };
 use crate::collector::{
     Collector, load_visit, parse_object, refresh_head, store_household_field, store_member_field,
@@ -46,6 +46,9 @@ pub struct SyncStatus {
     pub last_sync_at: Option<String>,
     /// Server time minus device time, measured at the last sync.
     pub clock_offset_ms: Option<i64>,
+    /// Attachment contents of completed visits the server does not hold yet, and their bytes.
+    pub pending_attachments: u64,
+    pub pending_attachment_bytes: u64,
 }
 
 /// A change the server refused: kept and listed, never dropped.
@@ -482,6 +485,20 @@ impl Collector {
             created_at: v.created_at.clone(),
             completed_at: v.completed_at.clone(),
             signed_at: v.signed_at.clone(),
+            attachments: crate::collector::load_attachments(tx, &v.id)?
+                .into_iter()
+                .map(|a| AttachmentRecord {
+                    id: a.id,
+                    field_path: a.field_path,
+                    kind: a.kind.as_str().to_owned(),
+                    hash_algorithm: self.content_hash_algorithm(),
+                    content_hash: a.content_hash,
+                    size_bytes: a.size_bytes,
+                    mime_type: a.mime_type,
+                    metadata: a.metadata,
+                    created_at: a.created_at,
+                })
+                .collect(),
         })
     }
 
@@ -677,6 +694,7 @@ impl Collector {
 
     pub fn sync_status(&self) -> Result<SyncStatus> {
         let settings = self.sync_settings()?;
+        let (pending_attachments, pending_attachment_bytes) = self.pending_upload_totals()?;
         let conn = self.db.reader.lock();
         let n = |sql: &str| {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
@@ -691,6 +709,8 @@ impl Collector {
             rejected_changes: n("SELECT count(*) FROM rejected_changes")?,
             last_sync_at: settings.last_sync_at,
             clock_offset_ms: settings.clock_offset_ms,
+            pending_attachments,
+            pending_attachment_bytes,
         })
     }
 

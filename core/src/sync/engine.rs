@@ -8,14 +8,17 @@
 //! snapshot. Each response is applied in its own transaction, so a cut link loses at most the
 //! batch in flight, and the next sync resumes from there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::frames::encode_frames;
 use super::protocol::{
-    self, AuditBatch, AuditUploadRequest, AuditUploadResponse, CatalogRequest, CatalogResponse,
+    self, AttachmentStatusRequest, AttachmentStatusResponse, AuditBatch, AuditUploadRequest,
+    AuditUploadResponse, CatalogRequest, CatalogResponse, ChunkResponse, ContentRef, ContentStatus,
     EnrollRequest, EnrollResponse, ErrorBody, PROTOCOL_VERSION, PullRequest, PullResponse,
     PushRequest, PushResponse, SnapshotRequest, SnapshotResponse, UserInfo,
 };
@@ -26,6 +29,17 @@ use crate::error::{Error, Result};
 /// Audit entries per upload request: about 6 KB compressed, like a push batch, so that a request
 /// fits between two cuts of a weak link.
 pub(crate) const AUDIT_BATCH: usize = 100;
+
+/// Contents asked about per status request.
+const STATUS_BATCH: usize = 64;
+/// Bounds of an attachment chunk. The size follows the link: about [`CHUNK_SECONDS`] of what the
+/// last chunk achieved, halved at each interruption. A cut costs far less than a chunk anyway
+/// (the server keeps every whole frame that arrived), so the size mostly sets how often the
+/// device hears how far it got.
+pub const MIN_CHUNK_BYTES: usize = 32 * 1024;
+pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
+const FIRST_CHUNK_BYTES: usize = 64 * 1024;
+const CHUNK_SECONDS: f64 = 2.0;
 
 /// A device clock further than this from the server's is reported as skewed.
 pub const CLOCK_SKEW_LIMIT_MS: i64 = 5 * 60 * 1000;
@@ -39,6 +53,8 @@ pub enum SyncPhase {
     Verify,
     /// Uploading the audit trail.
     Audit,
+    /// Uploading photos and signatures, after all the data (`done`/`total` count bytes).
+    Attachments,
     Done,
 }
 
@@ -78,6 +94,18 @@ pub struct SyncReport {
     pub audit_uploaded: u64,
     /// The server found this device's audit chain broken (it keeps an alert).
     pub audit_chain_broken: bool,
+    /// Attachment contents sent whole and verified by the server.
+    pub attachments_uploaded: u64,
+    /// Contents the server already held (from this device or another): not sent.
+    pub attachments_already_held: u64,
+    /// Content bytes sent in chunks, the re-sent ones included.
+    pub attachment_bytes_sent: u64,
+    /// Chunks cut, refused or unanswered, each resumed from what the server confirmed.
+    pub attachment_interruptions: u64,
+    /// Contents left for a later sync (the server does not know their visit yet, or refused).
+    pub attachments_waiting: u64,
+    /// Contents whose stored bytes no longer match their hash: kept, reported, not sent.
+    pub attachments_damaged: u64,
 }
 
 /// Tuning of one sync.
@@ -88,6 +116,8 @@ pub struct SyncConfig {
     /// Feed entries per pull request.
     pub pull_limit: u32,
     pub retry: RetryPolicy,
+    /// Largest attachment chunk (bytes); the size adapts below it.
+    pub max_chunk_bytes: usize,
 }
 
 impl Default for SyncConfig {
@@ -96,6 +126,7 @@ impl Default for SyncConfig {
             push_batch: 100,
             pull_limit: 500,
             retry: RetryPolicy::default(),
+            max_chunk_bytes: MAX_CHUNK_BYTES,
         }
     }
 }
@@ -108,6 +139,44 @@ enum InFlight {
     Pull,
     Snapshot(String),
     Audit(u64),
+    /// Asking how much of these contents the server holds; `recheck`: the current upload's,
+    /// after an interruption.
+    ContentStatus {
+        contents: Vec<ContentRef>,
+        recheck: bool,
+    },
+    Chunk {
+        offset: u64,
+        len: usize,
+        started: Instant,
+    },
+}
+
+/// One content being uploaded.
+#[derive(Debug, Clone)]
+struct Upload {
+    content: ContentRef,
+    /// What the server confirmed it holds.
+    received: u64,
+    /// Its stored bytes were checked against its hash.
+    checked: bool,
+}
+
+/// The attachment phase's state.
+#[derive(Debug)]
+struct Uploads {
+    /// Not yet asked about.
+    unasked: VecDeque<ContentRef>,
+    /// Asked about, to send from what the server holds.
+    ready: VecDeque<Upload>,
+    current: Option<Upload>,
+    /// The current upload was interrupted: ask the server how far it got before sending more.
+    recheck: bool,
+    chunk: usize,
+    /// Interruptions in a row that moved nothing.
+    stalled: u32,
+    /// Bytes of the contents finished this sync.
+    finished_bytes: u64,
 }
 
 /// The sync state machine of one device.
@@ -120,6 +189,7 @@ pub struct SyncEngine<'a> {
     in_flight: Option<InFlight>,
     sent_at: Option<DateTime<Utc>>,
     to_repair: Vec<String>,
+    uploads: Uploads,
     phase_done: u64,
     phase_total: u64,
     report: SyncReport,
@@ -195,6 +265,15 @@ impl<'a> SyncEngine<'a> {
             in_flight: None,
             sent_at: None,
             to_repair: Vec::new(),
+            uploads: Uploads {
+                unasked: VecDeque::new(),
+                ready: VecDeque::new(),
+                current: None,
+                recheck: false,
+                chunk: FIRST_CHUNK_BYTES.min(config.max_chunk_bytes.max(MIN_CHUNK_BYTES)),
+                stalled: 0,
+                finished_bytes: 0,
+            },
             phase_done: 0,
             phase_total: 0,
             report: SyncReport::default(),
@@ -293,7 +372,10 @@ impl<'a> SyncEngine<'a> {
                         entries.last().map(|e| e.seq),
                         self.report.audit_chain_broken,
                     ) else {
-                        self.enter(SyncPhase::Done, 0);
+                        let contents = self.collector.uploadable_contents()?;
+                        let total = contents.iter().map(|c| c.size_bytes).sum();
+                        self.uploads.unasked = contents.into();
+                        self.enter(SyncPhase::Attachments, total);
                         continue;
                     };
                     let body = encode(&AuditUploadRequest {
@@ -304,13 +386,263 @@ impl<'a> SyncEngine<'a> {
                     })?;
                     ("/v1/audit", body, InFlight::Audit(last))
                 }
+                SyncPhase::Attachments => match self.next_upload_request()? {
+                    Some(req) => return Ok(Some(req)),
+                    None => {
+                        self.enter(SyncPhase::Done, 0);
+                        continue;
+                    }
+                },
                 SyncPhase::Done => return Ok(None),
             };
-            self.in_flight = Some(flight);
-            self.sent_at = Some(self.collector.now());
-            self.report.round_trips += 1;
-            self.report.bytes_sent += body.len() as u64;
-            return Ok(Some(request("POST", path, Some(&self.token), body)));
+            return Ok(Some(self.send("POST", path.to_owned(), body, flight)));
+        }
+    }
+
+    fn send(&mut self, method: &str, path: String, body: Vec<u8>, flight: InFlight) -> HttpRequest {
+        self.in_flight = Some(flight);
+        self.sent_at = Some(self.collector.now());
+        self.report.round_trips += 1;
+        self.report.bytes_sent += body.len() as u64;
+        request(method, &path, Some(&self.token), body)
+    }
+
+    /// The attachment phase's next request, or `None` when nothing is left to send.
+    fn next_upload_request(&mut self) -> Result<Option<HttpRequest>> {
+        let alg = self.collector.content_hash_algorithm();
+        loop {
+            if let Some(up) = &mut self.uploads.current {
+                if self.uploads.recheck {
+                    let contents = vec![up.content.clone()];
+                    return self.status_request(contents, true).map(Some);
+                }
+                if !up.checked {
+                    if !self.collector.content_intact(&up.content.content_hash)? {
+                        // Ids only: the content itself is personal data.
+                        tracing::error!(content = %up.content.content_hash, "a stored attachment no longer matches its hash; kept, not sent");
+                        self.report.attachments_damaged += 1;
+                        self.uploads.current = None;
+                        continue;
+                    }
+                    up.checked = true;
+                }
+                let offset = up.received;
+                let left = up.content.size_bytes.saturating_sub(offset);
+                let len = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(self.uploads.chunk);
+                let path = format!(
+                    "/v1/attachments/{}/{}?offset={offset}",
+                    alg.as_str(),
+                    up.content.content_hash
+                );
+                let bytes = self
+                    .collector
+                    .read_content(&up.content.content_hash, offset, len)?;
+                self.report.attachment_bytes_sent += bytes.len() as u64;
+                let flight = InFlight::Chunk {
+                    offset,
+                    len: bytes.len(),
+                    started: Instant::now(),
+                };
+                let mut req = self.send("PUT", path, encode_frames(&bytes), flight);
+                req.headers.retain(|(k, _)| {
+                    !k.eq_ignore_ascii_case("content-encoding")
+                        && !k.eq_ignore_ascii_case("content-type")
+                });
+                req.headers.push((
+                    "Content-Type".to_owned(),
+                    super::frames::CONTENT_TYPE.to_owned(),
+                ));
+                return Ok(Some(req));
+            }
+            if let Some(next) = self.uploads.ready.pop_front() {
+                self.uploads.current = Some(next);
+                self.uploads.recheck = false;
+                continue;
+            }
+            if self.uploads.unasked.is_empty() {
+                return Ok(None);
+            }
+            let n = self.uploads.unasked.len().min(STATUS_BATCH);
+            let contents: Vec<ContentRef> = self.uploads.unasked.drain(..n).collect();
+            return self.status_request(contents, false).map(Some);
+        }
+    }
+
+    fn status_request(&mut self, contents: Vec<ContentRef>, recheck: bool) -> Result<HttpRequest> {
+        let body = encode(&AttachmentStatusRequest {
+            protocol: PROTOCOL_VERSION,
+            hash_algorithm: self.collector.content_hash_algorithm(),
+            contents: contents.clone(),
+        })?;
+        Ok(self.send(
+            "POST",
+            "/v1/attachments/status".to_owned(),
+            body,
+            InFlight::ContentStatus { contents, recheck },
+        ))
+    }
+
+    /// Is the request in flight an attachment chunk? Those are never blindly re-sent: after an
+    /// interruption the engine first asks how far the server got.
+    pub fn chunk_in_flight(&self) -> bool {
+        matches!(self.in_flight, Some(InFlight::Chunk { .. }))
+    }
+
+    /// The request in flight got no usable answer (the link dropped, the server failed).
+    /// Fails once interruptions keep coming with nothing moving.
+    pub fn handle_interruption(&mut self, reason: &str) -> Result<()> {
+        let flight = self.in_flight.take();
+        match flight {
+            Some(InFlight::Chunk { .. }) => {
+                self.uploads.recheck = true;
+                self.uploads.stalled += 1;
+                self.uploads.chunk = (self.uploads.chunk / 2).max(MIN_CHUNK_BYTES);
+                self.report.attachment_interruptions += 1;
+                tracing::debug!(
+                    stalled = self.uploads.stalled,
+                    "attachment chunk interrupted; asking the server how far it got"
+                );
+                if self.uploads.stalled > self.config.retry.attempts.max(1) {
+                    return Err(Error::Transport(reason.to_owned()));
+                }
+                Ok(())
+            }
+            _ => Err(Error::Transport(reason.to_owned())),
+        }
+    }
+
+    /// How long to wait before the next request: only after interruptions that moved nothing
+    /// twice in a row (one cut is the link's normal life; resuming at once costs nothing).
+    pub fn pause(&self) -> Option<Duration> {
+        (self.uploads.stalled >= 2).then(|| self.config.retry.delay(self.uploads.stalled - 1))
+    }
+
+    fn upload_progress(&mut self) {
+        let current = self.uploads.current.as_ref().map_or(0, |u| u.received);
+        self.phase_done = self.uploads.finished_bytes + current;
+    }
+
+    fn content_held(&mut self, content: &ContentRef) -> Result<()> {
+        self.collector.mark_uploaded(&content.content_hash)?;
+        self.uploads.finished_bytes += content.size_bytes;
+        Ok(())
+    }
+
+    fn handle_content_status(
+        &mut self,
+        contents: Vec<ContentRef>,
+        recheck: bool,
+        response: &HttpResponse,
+    ) -> Result<()> {
+        let answer: AttachmentStatusResponse = match decode(response) {
+            Ok(a) => a,
+            Err(e) if !recheck => {
+                self.uploads.unasked.extend(contents);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let states: BTreeMap<&str, _> = answer
+            .contents
+            .iter()
+            .map(|c| (c.content_hash.as_str(), (c.status, c.received)))
+            .collect();
+        for content in contents {
+            let state = states.get(content.content_hash.as_str()).copied();
+            match state {
+                Some((ContentStatus::Complete, _)) => {
+                    self.content_held(&content)?;
+                    if recheck {
+                        // The last chunk's answer was lost: the server finished it.
+                        self.report.attachments_uploaded += 1;
+                        self.uploads.current = None;
+                    } else {
+                        self.report.attachments_already_held += 1;
+                    }
+                }
+                Some((ContentStatus::Receiving, received)) if received <= content.size_bytes => {
+                    if recheck {
+                        if let Some(up) = &mut self.uploads.current {
+                            if received > up.received {
+                                self.uploads.stalled = 0;
+                            }
+                            up.received = received;
+                        }
+                        self.uploads.recheck = false;
+                    } else {
+                        self.uploads.ready.push_back(Upload {
+                            content,
+                            received,
+                            checked: false,
+                        });
+                    }
+                }
+                _ => {
+                    self.report.attachments_waiting += 1;
+                    if recheck {
+                        self.uploads.current = None;
+                    }
+                }
+            }
+        }
+        self.upload_progress();
+        Ok(())
+    }
+
+    fn handle_chunk(
+        &mut self,
+        offset: u64,
+        len: usize,
+        started: Instant,
+        response: &HttpResponse,
+    ) -> Result<()> {
+        if response.status == 200 {
+            let answer: ChunkResponse = decode(response)?;
+            let Some(up) = self.uploads.current.as_mut() else {
+                return Ok(());
+            };
+            if answer.received > offset {
+                self.uploads.stalled = 0;
+                // Follow the link: about CHUNK_SECONDS of what this chunk achieved.
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let rate = (answer.received - offset) as f64 / secs;
+                let max = self.config.max_chunk_bytes.max(MIN_CHUNK_BYTES);
+                self.uploads.chunk = ((rate * CHUNK_SECONDS) as usize).clamp(MIN_CHUNK_BYTES, max);
+            }
+            up.received = answer.received;
+            if answer.complete {
+                let content = up.content.clone();
+                self.uploads.current = None;
+                self.content_held(&content)?;
+                self.report.attachments_uploaded += 1;
+            } else if answer.received < offset + len as u64 {
+                // The server kept less than was sent (a cut or a refused frame on the way).
+                self.report.attachment_interruptions += 1;
+            }
+            self.upload_progress();
+            return Ok(());
+        }
+        match server_error(response) {
+            // Not this device's to send (its visit unknown here, or out of its areas): later.
+            Error::Server {
+                status: 403 | 404, ..
+            } => {
+                self.report.attachments_waiting += 1;
+                self.uploads.current = None;
+                Ok(())
+            }
+            // A refused chunk (offset, a bad frame, a hash that did not match at the end), a
+            // server failure or a rate limit: ask how far it got, then go on from there.
+            e => {
+                self.in_flight = Some(InFlight::Chunk {
+                    offset,
+                    len,
+                    started,
+                });
+                self.handle_interruption(&e.to_string())
+            }
         }
     }
 
@@ -403,6 +735,16 @@ impl<'a> SyncEngine<'a> {
                     });
                 }
             }
+            InFlight::ContentStatus { contents, recheck } => {
+                self.handle_content_status(contents, recheck, response)?;
+            }
+            InFlight::Chunk {
+                offset,
+                len,
+                started,
+            } => {
+                self.handle_chunk(offset, len, started, response)?;
+            }
             InFlight::Snapshot(village) => {
                 let snapshot: SnapshotResponse = decode(response)?;
                 self.collector.apply_snapshot(&village, &snapshot)?;
@@ -441,7 +783,8 @@ impl<'a> SyncEngine<'a> {
             crate::audit::AuditAction::Sync,
             None,
             serde_json::json!({"pushed": r.pushed, "pulled": r.pulled, "conflicts": r.conflicts,
-                               "rejected": r.rejected, "audit_uploaded": r.audit_uploaded}),
+                               "rejected": r.rejected, "audit_uploaded": r.audit_uploaded,
+                               "attachments_uploaded": r.attachments_uploaded}),
         )?;
         let now = timestamp(self.collector.now());
         let hlc = self.collector.hlc.lock().to_string();
@@ -551,7 +894,21 @@ impl Collector {
             if cancel.is_some_and(CancelFlag::is_cancelled) {
                 return Err(Error::Cancelled);
             }
-            let response = send_with_retry(transport, &req, &config.retry, cancel)?;
+            let response = if engine.chunk_in_flight() {
+                // Sent once: after a failure the engine asks how far the server got instead.
+                match transport.send(&req) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        engine.handle_interruption(&e.message)?;
+                        if let Some(pause) = engine.pause() {
+                            std::thread::sleep(pause);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                send_with_retry(transport, &req, &config.retry, cancel)?
+            };
             // Only the server's own order, never a bare 410 from a proxy on the way.
             let wipe_ordered = response.status == 410
                 && matches!(server_error(&response), Error::Server { code, .. } if code == "device_wiped");
@@ -562,6 +919,9 @@ impl Collector {
             engine.handle_response(&response)?;
             if let Some(l) = listener {
                 l.on_progress(engine.progress());
+            }
+            if let Some(pause) = engine.pause() {
+                std::thread::sleep(pause);
             }
         }
         if let Some(l) = listener {

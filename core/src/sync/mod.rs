@@ -5,9 +5,11 @@
 pub mod checksum;
 pub mod client;
 pub mod engine;
+pub mod frames;
 pub mod hlc;
 pub mod protocol;
 pub mod transport;
+pub mod uploads;
 
 pub use client::{RejectedChange, SyncStatus};
 pub use engine::{
@@ -16,3 +18,4 @@ pub use engine::{
 #[cfg(feature = "reqwest-transport")]
 pub use transport::ReqwestTransport;
 pub use transport::{HttpRequest, HttpResponse, RetryPolicy, Transport, TransportError};
+pub use uploads::PendingAttachments;

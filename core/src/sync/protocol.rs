@@ -115,6 +115,26 @@ pub struct VisitRecord {
     pub created_at: String,
     pub completed_at: Option<String>,
     pub signed_at: Option<String>,
+    /// The photos and signatures the answers name; their contents follow separately
+    /// (`/v1/attachments`), and the server holds the visit complete once it has them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentRecord>,
+}
+
+/// A photo or signature as it travels with its visit: the content is named by its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachmentRecord {
+    pub id: String,
+    pub field_path: String,
+    /// `photo` or `signature`.
+    pub kind: String,
+    pub hash_algorithm: crate::audit::HashAlgorithm,
+    pub content_hash: String,
+    pub size_bytes: u64,
+    pub mime_type: String,
+    /// Capture time and place, image size; a signature's signed-content hash.
+    pub metadata: Map<String, Json>,
+    pub created_at: String,
 }
 
 /// One change of a device's outbox.
@@ -361,7 +381,7 @@ pub struct CatalogRequest {
 /// Audit entries of the sending device, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditBatch {
-    pub chain_hash: crate::audit::ChainHash,
+    pub chain_hash: crate::audit::HashAlgorithm,
     pub entries: Vec<crate::audit::AuditEntry>,
 }
 
@@ -395,13 +415,61 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// The body of every non-2xx response.
+/// A content a device holds, by hash, with its size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRef {
+    pub content_hash: String,
+    pub size_bytes: u64,
+}
+
+/// `POST /v1/attachments/status`: how much of each content the server holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentStatusRequest {
+    pub protocol: u32,
+    pub hash_algorithm: crate::audit::HashAlgorithm,
+    pub contents: Vec<ContentRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentStatus {
+    /// Stored and verified: never to be sent again (from any device).
+    Complete,
+    /// Send from `received` on.
+    Receiving,
+    /// No visit the caller may see names this content (its visit is not pushed yet, or was
+    /// refused): nothing to send now.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentState {
+    pub content_hash: String,
+    pub status: ContentStatus,
+    /// Bytes the server holds, confirmed on its disk.
+    pub received: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentStatusResponse {
+    pub protocol: u32,
+    pub contents: Vec<ContentState>,
+}
+
+/// The answer to `PUT /v1/attachments/{algorithm}/{hash}?offset=N`: what the server holds now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkResponse {
+    pub protocol: u32,
+    pub received: u64,
+    pub complete: bool,
+}
+
 /// `POST /v1/audit`: the device's audit entries not yet acknowledged, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditUploadRequest {
     pub protocol: u32,
     pub device_id: String,
-    pub chain_hash: crate::audit::ChainHash,
+    pub chain_hash: crate::audit::HashAlgorithm,
     pub entries: Vec<crate::audit::AuditEntry>,
 }
 
@@ -417,6 +485,7 @@ pub struct AuditUploadResponse {
     pub chain_break: Option<String>,
 }
 
+/// The body of every non-2xx response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub protocol: u32,

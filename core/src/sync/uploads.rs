@@ -1,0 +1,188 @@
+//! The device's side of attachment uploads: which contents still wait for the server, their
+//! bytes read piece by piece straight from the store (incremental blob I/O: a 5 MB photo is
+//! never copied whole to send 64 KB of it), and the mark once the server holds a content whole.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::protocol::ContentRef;
+use crate::collector::{Collector, timestamp};
+use crate::error::{Error, Result};
+
+/// A visit whose photos or signatures have not all reached the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingAttachments {
+    pub visit_id: String,
+    /// Attachments whose content the server does not hold yet.
+    pub attachments: u64,
+    pub bytes: u64,
+    /// The server has the visit's data (its attachments go at the next sync); otherwise the
+    /// visit itself is still waiting to be pushed.
+    pub visit_synced: bool,
+}
+
+/// Bytes read from the store per piece while verifying a content.
+const READ_PIECE: usize = 256 * 1024;
+
+impl Collector {
+    /// Completed visits whose attachments have not all reached the server, oldest first: what
+    /// the app shows as "photos still to send".
+    pub fn visits_with_pending_attachments(&self) -> Result<Vec<PendingAttachments>> {
+        let conn = self.db.reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT v.id, count(*), sum(b.size), v.synced_seq IS NOT NULL
+             FROM visits v
+             JOIN attachments a ON a.visit_id = v.id
+             JOIN blobs b ON b.hash = a.content_hash
+             WHERE v.status IN ('completed', 'signed', 'void') AND b.uploaded_at IS NULL
+             GROUP BY v.id ORDER BY v.completed_at, v.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PendingAttachments {
+                visit_id: r.get(0)?,
+                attachments: r.get::<_, i64>(1)?.max(0) as u64,
+                bytes: r.get::<_, i64>(2)?.max(0) as u64,
+                visit_synced: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Contents waiting for upload, with their byte total (each content counted once).
+    pub(crate) fn pending_upload_totals(&self) -> Result<(u64, u64)> {
+        let conn = self.db.reader.lock();
+        let (n, bytes): (i64, Option<i64>) = conn.query_row(
+            "SELECT count(*), sum(b.size) FROM blobs b
+             WHERE b.uploaded_at IS NULL AND EXISTS (
+                 SELECT 1 FROM attachments a JOIN visits v ON v.id = a.visit_id
+                 WHERE a.content_hash = b.hash AND v.status IN ('completed', 'signed', 'void'))",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((n.max(0) as u64, bytes.unwrap_or(0).max(0) as u64))
+    }
+
+    /// Contents to upload now: not yet held by the server, named by a visit the server has
+    /// acknowledged (a visit's data goes first; its attachments follow). Oldest first.
+    pub(crate) fn uploadable_contents(&self) -> Result<Vec<ContentRef>> {
+        let conn = self.db.reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT b.hash, b.size FROM blobs b
+             WHERE b.uploaded_at IS NULL AND EXISTS (
+                 SELECT 1 FROM attachments a JOIN visits v ON v.id = a.visit_id
+                 WHERE a.content_hash = b.hash AND v.synced_seq IS NOT NULL)
+             ORDER BY b.rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ContentRef {
+                content_hash: r.get(0)?,
+                size_bytes: r.get::<_, i64>(1)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn blob_rowid(conn: &rusqlite::Connection, content_hash: &str) -> Result<i64> {
+        conn.prepare_cached("SELECT rowid FROM blobs WHERE hash = ?1")?
+            .query_row([content_hash], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| Error::NotFound {
+                entity: "attachment content",
+                id: content_hash.to_owned(),
+            })
+    }
+
+    /// `len` bytes of a content from `offset` (fewer at its end).
+    pub(crate) fn read_content(
+        &self,
+        content_hash: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>> {
+        let conn = self.db.reader.lock();
+        let rowid = Self::blob_rowid(&conn, content_hash)?;
+        let blob = conn.blob_open("main", "blobs", "bytes", rowid, true)?;
+        let start = usize::try_from(offset)
+            .ok()
+            .filter(|s| *s <= blob.len())
+            .ok_or_else(|| Error::InvalidInput("an offset beyond the content".into()))?;
+        let mut buf = vec![0; len.min(blob.len() - start)];
+        blob.read_at_exact(&mut buf, start)?;
+        Ok(buf)
+    }
+
+    /// Does the stored content still hash to its name? Checked before uploading, so a damaged
+    /// content is reported on the device instead of being refused by the server at its end.
+    pub(crate) fn content_intact(&self, content_hash: &str) -> Result<bool> {
+        let conn = self.db.reader.lock();
+        let rowid = Self::blob_rowid(&conn, content_hash)?;
+        let blob = conn.blob_open("main", "blobs", "bytes", rowid, true)?;
+        let mut hasher = self.content_hash_algorithm().hasher();
+        let mut buf = vec![0; READ_PIECE];
+        let mut at = 0;
+        while at < blob.len() {
+            let n = blob.read_at(&mut buf, at)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(buf.get(..n).unwrap_or_default());
+            at += n;
+        }
+        Ok(hasher.finish() == content_hash)
+    }
+
+    /// The server holds this content whole and verified.
+    pub(crate) fn mark_uploaded(&self, content_hash: &str) -> Result<()> {
+        let at = timestamp(self.now());
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE blobs SET uploaded_at = ?2 WHERE hash = ?1 AND uploaded_at IS NULL",
+                params![content_hash, at],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+impl Collector {
+    /// Downloads a complete attachment content from the server (a reviewer opening a visit's
+    /// photo) and checks it against its hash.
+    pub fn fetch_attachment_content(
+        &self,
+        transport: &dyn super::transport::Transport,
+        algorithm: crate::audit::HashAlgorithm,
+        content_hash: &str,
+    ) -> Result<Vec<u8>> {
+        if !crate::audit::is_hex_digest(content_hash) {
+            return Err(Error::InvalidInput(
+                "a content hash is a lowercase hex digest".into(),
+            ));
+        }
+        let token = self
+            .sync_settings()?
+            .device_token
+            .ok_or(Error::NotEnrolled)?;
+        let path = format!("/v1/attachments/{}/{content_hash}", algorithm.as_str());
+        let mut request = super::engine::request("GET", &path, Some(&token), Vec::new());
+        request
+            .headers
+            .retain(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        let response = super::engine::send_with_retry(
+            transport,
+            &request,
+            &super::transport::RetryPolicy::default(),
+            None,
+        )?;
+        if response.status != 200 {
+            return Err(super::engine::server_error(&response));
+        }
+        if algorithm.digest(&response.body) != content_hash {
+            return Err(Error::Server {
+                status: 200,
+                code: "hash_mismatch".into(),
+                message: "the downloaded content does not match its hash".into(),
+            });
+        }
+        Ok(response.body)
+    }
+}

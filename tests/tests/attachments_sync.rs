@@ -1,0 +1,402 @@
+//! Photos and signatures over a link that keeps dropping: a real server on loopback behind a
+//! fault-injecting proxy (`zoufang_tests::fault_proxy`) that cuts the connection every 64 KB,
+//! flips bits, cuts answers short and slows the link; and a device process killed mid-upload.
+//! Every photo arrives intact, is stored once, and no byte is sent twice beyond the piece in
+//! flight at a cut.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use zoufang_core::audit::HashAlgorithm;
+use zoufang_core::media::PhotoLimits;
+use zoufang_core::sync::ReqwestTransport;
+use zoufang_core::sync::engine::{MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
+use zoufang_core::sync::frames::FRAME_PAYLOAD;
+use zoufang_core::sync::protocol::Role;
+use zoufang_core::{Collector, Error, StoreOptions};
+use zoufang_server::Storage;
+use zoufang_tests::fault_proxy::{FaultProxy, Faults};
+use zoufang_tests::{Device, TestServer, noisy_jpeg, survey_with_photo};
+
+const VILLAGE: &str = "513431104201";
+
+/// Large enough to keep a noisy 5 MB camera photo as it is.
+fn big_photo_limits() -> PhotoLimits {
+    PhotoLimits {
+        max_long_side: 4000,
+        max_bytes: 8 * 1024 * 1024,
+    }
+}
+
+/// What the server holds of a content, fetched as a reviewer would.
+fn fetched(device: &Collector, server: &TestServer, hash: &str) -> Vec<u8> {
+    device
+        .fetch_attachment_content(&server.transport(), HashAlgorithm::Sha256, hash)
+        .unwrap()
+}
+
+/// Request headers and the status round trip that follows a cut: the fixed cost of resuming.
+const RESUME_OVERHEAD: u64 = 2 * 1024;
+
+#[test]
+fn a_5_mb_photo_crosses_a_link_cut_every_64_kb_intact_without_resending() {
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let c = &phone.collector;
+    let (visit, photo) =
+        survey_with_photo(c, VILLAGE, &noisy_jpeg(2300, 1725, 1), &big_photo_limits());
+    assert!(photo.size_bytes >= 5_000_000, "{} B", photo.size_bytes);
+
+    // Before the sync the device lists the visit as waiting, its data not sent yet.
+    let pending = c.visits_with_pending_attachments().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].visit_id, visit);
+    assert_eq!(pending[0].attachments, 4, "the photo and three signatures");
+    assert!(!pending[0].visit_synced);
+
+    let proxy = FaultProxy::start(
+        server.addr(),
+        Faults {
+            cut_every: Some(64 * 1024),
+            ..Faults::default()
+        },
+    );
+    let link = ReqwestTransport::new(&proxy.url).unwrap();
+    let report = c.sync(&link, None, None).unwrap();
+    let stats = proxy.stats();
+
+    assert_eq!(report.attachments_uploaded, 4);
+    assert_eq!(report.attachments_waiting + report.attachments_damaged, 0);
+    assert_eq!(
+        fetched(c, &server, &photo.content_hash),
+        c.attachment_content(&photo.content_hash).unwrap()
+    );
+    assert!(c.visits_with_pending_attachments().unwrap().is_empty());
+    assert_eq!(c.sync_status().unwrap().pending_attachments, 0);
+    let held = server.storage.stats().unwrap();
+    assert_eq!(held.visits_awaiting_attachments, 0);
+    assert_eq!(held.attachment_contents, 4);
+
+    // The budget: the contents once, plus at most one chunk per cut — in fact far less, since
+    // the server keeps every whole frame that arrived before a cut.
+    let contents: u64 = c
+        .attachments_of_visit(&visit)
+        .unwrap()
+        .iter()
+        .map(|a| a.size_bytes)
+        .sum();
+    let data = report.bytes_sent - report.attachment_bytes_sent.min(report.bytes_sent);
+    assert!(stats.cuts >= 75, "{} cuts", stats.cuts);
+    let up = stats.up_bytes;
+    assert!(
+        up <= contents + stats.cuts * MIN_CHUNK_BYTES as u64,
+        "{up} B up for {contents} B of contents and {} cuts",
+        stats.cuts
+    );
+    let tight = contents + data + stats.cuts * (FRAME_PAYLOAD as u64 + RESUME_OVERHEAD);
+    println!(
+        "5 MB photo, cut every 64 KB: {contents} B of contents, {data} B of data, {up} B up ({:.3}×), {} cuts, {} interruptions, {} round trips",
+        up as f64 / contents as f64,
+        stats.cuts,
+        report.attachment_interruptions,
+        report.round_trips
+    );
+    assert!(
+        up <= tight,
+        "{up} B up > {tight} B (frames lost at cuts + resume overhead)"
+    );
+}
+
+#[test]
+fn the_same_photo_from_two_devices_is_stored_and_sent_once() {
+    let server = TestServer::start();
+    let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let b = Device::enrolled(&server, "coord-b", Role::Coordinator, &[VILLAGE]);
+    // The household's certificate, photographed into the same file on both phones.
+    let document = noisy_jpeg(1000, 750, 7);
+    let limits = PhotoLimits::default();
+    let (_, on_a) = survey_with_photo(&a.collector, VILLAGE, &document, &limits);
+    let (visit_b, on_b) = survey_with_photo(&b.collector, VILLAGE, &document, &limits);
+    assert_eq!(on_a.content_hash, on_b.content_hash);
+
+    let first = a.collector.sync(&server.transport(), None, None).unwrap();
+    assert_eq!(first.attachments_uploaded, 4);
+    let second = b.collector.sync(&server.transport(), None, None).unwrap();
+    // The photo is on the server already: B sends none of its bytes.
+    assert!(second.attachments_already_held >= 1, "{second:?}");
+    assert_eq!(
+        second.attachments_uploaded + second.attachments_already_held,
+        4
+    );
+    let b_sent: u64 = b
+        .collector
+        .attachments_of_visit(&visit_b)
+        .unwrap()
+        .iter()
+        .filter(|x| x.content_hash != on_b.content_hash)
+        .map(|x| x.size_bytes)
+        .sum();
+    assert!(
+        second.attachment_bytes_sent <= b_sent,
+        "{} B sent, the photo is {} B",
+        second.attachment_bytes_sent,
+        on_b.size_bytes
+    );
+    assert!(
+        b.collector
+            .visits_with_pending_attachments()
+            .unwrap()
+            .is_empty()
+    );
+
+    // One file on the server's disk for the photo, named by its hash.
+    let objects = server.dir.path().join("attachments/objects/sha256");
+    let files: Vec<_> = walk(&objects)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n == on_a.content_hash.as_str())
+        })
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        std::fs::read(&files[0]).unwrap(),
+        a.collector.attachment_content(&on_a.content_hash).unwrap()
+    );
+    assert_eq!(
+        server.storage.stats().unwrap().visits_awaiting_attachments,
+        0
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_corrupted_chunk_is_refused_and_sent_again() {
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let c = &phone.collector;
+    let (_, photo) = survey_with_photo(c, VILLAGE, &noisy_jpeg(1800, 1350, 3), &big_photo_limits());
+    assert!(photo.size_bytes > 1_000_000);
+    // Bits flipped well inside the upload (the data of the sync is a few KB).
+    let proxy = FaultProxy::start(
+        server.addr(),
+        Faults {
+            corrupt_at: vec![300_000, 700_001],
+            ..Faults::default()
+        },
+    );
+    let report = c
+        .sync(&ReqwestTransport::new(&proxy.url).unwrap(), None, None)
+        .unwrap();
+    assert_eq!(proxy.stats().corrupted, 2);
+    assert!(report.attachment_interruptions >= 2, "{report:?}");
+    assert_eq!(report.attachments_uploaded, 4);
+    // Stored only as it was taken: the server checked every frame and the whole hash.
+    assert_eq!(
+        fetched(c, &server, &photo.content_hash),
+        c.attachment_content(&photo.content_hash).unwrap()
+    );
+    // Re-sent: the refused frames and what followed them in their chunks, nothing more.
+    let up = proxy.stats().up_bytes;
+    assert!(
+        up <= photo.size_bytes + 2 * MAX_CHUNK_BYTES as u64 + 64 * 1024,
+        "{up} B up for a {} B photo",
+        photo.size_bytes
+    );
+}
+
+#[test]
+fn a_lost_answer_is_not_a_reason_to_send_again() {
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let c = &phone.collector;
+    let (visit, photo) =
+        survey_with_photo(c, VILLAGE, &noisy_jpeg(1800, 1350, 4), &big_photo_limits());
+    // The answer to the chunk in flight at 500 KB is cut short: the server applied it, the
+    // device does not know. It asks, and goes on from what the server holds.
+    let proxy = FaultProxy::start(
+        server.addr(),
+        Faults {
+            truncate_answer_after: Some(500_000),
+            ..Faults::default()
+        },
+    );
+    let report = c
+        .sync(&ReqwestTransport::new(&proxy.url).unwrap(), None, None)
+        .unwrap();
+    assert_eq!(proxy.stats().truncated_answers, 1);
+    assert_eq!(report.attachments_uploaded, 4);
+    assert_eq!(
+        fetched(c, &server, &photo.content_hash),
+        c.attachment_content(&photo.content_hash).unwrap()
+    );
+    assert!(c.visits_with_pending_attachments().unwrap().is_empty());
+    // Every content byte went up exactly once.
+    let contents: u64 = c
+        .attachments_of_visit(&visit)
+        .unwrap()
+        .iter()
+        .map(|a| a.size_bytes)
+        .sum();
+    assert_eq!(report.attachment_bytes_sent, contents, "{report:?}");
+    assert!(report.attachment_interruptions >= 1);
+}
+
+#[test]
+fn a_device_killed_mid_upload_resumes_after_restart() {
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let (visit, photo) = survey_with_photo(
+        &phone.collector,
+        VILLAGE,
+        &noisy_jpeg(2300, 1725, 5),
+        &big_photo_limits(),
+    );
+    let path = phone.path.clone();
+    drop(phone.collector);
+    // 1.5 MB/s: the photo takes seconds, time enough to kill the device in the middle.
+    let proxy = FaultProxy::start(
+        server.addr(),
+        Faults {
+            up_bytes_per_second: Some(1_500_000),
+            ..Faults::default()
+        },
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attachment_sync"))
+        .args([path.to_str().unwrap(), &proxy.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Progress lines: "attachments DONE TOTAL" in bytes the server confirmed.
+    loop {
+        let line = lines.next().expect("the device stopped early").unwrap();
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.first() == Some(&"attachments") && parts[1].parse::<u64>().unwrap() >= 1_500_000 {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = proxy.stats().up_bytes;
+
+    // The server holds the visit, and knows it is not complete yet.
+    assert_eq!(
+        server.storage.visits_awaiting_attachments().unwrap(),
+        vec![visit.clone()]
+    );
+
+    let c = Collector::open(&path, &StoreOptions::default()).unwrap();
+    let pending = c.visits_with_pending_attachments().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].visit_synced);
+    let report = c
+        .sync(&ReqwestTransport::new(&proxy.url).unwrap(), None, None)
+        .unwrap();
+    assert_eq!(
+        report.attachments_uploaded, 4,
+        "the photo and its signatures: {report:?}"
+    );
+    assert_eq!(
+        fetched(&c, &server, &photo.content_hash),
+        c.attachment_content(&photo.content_hash).unwrap()
+    );
+    assert!(
+        server
+            .storage
+            .visits_awaiting_attachments()
+            .unwrap()
+            .is_empty()
+    );
+    let resumed = proxy.stats().up_bytes - at_kill;
+    let left = photo.size_bytes;
+    // Across the kill: at most the chunk in flight was lost.
+    let total = proxy.stats().up_bytes;
+    let contents: u64 = c
+        .attachments_of_visit(&visit)
+        .unwrap()
+        .iter()
+        .map(|a| a.size_bytes)
+        .sum();
+    assert!(
+        total <= contents + MAX_CHUNK_BYTES as u64 + 64 * 1024,
+        "{total} B up for {contents} B of contents ({resumed} B after the restart, photo {left} B)"
+    );
+    assert!(
+        resumed < left,
+        "the restart resumed instead of starting over"
+    );
+}
+
+#[test]
+fn reviewers_fetch_attachments_only_inside_their_areas() {
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let (_, photo) = survey_with_photo(
+        &phone.collector,
+        VILLAGE,
+        &noisy_jpeg(800, 600, 9),
+        &PhotoLimits::default(),
+    );
+    phone
+        .collector
+        .sync(&server.transport(), None, None)
+        .unwrap();
+    let expected = phone
+        .collector
+        .attachment_content(&photo.content_hash)
+        .unwrap();
+
+    let county = Device::enrolled(
+        &server,
+        "reviewer-zhaojue",
+        Role::CountyReviewer,
+        &["513431"],
+    );
+    assert_eq!(
+        fetched(&county.collector, &server, &photo.content_hash),
+        expected
+    );
+
+    for (user, area) in [
+        ("reviewer-other", "513432"),
+        ("coord-other", "513431104202"),
+    ] {
+        let outsider = Device::enrolled(&server, user, Role::CountyReviewer, &[area]);
+        let refused = outsider.collector.fetch_attachment_content(
+            &server.transport(),
+            HashAlgorithm::Sha256,
+            &photo.content_hash,
+        );
+        assert!(
+            matches!(&refused, Err(Error::Server { status: 404, .. })),
+            "{user}: {refused:?}"
+        );
+    }
+    // A content nobody's visit names does not exist, whoever asks.
+    let unknown = county.collector.fetch_attachment_content(
+        &server.transport(),
+        HashAlgorithm::Sha256,
+        &"ab".repeat(32),
+    );
+    assert!(matches!(unknown, Err(Error::Server { status: 404, .. })));
+}
