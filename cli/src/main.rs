@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod bench_attachments;
 mod bench_crypto;
 mod bench_sync;
 mod demo;
@@ -117,7 +118,8 @@ enum Command {
         /// Repetitions of each timed step.
         #[arg(long, default_value_t = 40)]
         rounds: usize,
-        /// Which benchmarks: store, sync, crypto (encrypted against plaintext) or all.
+        /// Which benchmarks: store, sync, crypto (encrypted against plaintext), attachments
+        /// (photo uploads) or all.
         #[arg(long, default_value = "all")]
         suite: String,
         /// Visits pushed in the sync benchmark.
@@ -479,8 +481,11 @@ fn run(cli: Cli) -> CliResult {
             if suite == "crypto" || suite == "all" {
                 report.extend(bench_crypto::run(households / 5, rounds, cli.json)?);
             }
-            if !matches!(suite.as_str(), "store" | "sync" | "crypto" | "all") {
-                return Err(fail("invalid_input", "--suite is store, sync, crypto or all"));
+            if suite == "attachments" || suite == "all" {
+                report.extend(bench_attachments::run(rounds, cli.json)?);
+            }
+            if !matches!(suite.as_str(), "store" | "sync" | "crypto" | "attachments" | "all") {
+                return Err(fail("invalid_input", "--suite is store, sync, crypto, attachments or all"));
             }
             if cli.json {
                 outln!("{}", serde_json::to_string_pretty(&json!({"benchmarks": report})).unwrap_or_default());

@@ -351,11 +351,14 @@ fn the_benchmark_runs_and_reports_ratios() {
             "save_full_visit_aes256",
             "save_full_visit_sm4",
             "search_by_name_aes256",
-            "search_by_name_sm4"
+            "search_by_name_sm4",
+            "upload_loopback",
+            "upload_cut_every_64kb",
+            "upload_weak_link"
         ]
     );
     // Encrypted against plaintext: real ratios, measured on stores that hold the households.
-    for b in &report["benchmarks"].as_array().unwrap()[12..] {
+    for b in &report["benchmarks"].as_array().unwrap()[12..16] {
         assert!(
             b["ratio"].as_f64().unwrap() > 0.0 && b["households"] == json!(60),
             "{b}"
@@ -380,6 +383,19 @@ fn the_benchmark_runs_and_reports_ratios() {
         photo["output_bytes"].as_u64().unwrap() <= 500 * 1024
             && photo["ratio"].as_f64().unwrap() > 1.0
     );
+    // Photos: a real upload, and over links that drop, little more than the photo goes up.
+    let upload = &report["benchmarks"][16];
+    assert!(
+        upload["ratio"].as_f64().unwrap() > 0.0 && upload["bytes"].as_u64().unwrap() > 5_000_000
+    );
+    for b in &report["benchmarks"].as_array().unwrap()[17..] {
+        let ratio = b["ratio"].as_f64().unwrap();
+        assert!(
+            (1.0..1.3).contains(&ratio) && b["cuts"].as_u64().unwrap() > 50,
+            "{b}"
+        );
+        assert!(b["lost_per_cut_bytes"].as_f64().unwrap() < 8192.0, "{b}");
+    }
     let save = &report["benchmarks"][0];
     assert!(save["ratio"].as_f64().unwrap() > 0.0 && save["answers"].as_u64().unwrap() > 120);
     // The benchmark cleans up after itself.

@@ -46,7 +46,7 @@ impl Collector {
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.entity = 'visit' AND o.entity_id = v.id)
                    AND NOT EXISTS (SELECT 1 FROM visits r WHERE r.revision_of = v.id)
                    AND NOT EXISTS (SELECT 1 FROM attachments a JOIN blobs b ON b.hash = a.content_hash
-                                   WHERE a.visit_id = v.id AND b.uploaded_at IS NULL)",
+                                   WHERE a.visit_id = v.id AND NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash))",
                 params![cutoff],
             )?;
             tx.execute(
@@ -60,6 +60,10 @@ impl Collector {
             )?;
             tx.execute(
                 "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM attachments a WHERE a.content_hash = blobs.hash)",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM uploaded_contents WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = uploaded_contents.hash)",
                 [],
             )?;
             tx.execute(

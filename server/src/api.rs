@@ -33,8 +33,8 @@ use crate::storage::{DeviceAuth, ServerError, Storage};
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Most changes in one push.
 pub const MAX_PUSH_CHANGES: usize = 5000;
-/// Most content bytes in one attachment chunk (devices send at most 256 KB).
-pub const MAX_CHUNK_CONTENT: usize = 1024 * 1024;
+/// Most content bytes in one attachment chunk (devices send at most 1 MB).
+pub const MAX_CHUNK_CONTENT: usize = 4 * 1024 * 1024;
 /// Most contents asked about in one status request.
 pub const MAX_STATUS_CONTENTS: usize = 1000;
 

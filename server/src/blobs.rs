@@ -118,21 +118,36 @@ impl FsBlobStore {
         if self.object_path(key).exists() {
             return Ok(Held::Complete);
         }
-        match fs::read_to_string(self.partial_path(key, ".held")) {
-            Ok(text) => Ok(Held::Partial(text.trim().parse().unwrap_or(0))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Held::Partial(0)),
-            Err(e) => Err(e),
-        }
+        Ok(Held::Partial(self.read_held(key)?))
     }
 
+    /// Moves the mark after the bytes up to it were made durable. The mark itself is not
+    /// synced (one fsync per chunk, not two): a crash may lose it or leave it unreadable, and the
+    /// mark falls back to an earlier length, or 0 — the device then re-sends from there. It can
+    /// never claim bytes that are not on disk.
     fn write_held(&self, key: &ContentKey, held: u64) -> io::Result<()> {
-        // Written aside and renamed, so the mark is either the old or the new length. Losing
-        // the rename in a crash only makes the device re-send what followed the old mark.
         let tmp = self.partial_path(key, ".held.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(held.to_string().as_bytes())?;
-        f.sync_all()?;
+        fs::write(
+            &tmp,
+            format!("{held} {:08x}", crc32fast::hash(&held.to_le_bytes())),
+        )?;
         fs::rename(tmp, self.partial_path(key, ".held"))
+    }
+
+    fn read_held(&self, key: &ContentKey) -> io::Result<u64> {
+        let text = match fs::read_to_string(self.partial_path(key, ".held")) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        // Anything but a mark with its checksum (a write torn by a crash) counts as nothing held.
+        let mut parts = text.split_whitespace();
+        let held = parts.next().and_then(|h| h.parse::<u64>().ok());
+        let crc = parts.next().and_then(|c| u32::from_str_radix(c, 16).ok());
+        Ok(match (held, crc) {
+            (Some(h), Some(c)) if crc32fast::hash(&h.to_le_bytes()) == c => h,
+            _ => 0,
+        })
     }
 
     fn verify(&self, key: &ContentKey, part: &Path) -> io::Result<bool> {
@@ -207,12 +222,15 @@ impl BlobStore for FsBlobStore {
         }
         let object = self.object_path(key);
         let dir = object.parent().unwrap_or(&self.root).to_owned();
-        fs::create_dir_all(&dir)?;
+        if !dir.exists() {
+            // New directories become durable through their parents (once per directory).
+            fs::create_dir_all(&dir)?;
+            for parent in dir.ancestors().skip(1).take(2) {
+                sync_dir(parent)?;
+            }
+        }
         fs::rename(&part, &object)?;
         sync_dir(&dir)?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
         let _ = fs::remove_file(self.partial_path(key, ".held"));
         Ok(Held::Complete)
     }

@@ -196,7 +196,14 @@ pub fn noisy_jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {
 /// A signature image (strokes on a transparent ground).
 pub fn signature_png(seed: u32) -> Vec<u8> {
     let strokes = image::GrayAlphaImage::from_fn(500, 160, |x, y| {
-        image::LumaA([0, if (x + 2 * y + seed).is_multiple_of(13) { 255 } else { 0 }])
+        image::LumaA([
+            0,
+            if (x + 2 * y + seed).is_multiple_of(13) {
+                255
+            } else {
+                0
+            },
+        ])
     });
     let mut png = Vec::new();
     strokes

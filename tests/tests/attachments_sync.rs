@@ -195,11 +195,12 @@ fn a_corrupted_chunk_is_refused_and_sent_again() {
     let c = &phone.collector;
     let (_, photo) = survey_with_photo(c, VILLAGE, &noisy_jpeg(1800, 1350, 3), &big_photo_limits());
     assert!(photo.size_bytes > 1_000_000);
-    // Bits flipped well inside the upload (the data of the sync is a few KB).
+    // Bits flipped well inside the upload (the data of the sync is a few KB), more than a
+    // chunk apart.
     let proxy = FaultProxy::start(
         server.addr(),
         Faults {
-            corrupt_at: vec![300_000, 700_001],
+            corrupt_at: vec![300_000, 2_000_001],
             ..Faults::default()
         },
     );

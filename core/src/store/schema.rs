@@ -189,10 +189,14 @@ CREATE TABLE blobs (
 CREATE INDEX attachments_by_content ON attachments (content_hash);
 "#;
 
-/// Upload state: a content is pending until the server confirmed it holds it whole and verified
-/// (`uploaded_at`). How far a partial upload got is the server's to say, never guessed here.
+/// Upload state: a content is pending until the server confirmed it holds it whole and verified.
+/// A table of its own: SQLite rewrites a whole record on any update, and a 5 MB photo's record
+/// is 5 MB. How far a partial upload got is the server's to say, never guessed here.
 const V5: &str = r#"
-ALTER TABLE blobs ADD COLUMN uploaded_at TEXT;
+CREATE TABLE uploaded_contents (
+    hash        TEXT PRIMARY KEY,
+    uploaded_at TEXT NOT NULL
+) WITHOUT ROWID;
 "#;
 
 #[cfg(test)]
@@ -233,6 +237,7 @@ mod tests {
                 "rejected_changes",
                 "scope_checksums",
                 "sync_conflicts",
+                "uploaded_contents",
                 "visits"
             ]
         );

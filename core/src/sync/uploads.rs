@@ -34,7 +34,8 @@ impl Collector {
              FROM visits v
              JOIN attachments a ON a.visit_id = v.id
              JOIN blobs b ON b.hash = a.content_hash
-             WHERE v.status IN ('completed', 'signed', 'void') AND b.uploaded_at IS NULL
+             WHERE v.status IN ('completed', 'signed', 'void')
+               AND NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash)
              GROUP BY v.id ORDER BY v.completed_at, v.id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -53,7 +54,7 @@ impl Collector {
         let conn = self.db.reader.lock();
         let (n, bytes): (i64, Option<i64>) = conn.query_row(
             "SELECT count(*), sum(b.size) FROM blobs b
-             WHERE b.uploaded_at IS NULL AND EXISTS (
+             WHERE NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash) AND EXISTS (
                  SELECT 1 FROM attachments a JOIN visits v ON v.id = a.visit_id
                  WHERE a.content_hash = b.hash AND v.status IN ('completed', 'signed', 'void'))",
             [],
@@ -68,7 +69,7 @@ impl Collector {
         let conn = self.db.reader.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT b.hash, b.size FROM blobs b
-             WHERE b.uploaded_at IS NULL AND EXISTS (
+             WHERE NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash) AND EXISTS (
                  SELECT 1 FROM attachments a JOIN visits v ON v.id = a.visit_id
                  WHERE a.content_hash = b.hash AND v.synced_seq IS NOT NULL)
              ORDER BY b.rowid",
@@ -136,7 +137,7 @@ impl Collector {
         let at = timestamp(self.now());
         self.write(|tx| {
             tx.execute(
-                "UPDATE blobs SET uploaded_at = ?2 WHERE hash = ?1 AND uploaded_at IS NULL",
+                "INSERT OR IGNORE INTO uploaded_contents (hash, uploaded_at) VALUES (?1, ?2)",
                 params![content_hash, at],
             )?;
             Ok(())
