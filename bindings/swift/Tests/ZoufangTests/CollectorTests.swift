@@ -34,6 +34,9 @@ extension Collector {
     }
 }
 
+/// A 64×48 JPEG from a camera.
+let cameraJpeg = Data(base64Encoded: "/9j/4AAQSkZJRgABAgAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDAxNDQ0Hyc5PTgyPC4zNDL/2wBDAQkJCQwLDBgNDRgyIRwhMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjL/wAARCAAwAEADASIAAhEBAxEB/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcFBAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDw+O19qtx2vtV6O19quR2vtUqZFDElGO19qtx2vtV6O19quR2vtWime1QxJRjtfarcdr7Vejtfarcdr7VqpntUMSUY7X2q5Ha+1Xo7X2q3Ha+1aqZ7dDEnEx2vtVuO19qvR2vtVuO19q8dTPxChiSjHa+1XI7X2q9Ha+1W47X2rVTPaoYkox2vtVyO19qvR2vtVuO19q1Uz2qGJKMdr7Vbjtfar0dr7VcjtfatFM9uhiTiI7X2q5Ha+1Xo7X2q3Ha+1eQpn4hQxJRjtfarcdr7Vejtfarkdr7VqpntUMSUY7X2q3Ha+1Xo7X2q5Ha+1aKZ7VDElGO19qtx2vtV6O19qtx2vtWqme1QxJ//2Q==")!
+
 /// The server `test-swift.sh` started on loopback for this run, with one-time enrolment tokens
 /// (Foundation's Process is unreliable inside the build root, so the script administers it).
 struct TestServer {
@@ -180,7 +183,7 @@ final class CollectorTests: XCTestCase {
         try c.signIn(userId: "coord-1")
         let v = try c.startVisit(householdId: nil, visitType: "application_survey")
         // A 64×48 JPEG from a camera; small photos are kept at their size.
-        let jpeg = Data(base64Encoded: "/9j/4AAQSkZJRgABAgAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDAxNDQ0Hyc5PTgyPC4zNDL/2wBDAQkJCQwLDBgNDRgyIRwhMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjL/wAARCAAwAEADASIAAhEBAxEB/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcFBAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDw+O19qtx2vtV6O19quR2vtUqZFDElGO19qtx2vtV6O19quR2vtWime1QxJRjtfarcdr7Vejtfarcdr7VqpntUMSUY7X2q5Ha+1Xo7X2q3Ha+1aqZ7dDEnEx2vtVuO19qvR2vtVuO19q8dTPxChiSjHa+1XI7X2q9Ha+1W47X2rVTPaoYkox2vtVyO19qvR2vtVuO19q1Uz2qGJKMdr7Vbjtfar0dr7VcjtfatFM9uhiTiI7X2q5Ha+1Xo7X2q3Ha+1eQpn4hQxJRjtfarcdr7Vejtfarkdr7VqpntUMSUY7X2q3Ha+1Xo7X2q5Ha+1aKZ7VDElGO19qtx2vtV6O19qtx2vtWqme1QxJ//2Q==")!
+        let jpeg = cameraJpeg
         let photo = try c.addPhoto(visitId: v.id, fieldPath: "house_exterior_photo", image: jpeg)
         XCTAssertEqual(photo.mimeType, "image/jpeg")
         XCTAssertTrue(photo.metadataJson.contains("\"width\":64"), photo.metadataJson)
@@ -255,10 +258,28 @@ final class CollectorTests: XCTestCase {
         let transport = UrlSessionTransport(base: server.url)
         let a = try openStore()
         _ = try a.enrollWithTransport(transport: transport, enrollmentToken: try server.enrolmentToken("coord-s"), deviceName: "swift-http")
-        _ = try a.newHousehold()
+        let h = try a.newHousehold()
+        // A visit signed on the screen: its signature image goes up after the visit's data.
+        let v = try a.startVisit(householdId: h, visitType: "routine")
+        try a.setAnswers(visitId: v.id, answersJson: #"""
+            {"trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
+             "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
+             "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
+             "investigator_1_name": "马海木呷", "consent_privacy": "yes"}
+            """#)
+        _ = try a.addSignature(visitId: v.id, fieldPath: "investigator_1_signature", image: cameraJpeg)
+        _ = try a.completeVisit(visitId: v.id)
+        let waiting = try a.visitsWithPendingAttachments()
+        XCTAssertEqual(waiting.map { $0.visitId }, [v.id])
+        XCTAssertFalse(waiting[0].visitSynced)
+        XCTAssertEqual(try a.syncStatus().pendingAttachments, 1)
         let report = try await a.syncWithTransport(transport: transport, listener: nil)
-        XCTAssertEqual(report.accepted, 2)
-        XCTAssertGreaterThanOrEqual(transport.requests, 4)
+        XCTAssertEqual(report.rejected, 0)
+        XCTAssertGreaterThanOrEqual(report.accepted, 3)
+        XCTAssertEqual(report.attachmentsUploaded, 1)
+        XCTAssertTrue(try a.visitsWithPendingAttachments().isEmpty)
+        XCTAssertEqual(try a.syncStatus().pendingAttachments, 0)
+        XCTAssertGreaterThanOrEqual(transport.requests, 6)
     }
 
     func testOneStoreFromSeveralThreads() throws {

@@ -244,10 +244,36 @@ class CollectorTest {
         val transport = JdkTransport(server.url)
         val a = openStore().closeLater()
         a.enrollWithTransport(transport, server.enrolmentToken("coord-k", VILLAGE), "kotlin-http")
-        a.newHousehold()
-        val report = a.syncWithTransport(transport, null)
-        assertEquals(2uL, report.accepted)
-        assertTrue(transport.requests.get() >= 4, "enrol, catalog, push and pull went through Kotlin")
+        val h = a.newHousehold()
+        // A visit signed on the screen: its signature image goes up after the visit's data.
+        val v = a.startVisit(h, "routine")
+        a.setAnswers(
+            v.id,
+            """{"trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
+                "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
+                "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
+                "investigator_1_name": "马海木呷", "consent_privacy": "yes"}""",
+        )
+        val strokes = java.awt.image.BufferedImage(500, 160, java.awt.image.BufferedImage.TYPE_BYTE_GRAY)
+        for (x in 0 until 500) strokes.setRGB(x, 80 + (x % 40) - 20, 0xFFFFFF)
+        val png = java.io.ByteArrayOutputStream().also { javax.imageio.ImageIO.write(strokes, "png", it) }.toByteArray()
+        a.addSignature(v.id, "investigator_1_signature", png)
+        a.completeVisit(v.id)
+        val waiting = a.visitsWithPendingAttachments().single()
+        assertEquals(v.id, waiting.visitId)
+        assertTrue(!waiting.visitSynced && a.syncStatus().pendingAttachments == 1uL)
+        val phases = CopyOnWriteArrayList<SyncPhase>()
+        val report = a.syncWithTransport(transport, object : SyncListener {
+            override fun onProgress(progress: SyncProgress) {
+                phases.add(progress.phase)
+            }
+        })
+        assertEquals(0uL, report.rejected)
+        assertTrue(report.accepted >= 3uL, "the household, its member and the visit")
+        assertEquals(1uL, report.attachmentsUploaded)
+        assertTrue(SyncPhase.ATTACHMENTS in phases)
+        assertTrue(a.visitsWithPendingAttachments().isEmpty() && a.syncStatus().pendingAttachments == 0uL)
+        assertTrue(transport.requests.get() >= 6, "enrol, catalog, push, pull, status and the chunk went through Kotlin")
         val b = openStore().closeLater()
         b.enroll(server.url, server.enrolmentToken("coord-l", VILLAGE), "b")
         b.sync(server.url, null)
