@@ -401,3 +401,190 @@ fn reviewers_fetch_attachments_only_inside_their_areas() {
     );
     assert!(matches!(unknown, Err(Error::Server { status: 404, .. })));
 }
+
+/// An in-process link that misbehaves at chosen points of the upward byte stream: a cut (what
+/// went up before it reaches the server, the answer is lost), a flipped bit in a chunk, or a
+/// lost answer after the server acted.
+struct ChaosLink {
+    inner: ReqwestTransport,
+    state: parking_lot::Mutex<Chaos>,
+}
+
+#[derive(Debug, Default)]
+struct Chaos {
+    /// Upward bytes so far; faults fire at these offsets.
+    up: u64,
+    schedule: std::collections::VecDeque<(u64, Fault)>,
+    /// Chunk body bytes that went up, cut ones included.
+    chunk_bytes: u64,
+    chunk_cuts: u64,
+    chunk_flips: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Cut,
+    FlipBit,
+    LoseAnswer,
+}
+
+impl zoufang_core::sync::Transport for ChaosLink {
+    fn send(
+        &self,
+        request: &zoufang_core::sync::HttpRequest,
+    ) -> Result<zoufang_core::sync::HttpResponse, zoufang_core::sync::TransportError> {
+        let lost = || zoufang_core::sync::TransportError {
+            message: "link fault".into(),
+        };
+        let mut s = self.state.lock();
+        let (start, len) = (s.up, request.body.len() as u64);
+        let fault = match s.schedule.front() {
+            Some(&(at, fault)) if at < start + len => {
+                s.schedule.pop_front();
+                Some(((at.max(start) - start) as usize, fault))
+            }
+            _ => None,
+        };
+        let chunk = request.method == "PUT";
+        let moved = match fault {
+            Some((at, Fault::Cut)) => at as u64,
+            _ => len,
+        };
+        s.up += moved;
+        if chunk {
+            s.chunk_bytes += moved;
+        }
+        match fault {
+            Some((at, Fault::Cut)) => {
+                if chunk {
+                    s.chunk_cuts += 1;
+                    let mut partial = request.clone();
+                    partial.body.truncate(at);
+                    let _ = self.inner.send(&partial);
+                }
+                Err(lost())
+            }
+            Some((at, Fault::FlipBit)) if chunk => {
+                s.chunk_flips += 1;
+                let mut damaged = request.clone();
+                damaged.body[at] ^= 0x04;
+                self.inner.send(&damaged)
+            }
+            Some((_, Fault::LoseAnswer)) => {
+                let _ = self.inner.send(request);
+                Err(lost())
+            }
+            _ => self.inner.send(request),
+        }
+    }
+}
+
+/// The framed size of `n` content bytes.
+fn framed(n: u64) -> u64 {
+    n + n.div_ceil(FRAME_PAYLOAD as u64) * 8
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+    /// Whatever the link does and wherever, the contents arrive intact and once, nothing stays
+    /// pending, a cut costs at most the frame in flight and a damaged chunk at most itself.
+    #[test]
+    fn uploads_survive_any_schedule_of_faults(
+        faults in proptest::collection::vec((1_000u64..900_000, 0u8..3), 0..12),
+        seed in 0u32..1000,
+    ) {
+        let server = TestServer::start();
+        let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+        let c = &phone.collector;
+        let (visit, _) = survey_with_photo(c, VILLAGE, &noisy_jpeg(600, 450, seed), &big_photo_limits());
+        let mut schedule: Vec<(u64, Fault)> = faults
+            .into_iter()
+            .map(|(at, k)| (at, [Fault::Cut, Fault::FlipBit, Fault::LoseAnswer][usize::from(k)]))
+            .collect();
+        schedule.sort_by_key(|f| f.0);
+        let link = ChaosLink {
+            inner: server.transport(),
+            state: parking_lot::Mutex::new(Chaos { schedule: schedule.into(), ..Chaos::default() }),
+        };
+        let mut config = zoufang_core::sync::SyncConfig::default();
+        config.retry.base = std::time::Duration::from_millis(1);
+        config.retry.cap = std::time::Duration::from_millis(4);
+        // A sync that gives up (faults in a row) is simply run again, as the app would.
+        for _ in 0..20 {
+            match c.sync_with(&link, config, None, None) {
+                Ok(_) => break,
+                Err(Error::Transport(_) | Error::Server { .. }) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        proptest::prop_assert!(c.visits_with_pending_attachments().unwrap().is_empty());
+        let attachments = c.attachments_of_visit(&visit).unwrap();
+        for a in &attachments {
+            proptest::prop_assert_eq!(fetched(c, &server, &a.content_hash), c.attachment_content(&a.content_hash).unwrap());
+        }
+        let stats = server.storage.stats().unwrap();
+        proptest::prop_assert_eq!((stats.attachment_contents, stats.visits_awaiting_attachments), (4, 0));
+        let s = link.state.lock();
+        let once: u64 = attachments.iter().map(|a| framed(a.size_bytes)).sum();
+        let budget = once
+            + s.chunk_cuts * (FRAME_PAYLOAD as u64 + 8)
+            + s.chunk_flips * framed(MAX_CHUNK_BYTES as u64);
+        proptest::prop_assert!(
+            s.chunk_bytes <= budget,
+            "{} chunk bytes > {} ({} cuts, {} flips in chunks)", s.chunk_bytes, budget, s.chunk_cuts, s.chunk_flips
+        );
+    }
+}
+
+#[test]
+fn a_visit_naming_a_malformed_attachment_is_refused() {
+    use zoufang_core::sync::protocol::{Change, ChangeOp, Outcome};
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let c = &phone.collector;
+    let (visit, _) = survey_with_photo(
+        c,
+        VILLAGE,
+        &noisy_jpeg(300, 200, 2),
+        &PhotoLimits::default(),
+    );
+    let auth = zoufang_server::DeviceAuth {
+        device_id: c.sync_status().unwrap().device_id.unwrap(),
+        user: c.sync_status().unwrap().user.unwrap(),
+    };
+    let record = c.visit_submission(&visit).unwrap();
+    type Spoil = fn(&mut zoufang_core::sync::protocol::AttachmentRecord);
+    let spoil: [(&str, Spoil); 4] = [
+        ("uppercase hash", |a| {
+            a.content_hash = a.content_hash.to_uppercase()
+        }),
+        ("path in the hash", |a| {
+            a.content_hash = "../../../etc/passwd".into()
+        }),
+        ("empty", |a| a.size_bytes = 0),
+        ("a third kind", |a| a.kind = "video".into()),
+    ];
+    for (i, (what, spoil)) in spoil.into_iter().enumerate() {
+        let mut bad = record.clone();
+        bad.id = uuid::Uuid::now_v7().to_string();
+        spoil(&mut bad.attachments[0]);
+        let change = Change {
+            seq: 1000 + i as u64,
+            hlc: format!("{:015}-{:010}", 1_764_300_000_000u64 + i as u64, 0),
+            device_time: "2026-11-28T02:10:00.000Z".into(),
+            op: ChangeOp::SubmitVisit {
+                visit: Box::new(bad),
+            },
+        };
+        let now = chrono::Utc::now();
+        let acks = server.storage.push(&auth, &[change], now, now).unwrap();
+        assert_eq!(acks[0].outcome, Outcome::Rejected, "{what}");
+        assert_eq!(
+            acks[0].code.as_deref(),
+            Some("invalid_attachment"),
+            "{what}"
+        );
+    }
+    assert_eq!(server.storage.stats().unwrap().visits, 0);
+}
