@@ -57,6 +57,8 @@ pub enum AdminCommand {
     /// Re-verify every audit chain (each device's and the server's own); exit 1 on a break.
     AuditVerify,
     Stats,
+    /// Visits whose photos or signatures have not all arrived (verified) yet.
+    AwaitingAttachments,
 }
 
 #[derive(Subcommand, Debug)]
@@ -272,6 +274,16 @@ pub fn admin(cmd: AdminCommand, data: &Option<PathBuf>, out: &Out) -> CliResult 
         AdminCommand::Stats => {
             let stats = s.stats().map_err(server_failure)?;
             out.emit(&stats, || format!("{stats:#?}"))
+        }
+        AdminCommand::AwaitingAttachments => {
+            let visits = s.visits_awaiting_attachments().map_err(server_failure)?;
+            out.emit(&visits, || {
+                if visits.is_empty() {
+                    "no visit waits for its attachments".to_owned()
+                } else {
+                    visits.join("\n")
+                }
+            })
         }
     }
 }

@@ -1371,8 +1371,10 @@ impl Collector {
             let form = self.form(&form_id, version)?;
             let mut answers = parse_object(&answers)?;
             edit(tx, &form, &mut answers)?;
+            let answers = Json::Object(answers).to_string();
+            drop_unreferenced_attachments(tx, visit_id, &answers)?;
             tx.prepare_cached("UPDATE visits SET answers = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![visit_id, Json::Object(answers).to_string(), now])?;
+                .execute(params![visit_id, answers, now])?;
             self.log(
                 tx,
                 &now,
@@ -1463,10 +1465,12 @@ impl Collector {
                 let household = self.apply_to_household(tx, &form, &b, visit.household_id.as_deref(), &mut answers, &at)?;
                 visit.household_id = Some(household);
             }
+            let answers_json = Json::Object(answers.clone()).to_string();
+            drop_unreferenced_attachments(tx, visit_id, &answers_json)?;
             tx.execute(
                 "UPDATE visits SET status = 'completed', answers = ?2, household_id = ?3, completed_at = ?4, updated_at = ?4
                  WHERE id = ?1",
-                params![visit_id, Json::Object(answers.clone()).to_string(), visit.household_id, at],
+                params![visit_id, answers_json, visit.household_id, at],
             )?;
             self.log(tx, &at, Change { entity: "visit", entity_id: visit_id, op: "complete", field: None, value: None })?;
             visit.answers = answers;
@@ -1979,6 +1983,28 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
         prev_hash: r.get(7)?,
         hash: r.get(8)?,
     })
+}
+
+/// Removes the attachments of a draft its answers no longer name (an answer cleared or
+/// overwritten, a repeat instance removed) and the contents nothing names any more: a photo
+/// the visit does not hold neither travels nor stays on the phone.
+fn drop_unreferenced_attachments(
+    tx: &Transaction<'_>,
+    visit_id: &str,
+    answers_json: &str,
+) -> Result<()> {
+    let attached: Vec<(String, Option<String>)> = tx
+        .prepare_cached("SELECT id, content_hash FROM attachments WHERE visit_id = ?1")?
+        .query_map([visit_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, hash) in attached {
+        // Ids are UUIDs: as a quoted JSON string they occur only where an answer names them.
+        if !answers_json.contains(&format!("\"{id}\"")) {
+            tx.execute("DELETE FROM attachments WHERE id = ?1", [&id])?;
+            collect_blob(tx, hash.as_deref())?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes a content no attachment names any more.

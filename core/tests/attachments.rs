@@ -281,3 +281,58 @@ fn completing_a_visit_keeps_its_signatures_valid() {
         "completion (end time, calculated values, defaults) is not a change"
     );
 }
+
+#[test]
+fn an_attachment_its_answers_no_longer_name_leaves_the_draft() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let c = Collector::open(&path, &StoreOptions::default()).unwrap();
+    c.sign_in("coord-1").unwrap();
+    let v = c.start_visit(None, "application_survey").unwrap();
+    // A participant signs, then the participant is removed from the list.
+    c.set_answer(
+        &v.id,
+        "other_participants[0].participant_name",
+        json!("沙马"),
+    )
+    .unwrap();
+    let participant = c
+        .add_signature(
+            &v.id,
+            "other_participants[0].participant_signature",
+            &signature_png(),
+        )
+        .unwrap();
+    // A photo taken, then its answer cleared by hand.
+    let photo = c
+        .add_photo(
+            &v.id,
+            "house_interior_photo",
+            &camera_jpeg(640, 480, 2),
+            &PhotoLimits::default(),
+        )
+        .unwrap();
+    let kept = c
+        .add_photo(
+            &v.id,
+            "house_exterior_photo",
+            &camera_jpeg(640, 480, 3),
+            &PhotoLimits::default(),
+        )
+        .unwrap();
+    assert_eq!(blob_count(&path), 3);
+    c.remove_repeat_instance(&v.id, "other_participants[0]")
+        .unwrap();
+    c.set_answer(&v.id, "house_interior_photo", json!(null))
+        .unwrap();
+    let left: Vec<String> = c
+        .attachments_of_visit(&v.id)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(left, [kept.id]);
+    assert!(c.attachment_content(&participant.content_hash).is_err());
+    assert!(c.attachment_content(&photo.content_hash).is_err());
+    assert_eq!(blob_count(&path), 1);
+}
