@@ -385,56 +385,74 @@ mod provider {
         sm: usize,
     }
 
+    /// SQLCipher's default provider, once SQLCipher is initialised. `sqlite3_initialize`
+    /// returns at once in a thread that arrives while another is still between SQLite's own
+    /// initialisation and SQLCipher's (which registers the provider): that thread waits here.
+    fn default_provider() -> Result<*mut SqlcipherProvider, ProviderError> {
+        // SAFETY: plain C call; it runs sqlcipher_extra_init, which registers SQLCipher's
+        // OpenSSL provider as the default.
+        if unsafe { libsqlite3_sys::sqlite3_initialize() } != SQLITE_OK {
+            return Err(ProviderError("SQLite could not be initialised".into()));
+        }
+        for _ in 0..5_000 {
+            // SAFETY: reads SQLCipher's default-provider pointer.
+            let default = unsafe { sqlcipher_get_provider() };
+            if !default.is_null() {
+                return Ok(default);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(ProviderError("SQLCipher has no default provider".into()))
+    }
+
     pub(super) fn installed() -> Result<Installed, ProviderError> {
-        static INSTALLED: OnceLock<Result<Installed, ProviderError>> = OnceLock::new();
-        INSTALLED
-            .get_or_init(|| {
-                // SAFETY: plain C calls; sqlite3_initialize runs sqlcipher_extra_init, which
-                // registers SQLCipher's OpenSSL provider as the default.
-                let default = unsafe {
-                    if libsqlite3_sys::sqlite3_initialize() != SQLITE_OK {
-                        return Err(ProviderError("SQLite could not be initialised".into()));
-                    }
-                    sqlcipher_get_provider()
-                };
-                if default.is_null() {
-                    return Err(ProviderError("SQLCipher has no default provider".into()));
-                }
-                // SQLCipher frees every listed provider at shutdown with its own allocator.
-                // SAFETY: plain allocation call.
-                let sm: *mut SqlcipherProvider =
-                    unsafe { sqlcipher_malloc(size_of::<SqlcipherProvider>() as u64).cast() };
-                if sm.is_null() {
-                    return Err(ProviderError("out of memory for the SM provider".into()));
-                }
-                let provider = SqlcipherProvider {
-                    init: None,
-                    shutdown: None,
-                    get_provider_name: Some(name),
-                    add_random: Some(add_random),
-                    random: Some(random),
-                    hmac: Some(hmac),
-                    kdf: Some(kdf),
-                    cipher: Some(cipher),
-                    get_cipher: Some(cipher_name),
-                    get_key_sz: Some(key_size),
-                    get_iv_sz: Some(block_size),
-                    get_block_sz: Some(block_size),
-                    get_hmac_sz: Some(mac_size),
-                    ctx_init: Some(ctx_init),
-                    ctx_free: Some(ctx_free),
-                    fips_status: Some(fips_status),
-                    get_provider_version: Some(version),
-                    next: std::ptr::null_mut(),
-                };
-                // SAFETY: `sm` is a fresh, aligned allocation of the struct's size.
-                unsafe { sm.write(provider) };
-                Ok(Installed {
-                    default: default as usize,
-                    sm: sm as usize,
-                })
+        // Made once, and only on success (a failure is not remembered: the next open retries).
+        static INSTALLED: OnceLock<Installed> = OnceLock::new();
+        static MAKING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+        if let Some(done) = INSTALLED.get() {
+            return Ok(*done);
+        }
+        let _making = MAKING.lock();
+        if let Some(done) = INSTALLED.get() {
+            return Ok(*done);
+        }
+        let made = (|| {
+            let default = default_provider()?;
+            // SQLCipher frees every listed provider at shutdown with its own allocator.
+            // SAFETY: plain allocation call.
+            let sm: *mut SqlcipherProvider =
+                unsafe { sqlcipher_malloc(size_of::<SqlcipherProvider>() as u64).cast() };
+            if sm.is_null() {
+                return Err(ProviderError("out of memory for the SM provider".into()));
+            }
+            let provider = SqlcipherProvider {
+                init: None,
+                shutdown: None,
+                get_provider_name: Some(name),
+                add_random: Some(add_random),
+                random: Some(random),
+                hmac: Some(hmac),
+                kdf: Some(kdf),
+                cipher: Some(cipher),
+                get_cipher: Some(cipher_name),
+                get_key_sz: Some(key_size),
+                get_iv_sz: Some(block_size),
+                get_block_sz: Some(block_size),
+                get_hmac_sz: Some(mac_size),
+                ctx_init: Some(ctx_init),
+                ctx_free: Some(ctx_free),
+                fips_status: Some(fips_status),
+                get_provider_version: Some(version),
+                next: std::ptr::null_mut(),
+            };
+            // SAFETY: `sm` is a fresh, aligned allocation of the struct's size.
+            unsafe { sm.write(provider) };
+            Ok(Installed {
+                default: default as usize,
+                sm: sm as usize,
             })
-            .clone()
+        })()?;
+        Ok(*INSTALLED.get_or_init(|| made))
     }
 
     /// The SM provider as SQLCipher's default until dropped (callers hold the keying lock).
