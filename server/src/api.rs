@@ -506,9 +506,12 @@ async fn attachment_status(
 #[derive(Debug, serde::Deserialize)]
 struct ChunkQuery {
     offset: u64,
+    /// The content's size, as the uploading device's visit names it.
+    size: u64,
 }
 
-/// `PUT /v1/attachments/{algorithm}/{hash}?offset=N`, a framed body (`core::sync::frames`).
+/// `PUT /v1/attachments/{algorithm}/{hash}?offset=N&size=S`, a framed body
+/// (`core::sync::frames`).
 /// Every whole frame that arrives with a sound checksum is kept, even when the connection
 /// drops mid-chunk or a later frame is corrupt; the device then asks how far the server got.
 async fn put_chunk(
@@ -533,7 +536,7 @@ async fn put_chunk(
         let (storage, auth, key) = (storage.clone(), auth.clone(), key.clone());
         let asked = [ContentRef {
             content_hash: key.hash().to_owned(),
-            size_bytes: 0,
+            size_bytes: query.size,
         }];
         blocking(move || storage.attachment_status(&auth, key.algorithm, &asked, now))
             .await?
@@ -599,8 +602,9 @@ async fn put_chunk(
         let stored = if content.is_empty() {
             held
         } else {
-            let offset = query.offset;
-            blocking(move || storage.append_attachment(&auth, &key, offset, &content, now)).await?
+            let (offset, size) = (query.offset, query.size);
+            blocking(move || storage.append_attachment(&auth, &key, size, offset, &content, now))
+                .await?
         };
         Ok((stored, outcome, cut))
     });

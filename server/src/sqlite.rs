@@ -1165,11 +1165,13 @@ fn attachments_problem(visit: &VisitRecord) -> Option<&'static str> {
     None
 }
 
-/// The size of a content, if a visit inside the caller's areas names it.
+/// The size of a content, if a visit inside the caller's areas names it (with that size, when
+/// the caller states one: a visit that lies about a content's size cannot hold up its upload).
 fn referenced_size(
     tx: &Transaction<'_>,
     auth: &DeviceAuth,
     key: &ContentKey,
+    size: Option<u64>,
 ) -> Result<Option<u64>> {
     let mut stmt = tx.prepare_cached(
         "SELECT v.village_code, va.size_bytes FROM visit_attachments va JOIN visits v ON v.id = va.visit_id
@@ -1179,9 +1181,10 @@ fn referenced_size(
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
     })?;
     for row in rows {
-        let (village, size) = row?;
-        if auth.covers(&village) {
-            return Ok(Some(size.max(0) as u64));
+        let (village, named) = row?;
+        let named = named.max(0) as u64;
+        if auth.covers(&village) && size.is_none_or(|s| s == named) {
+            return Ok(Some(named));
         }
     }
     Ok(None)
@@ -1416,7 +1419,8 @@ impl Storage for SqliteStorage {
                 states.push(unknown);
                 continue;
             };
-            let Some(size) = self.read(|tx| referenced_size(tx, auth, &key))? else {
+            let Some(size) = self.read(|tx| referenced_size(tx, auth, &key, Some(c.size_bytes)))?
+            else {
                 states.push(unknown);
                 continue;
             };
@@ -1445,12 +1449,13 @@ impl Storage for SqliteStorage {
         &self,
         auth: &DeviceAuth,
         key: &ContentKey,
+        size: u64,
         offset: u64,
         bytes: &[u8],
         now: DateTime<Utc>,
     ) -> Result<ContentState> {
         let size = self
-            .read(|tx| referenced_size(tx, auth, key))?
+            .read(|tx| referenced_size(tx, auth, key, Some(size)))?
             .ok_or_else(|| ServerError::NotFound("attachment content".into()))?;
         let held = self.blobs.append(key, offset, size, bytes).inspect_err(|e| {
             if matches!(e, BlobError::HashMismatch) {
@@ -1477,7 +1482,7 @@ impl Storage for SqliteStorage {
 
     fn attachment_content(&self, auth: &DeviceAuth, key: &ContentKey) -> Result<Vec<u8>> {
         let not_found = || ServerError::NotFound("attachment content".into());
-        self.read(|tx| referenced_size(tx, auth, key))?
+        self.read(|tx| referenced_size(tx, auth, key, None))?
             .ok_or_else(not_found)?;
         self.blobs
             .read(key)

@@ -243,12 +243,13 @@ pub trait Storage: Send + Sync + 'static {
         contents: &[ContentRef],
         now: DateTime<Utc>,
     ) -> Result<Vec<ContentState>>;
-    /// Appends verified bytes of a content at `offset` (exactly what the server holds);
-    /// reaching its size, the content is checked against its hash.
+    /// Appends verified bytes of a content of `size` bytes at `offset` (exactly what the server
+    /// holds); reaching its size, the content is checked against its hash.
     fn append_attachment(
         &self,
         auth: &DeviceAuth,
         key: &ContentKey,
+        size: u64,
         offset: u64,
         bytes: &[u8],
         now: DateTime<Utc>,

@@ -588,3 +588,54 @@ fn a_visit_naming_a_malformed_attachment_is_refused() {
     }
     assert_eq!(server.storage.stats().unwrap().visits, 0);
 }
+
+#[test]
+fn a_visit_that_misstates_a_contents_size_cannot_hold_up_its_upload() {
+    use zoufang_core::sync::protocol::{Change, ChangeOp, Outcome};
+    let server = TestServer::start();
+    let honest = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let liar = Device::enrolled(&server, "coord-b", Role::Coordinator, &[VILLAGE]);
+    let (visit, photo) = survey_with_photo(
+        &honest.collector,
+        VILLAGE,
+        &noisy_jpeg(400, 300, 6),
+        &PhotoLimits::default(),
+    );
+    // Before the honest phone syncs, another names the same content with a larger size.
+    let mut lie = honest.collector.visit_submission(&visit).unwrap();
+    // An id that sorts first, so the server meets the lie before the truth.
+    lie.id = "00000000-0000-7000-8000-000000000001".into();
+    lie.household_id = None;
+    lie.attachments
+        .retain(|a| a.content_hash == photo.content_hash);
+    lie.attachments[0].size_bytes += 10_000;
+    let status = liar.collector.sync_status().unwrap();
+    let auth = zoufang_server::DeviceAuth {
+        device_id: status.device_id.unwrap(),
+        user: status.user.unwrap(),
+    };
+    let now = chrono::Utc::now();
+    let change = Change {
+        seq: 1,
+        hlc: "001764300000000-0000000000".into(),
+        device_time: "2026-11-28T02:10:00.000Z".into(),
+        op: ChangeOp::SubmitVisit {
+            visit: Box::new(lie),
+        },
+    };
+    let acks = server.storage.push(&auth, &[change], now, now).unwrap();
+    assert_eq!(acks[0].outcome, Outcome::Applied);
+
+    let report = honest
+        .collector
+        .sync(&server.transport(), None, None)
+        .unwrap();
+    assert_eq!(report.attachments_uploaded, 4, "{report:?}");
+    assert_eq!(
+        fetched(&honest.collector, &server, &photo.content_hash),
+        honest
+            .collector
+            .attachment_content(&photo.content_hash)
+            .unwrap()
+    );
+}

@@ -429,13 +429,20 @@ impl<'a> SyncEngine<'a> {
                 }
                 let offset = up.received;
                 let left = up.content.size_bytes.saturating_sub(offset);
+                if left == 0 {
+                    // The server holds every byte yet calls it incomplete: not ours to mend.
+                    self.report.attachments_waiting += 1;
+                    self.uploads.current = None;
+                    continue;
+                }
                 let len = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(self.uploads.chunk);
                 let path = format!(
-                    "/v1/attachments/{}/{}?offset={offset}",
+                    "/v1/attachments/{}/{}?offset={offset}&size={}",
                     alg.as_str(),
-                    up.content.content_hash
+                    up.content.content_hash,
+                    up.content.size_bytes
                 );
                 let bytes = self
                     .collector
