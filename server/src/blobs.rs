@@ -118,7 +118,14 @@ impl FsBlobStore {
         if self.object_path(key).exists() {
             return Ok(Held::Complete);
         }
-        Ok(Held::Partial(self.read_held(key)?))
+        // Never more than the file holds: after a crash the mark may have survived a new file's
+        // directory entry.
+        let on_disk = match fs::metadata(self.partial_path(key, "")) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(Held::Partial(self.read_held(key)?.min(on_disk)))
     }
 
     /// Moves the mark after the bytes up to it were made durable. The mark itself is not
@@ -327,6 +334,21 @@ mod tests {
             Held::Complete
         );
         assert_eq!(store.read(&key).unwrap().unwrap(), content);
+    }
+
+    #[test]
+    fn a_mark_that_outlived_its_file_claims_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let content = vec![3u8; 8_000];
+        let key = key_of(&content);
+        store.append(&key, 0, 8_000, &content[..5_000]).unwrap();
+        fs::remove_file(store.partial_path(&key, "")).unwrap();
+        assert_eq!(store.held(&key).unwrap(), Held::Partial(0));
+        assert!(matches!(
+            store.append(&key, 0, 8_000, &content),
+            Ok(Held::Complete)
+        ));
     }
 
     #[test]
