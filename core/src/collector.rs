@@ -255,7 +255,7 @@ impl Collector {
         if let Some(alg) = stored_chain_hash(tx)? {
             return Ok(alg);
         }
-        let alg = self.suite_hash_algorithm();
+        let alg = self.hash_algorithm();
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_hash', ?1)",
             [alg.as_str()],
@@ -263,8 +263,9 @@ impl Collector {
         Ok(alg)
     }
 
-    /// The hash a chain started now would use: SM3 in an SM4 store, SHA-256 otherwise.
-    fn suite_hash_algorithm(&self) -> HashAlgorithm {
+    /// The store's hash, fixed by its cipher suite: SM3 in an SM4 store, SHA-256 otherwise. It
+    /// names attachment contents and starts the audit chain.
+    pub fn hash_algorithm(&self) -> HashAlgorithm {
         if self.db.national_crypto() {
             HashAlgorithm::Sm3
         } else {
@@ -274,8 +275,7 @@ impl Collector {
 
     /// The audit chain's hash of this store.
     pub(crate) fn audit_chain_hash(&self) -> Result<HashAlgorithm> {
-        Ok(stored_chain_hash(&self.db.reader.lock())?
-            .unwrap_or_else(|| self.suite_hash_algorithm()))
+        Ok(stored_chain_hash(&self.db.reader.lock())?.unwrap_or_else(|| self.hash_algorithm()))
     }
 
     /// The device's audit entries not yet acknowledged by the server, oldest first.
@@ -1156,12 +1156,7 @@ impl Collector {
 
     /// The content address of attachment bytes: SHA-256, or SM3 in an SM4 store.
     pub fn content_hash(&self, bytes: &[u8]) -> String {
-        self.content_hash_algorithm().digest(bytes)
-    }
-
-    /// The algorithm of this store's content addresses (fixed by its cipher suite).
-    pub fn content_hash_algorithm(&self) -> HashAlgorithm {
-        self.suite_hash_algorithm()
+        self.hash_algorithm().digest(bytes)
     }
 
     /// The stored bytes of an attachment's content.

@@ -1190,6 +1190,19 @@ fn referenced_size(
     Ok(None)
 }
 
+/// What the server holds of a content of `size` bytes, as the protocol says it.
+fn content_state(key: &ContentKey, held: Held, size: u64) -> ContentState {
+    let (status, received) = match held {
+        Held::Complete => (ContentStatus::Complete, size),
+        Held::Partial(n) => (ContentStatus::Receiving, n),
+    };
+    ContentState {
+        content_hash: key.hash().to_owned(),
+        status,
+        received,
+    }
+}
+
 fn record_content(
     tx: &Transaction<'_>,
     key: &ContentKey,
@@ -1408,41 +1421,45 @@ impl Storage for SqliteStorage {
         contents: &[ContentRef],
         now: DateTime<Utc>,
     ) -> Result<Vec<ContentState>> {
-        let mut states = Vec::with_capacity(contents.len());
-        for c in contents {
-            let unknown = ContentState {
-                content_hash: c.content_hash.clone(),
-                status: ContentStatus::Unknown,
-                received: 0,
-            };
-            let Some(key) = ContentKey::new(algorithm, &c.content_hash) else {
-                states.push(unknown);
-                continue;
-            };
-            let Some(size) = self.read(|tx| referenced_size(tx, auth, &key, Some(c.size_bytes)))?
-            else {
-                states.push(unknown);
-                continue;
-            };
-            let held = self.blobs.held(&key).map_err(BlobError::from)?;
-            states.push(match held {
-                Held::Complete => {
+        // One read for all: each content's size as a visit in the caller's areas names it, and
+        // whether the server has recorded it complete.
+        let named: Vec<Option<(ContentKey, u64, bool)>> = self.read(|tx| {
+            let mut recorded = tx.prepare_cached(
+                "SELECT 1 FROM contents WHERE hash_algorithm = ?1 AND content_hash = ?2",
+            )?;
+            contents
+                .iter()
+                .map(|c| {
+                    let Some(key) = ContentKey::new(algorithm, &c.content_hash) else {
+                        return Ok(None);
+                    };
+                    let Some(size) = referenced_size(tx, auth, &key, Some(c.size_bytes))? else {
+                        return Ok(None);
+                    };
+                    let done = recorded.exists(params![algorithm.as_str(), key.hash()])?;
+                    Ok(Some((key, size, done)))
+                })
+                .collect()
+        })?;
+        contents
+            .iter()
+            .zip(named)
+            .map(|(c, named)| {
+                let Some((key, size, recorded)) = named else {
+                    return Ok(ContentState {
+                        content_hash: c.content_hash.clone(),
+                        status: ContentStatus::Unknown,
+                        received: 0,
+                    });
+                };
+                let held = self.blobs.held(&key).map_err(BlobError::from)?;
+                if held == Held::Complete && !recorded {
                     // Repairs a record lost between the file's completion and its row.
                     self.write(|tx| record_content(tx, &key, size, now))?;
-                    ContentState {
-                        content_hash: c.content_hash.clone(),
-                        status: ContentStatus::Complete,
-                        received: size,
-                    }
                 }
-                Held::Partial(n) => ContentState {
-                    content_hash: c.content_hash.clone(),
-                    status: ContentStatus::Receiving,
-                    received: n,
-                },
-            });
-        }
-        Ok(states)
+                Ok(content_state(&key, held, size))
+            })
+            .collect()
     }
 
     fn append_attachment(
@@ -1462,22 +1479,11 @@ impl Storage for SqliteStorage {
                 tracing::warn!(device = %auth.device_id, content = %key.hash(), "an uploaded content did not match its hash; discarded");
             }
         })?;
-        Ok(match held {
-            Held::Complete => {
-                self.write(|tx| record_content(tx, key, size, now))?;
-                tracing::info!(device = %auth.device_id, content = %key.hash(), bytes = size, "attachment content stored");
-                ContentState {
-                    content_hash: key.hash().to_owned(),
-                    status: ContentStatus::Complete,
-                    received: size,
-                }
-            }
-            Held::Partial(n) => ContentState {
-                content_hash: key.hash().to_owned(),
-                status: ContentStatus::Receiving,
-                received: n,
-            },
-        })
+        if held == Held::Complete {
+            self.write(|tx| record_content(tx, key, size, now))?;
+            tracing::info!(device = %auth.device_id, content = %key.hash(), bytes = size, "attachment content stored");
+        }
+        Ok(content_state(key, held, size))
     }
 
     fn attachment_content(&self, auth: &DeviceAuth, key: &ContentKey) -> Result<Vec<u8>> {

@@ -41,6 +41,15 @@ fn fetched(device: &Collector, server: &TestServer, hash: &str) -> Vec<u8> {
         .unwrap()
 }
 
+/// The bytes of every content a visit names.
+fn content_bytes(c: &Collector, visit: &str) -> u64 {
+    c.attachments_of_visit(visit)
+        .unwrap()
+        .iter()
+        .map(|a| a.size_bytes)
+        .sum()
+}
+
 /// Request headers and the status round trip that follows a cut: the fixed cost of resuming.
 const RESUME_OVERHEAD: u64 = 2 * 1024;
 
@@ -85,12 +94,7 @@ fn a_5_mb_photo_crosses_a_link_cut_every_64_kb_intact_without_resending() {
 
     // The budget: the contents once, plus at most one chunk per cut — in fact far less, since
     // the server keeps every whole frame that arrived before a cut.
-    let contents: u64 = c
-        .attachments_of_visit(&visit)
-        .unwrap()
-        .iter()
-        .map(|a| a.size_bytes)
-        .sum();
+    let contents = content_bytes(c, &visit);
     let data = report.bytes_sent - report.attachment_bytes_sent.min(report.bytes_sent);
     assert!(stats.cuts >= 75, "{} cuts", stats.cuts);
     let up = stats.up_bytes;
@@ -251,12 +255,7 @@ fn a_lost_answer_is_not_a_reason_to_send_again() {
     );
     assert!(c.visits_with_pending_attachments().unwrap().is_empty());
     // Every content byte went up exactly once.
-    let contents: u64 = c
-        .attachments_of_visit(&visit)
-        .unwrap()
-        .iter()
-        .map(|a| a.size_bytes)
-        .sum();
+    let contents = content_bytes(c, &visit);
     assert_eq!(report.attachment_bytes_sent, contents, "{report:?}");
     assert!(report.attachment_interruptions >= 1);
 }
@@ -332,12 +331,7 @@ fn a_device_killed_mid_upload_resumes_after_restart() {
     let left = photo.size_bytes;
     // Across the kill: at most the chunk in flight was lost.
     let total = proxy.stats().up_bytes;
-    let contents: u64 = c
-        .attachments_of_visit(&visit)
-        .unwrap()
-        .iter()
-        .map(|a| a.size_bytes)
-        .sum();
+    let contents = content_bytes(&c, &visit);
     assert!(
         total <= contents + MAX_CHUNK_BYTES as u64 + 64 * 1024,
         "{total} B up for {contents} B of contents ({resumed} B after the restart, photo {left} B)"

@@ -491,7 +491,7 @@ impl Collector {
                     id: a.id,
                     field_path: a.field_path,
                     kind: a.kind.as_str().to_owned(),
-                    hash_algorithm: self.content_hash_algorithm(),
+                    hash_algorithm: self.hash_algorithm(),
                     content_hash: a.content_hash,
                     size_bytes: a.size_bytes,
                     mime_type: a.mime_type,

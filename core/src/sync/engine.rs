@@ -410,7 +410,7 @@ impl<'a> SyncEngine<'a> {
 
     /// The attachment phase's next request, or `None` when nothing is left to send.
     fn next_upload_request(&mut self) -> Result<Option<HttpRequest>> {
-        let alg = self.collector.content_hash_algorithm();
+        let alg = self.collector.hash_algorithm();
         loop {
             if let Some(up) = &mut self.uploads.current {
                 if self.uploads.recheck {
@@ -481,7 +481,7 @@ impl<'a> SyncEngine<'a> {
     fn status_request(&mut self, contents: Vec<ContentRef>, recheck: bool) -> Result<HttpRequest> {
         let body = encode(&AttachmentStatusRequest {
             protocol: PROTOCOL_VERSION,
-            hash_algorithm: self.collector.content_hash_algorithm(),
+            hash_algorithm: self.collector.hash_algorithm(),
             contents: contents.clone(),
         })?;
         Ok(self.send(
@@ -501,24 +501,26 @@ impl<'a> SyncEngine<'a> {
     /// The request in flight got no usable answer (the link dropped, the server failed).
     /// Fails once interruptions keep coming with nothing moving.
     pub fn handle_interruption(&mut self, reason: &str) -> Result<()> {
-        let flight = self.in_flight.take();
-        match flight {
-            Some(InFlight::Chunk { .. }) => {
-                self.uploads.recheck = true;
-                self.uploads.stalled += 1;
-                self.uploads.chunk = (self.uploads.chunk / 2).max(MIN_CHUNK_BYTES);
-                self.report.attachment_interruptions += 1;
-                tracing::debug!(
-                    stalled = self.uploads.stalled,
-                    "attachment chunk interrupted; asking the server how far it got"
-                );
-                if self.uploads.stalled > self.config.retry.attempts.max(1) {
-                    return Err(Error::Transport(reason.to_owned()));
-                }
-                Ok(())
-            }
+        match self.in_flight.take() {
+            Some(InFlight::Chunk { .. }) => self.chunk_interrupted(reason),
             _ => Err(Error::Transport(reason.to_owned())),
         }
+    }
+
+    /// The chunk in flight went nowhere known: ask how far the server got before sending more.
+    fn chunk_interrupted(&mut self, reason: &str) -> Result<()> {
+        self.uploads.recheck = true;
+        self.uploads.stalled += 1;
+        self.uploads.chunk = (self.uploads.chunk / 2).max(MIN_CHUNK_BYTES);
+        self.report.attachment_interruptions += 1;
+        tracing::debug!(
+            stalled = self.uploads.stalled,
+            "attachment chunk interrupted; asking the server how far it got"
+        );
+        if self.uploads.stalled > self.config.retry.attempts.max(1) {
+            return Err(Error::Transport(reason.to_owned()));
+        }
+        Ok(())
     }
 
     /// How long to wait before the next request: only after interruptions that moved nothing
@@ -643,14 +645,7 @@ impl<'a> SyncEngine<'a> {
             }
             // A refused chunk (offset, a bad frame, a hash that did not match at the end), a
             // server failure or a rate limit: ask how far it got, then go on from there.
-            e => {
-                self.in_flight = Some(InFlight::Chunk {
-                    offset,
-                    len,
-                    started,
-                });
-                self.handle_interruption(&e.to_string())
-            }
+            e => self.chunk_interrupted(&e.to_string()),
         }
     }
 

@@ -62,12 +62,12 @@ impl FrameReader {
             return Err(e);
         }
         while !piece.is_empty() {
-            let want = self.wanted();
-            let take = want
+            // Up to the end of the frame being read (at least one byte: `piece` is not empty).
+            let take = self
+                .wanted()
                 .saturating_sub(self.pending.len())
-                .min(piece.len())
-                .max(1);
-            let (head, rest) = piece.split_at(take.min(piece.len()));
+                .clamp(1, piece.len());
+            let (head, rest) = piece.split_at(take);
             self.pending.extend_from_slice(head);
             piece = rest;
             if let Err(e) = self.complete_frame() {

@@ -118,7 +118,7 @@ impl Collector {
         let conn = self.db.reader.lock();
         let rowid = Self::blob_rowid(&conn, content_hash)?;
         let blob = conn.blob_open("main", "blobs", "bytes", rowid, true)?;
-        let mut hasher = self.content_hash_algorithm().hasher();
+        let mut hasher = self.hash_algorithm().hasher();
         let mut buf = vec![0; READ_PIECE];
         let mut at = 0;
         while at < blob.len() {
