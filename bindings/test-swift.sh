@@ -38,7 +38,9 @@ for user in coord-a coord-b coord-s; do
 done
 target/debug/zoufang serve --data "$data" --listen "127.0.0.1:$port" 2>"$data/server.log" &
 server_pid=$!
-trap 'kill $server_pid 2>/dev/null; rm -rf "$data"' EXIT
+# The suite's stores go to a temporary directory of this run inside the root, removed afterwards.
+rm -rf "$work/tmp" && mkdir -p "$work/tmp"
+trap 'kill $server_pid 2>/dev/null; rm -rf "$data" "$work/tmp"' EXIT
 for _ in $(seq 100); do
   (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.05
@@ -46,7 +48,7 @@ done
 
 set +e
 chroot "$root" /bin/sh -c 'cd /work/zoufang-swift && \
-  LD_LIBRARY_PATH=/work/lib HOME=/tmp ZOUFANG_SERVER_URL=http://127.0.0.1:'"$port"' '"$tokens"' \
+  LD_LIBRARY_PATH=/work/lib HOME=/tmp TMPDIR=/work/tmp ZOUFANG_SERVER_URL=http://127.0.0.1:'"$port"' '"$tokens"' \
   timeout 600 swift test -Xlinker -L/work/lib -Xlinker -rpath -Xlinker /work/lib 2>&1' | tee target/swift-test.log
 status=${PIPESTATUS[0]}
 set -e

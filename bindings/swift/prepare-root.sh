@@ -14,5 +14,5 @@ fi
 mkdir -p "$root"
 debootstrap --variant=minbase trixie "$root" >/dev/null
 mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
-chroot "$root" /bin/sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swiftlang libc6-dev >/dev/null'
+chroot "$root" /bin/sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swiftlang libc6-dev >/dev/null && apt-get clean'
 echo "swift root ready: $root"

@@ -1,5 +1,6 @@
 package cn.zoufang.core
 
+import java.io.File
 import java.net.URI
 import java.net.http.HttpClient
 import java.net.http.HttpRequest as JHttpRequest
@@ -19,11 +20,15 @@ import kotlin.test.assertTrue
 
 const val VILLAGE = "513431104201"
 
-fun openStore(): Collector {
-    val dir = Files.createTempDirectory("zoufang-kotlin").toFile()
-    dir.deleteOnExit()
-    return Collector.open(dir.resolve("store.db").path, null)
+/** Temporary directories of the suite, deleted with the stores in them when the JVM exits
+ * (`File.deleteOnExit` leaves a directory that is not empty behind). */
+private val tempDirs = CopyOnWriteArrayList<File>().also { dirs ->
+    Runtime.getRuntime().addShutdownHook(Thread { dirs.forEach { it.deleteRecursively() } })
 }
+
+fun tempDir(prefix: String): File = Files.createTempDirectory(prefix).toFile().also { tempDirs.add(it) }
+
+fun openStore(): Collector = Collector.open(tempDir("zoufang-kotlin").resolve("store.db").path, null)
 
 fun Collector.newHousehold(phone: String = "13812345678"): String = addHousehold(
     VILLAGE,
@@ -130,8 +135,7 @@ class CollectorTest {
         assertEquals("answer_type", assertFailsWith<ZoufangException.InvalidInput> { c.setAnswer(v.id, "village_code_year", "\"x\"") }.code)
         assertEquals("not_found", assertFailsWith<ZoufangException.NotFound> { c.visit("nope") }.code)
         assertEquals("not_enrolled", assertFailsWith<ZoufangException.InvalidState> { runBlocking { c.sync("http://127.0.0.1:9", null) } }.code)
-        val dir = Files.createTempDirectory("zoufang-bad").toFile()
-        val junk = dir.resolve("junk.db").apply { writeBytes(ByteArray(8192) { 0x5a }) }
+        val junk = tempDir("zoufang-bad").resolve("junk.db").apply { writeBytes(ByteArray(8192) { 0x5a }) }
         assertEquals("wrong_key_or_not_a_store", assertFailsWith<ZoufangException.Storage> { Collector.open(junk.path, null) }.code)
     }
 
@@ -143,7 +147,7 @@ class CollectorTest {
         // A camera file written by the JVM's own JPEG encoder, passed by path.
         val image = java.awt.image.BufferedImage(2400, 1800, java.awt.image.BufferedImage.TYPE_INT_RGB)
         for (x in 0 until 2400 step 8) for (y in 0 until 1800 step 8) image.setRGB(x, y, x * y)
-        val file = Files.createTempFile("camera", ".jpg").toFile()
+        val file = tempDir("zoufang-camera").resolve("camera.jpg")
         javax.imageio.ImageIO.write(image, "jpg", file)
         val photo = c.addPhotoFile(v.id, "house_exterior_photo", file.path)
         assertEquals("image/jpeg", photo.mimeType)
@@ -165,7 +169,7 @@ class CollectorTest {
         val key = "3f1c2a9d8e7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877"
         val newKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
         for (cipher in Cipher.entries) {
-            val path = Files.createTempDirectory("zoufang-key").toFile().resolve("store.db").path
+            val path = tempDir("zoufang-key").resolve("store.db").path
             val household = Collector.open(path, key, cipher).use { c ->
                 c.signIn("coord-1")
                 c.newHousehold().also { c.rotateKey(newKey) }
