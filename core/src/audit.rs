@@ -75,6 +75,18 @@ impl ContentHasher {
     }
 }
 
+/// A hasher is a writer, so any reader hashes with `io::copy`.
+impl std::io::Write for ContentHasher {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Is `s` a lowercase hex digest of either algorithm (32 bytes)?
 pub fn is_hex_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

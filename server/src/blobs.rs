@@ -4,7 +4,7 @@
 //! content (area checks) is the [`crate::Storage`]'s business, not this one's.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -81,6 +81,8 @@ pub struct FsBlobStore {
 }
 
 const STRIPES: usize = 64;
+/// Bytes read per piece while verifying a content.
+const READ_PIECE: usize = 256 * 1024;
 
 impl FsBlobStore {
     pub fn open(root: &Path) -> io::Result<Self> {
@@ -159,15 +161,10 @@ impl FsBlobStore {
 
     fn verify(&self, key: &ContentKey, part: &Path) -> io::Result<bool> {
         let mut hasher = key.algorithm.hasher();
-        let mut f = File::open(part)?;
-        let mut buf = vec![0; 256 * 1024];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(buf.get(..n).unwrap_or_default());
-        }
+        io::copy(
+            &mut BufReader::with_capacity(READ_PIECE, File::open(part)?),
+            &mut hasher,
+        )?;
         Ok(hasher.finish() == key.hash)
     }
 

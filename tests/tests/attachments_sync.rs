@@ -18,7 +18,8 @@ use zoufang_core::media::PhotoLimits;
 use zoufang_core::sync::ReqwestTransport;
 use zoufang_core::sync::engine::{MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
 use zoufang_core::sync::frames::FRAME_PAYLOAD;
-use zoufang_core::sync::protocol::Role;
+use zoufang_core::sync::protocol::{self, ChunkResponse, ErrorBody, ErrorDetail, Role};
+use zoufang_core::sync::{HttpRequest, HttpResponse, Transport, TransportError};
 use zoufang_core::{Collector, Error, StoreOptions};
 use zoufang_server::Storage;
 use zoufang_tests::fault_proxy::{FaultProxy, Faults};
@@ -261,6 +262,113 @@ fn a_lost_answer_is_not_a_reason_to_send_again() {
 }
 
 #[test]
+fn a_content_damaged_in_the_store_is_kept_and_reported_not_sent() {
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let c = &phone.collector;
+    let (visit, photo) = survey_with_photo(
+        c,
+        VILLAGE,
+        &noisy_jpeg(800, 600, 5),
+        &PhotoLimits::default(),
+    );
+    // Flash that went bad under the photo: same length, other bytes.
+    rusqlite::Connection::open(&phone.path)
+        .unwrap()
+        .execute(
+            "UPDATE blobs SET bytes = zeroblob(length(bytes)) WHERE hash = ?1",
+            [&photo.content_hash],
+        )
+        .unwrap();
+    let report = c.sync(&server.transport(), None, None).unwrap();
+    assert_eq!(report.attachments_damaged, 1, "{report:?}");
+    assert_eq!(report.attachments_uploaded, 3, "the three signatures go");
+    assert!(
+        report.attachment_bytes_sent < photo.size_bytes,
+        "{report:?}"
+    );
+    // Kept on the device, still listed as waiting; the server never saw it.
+    assert_eq!(
+        c.attachment_content(&photo.content_hash).unwrap().len() as u64,
+        photo.size_bytes
+    );
+    let pending = c.visits_with_pending_attachments().unwrap();
+    assert_eq!(
+        (
+            pending.len(),
+            pending[0].visit_id.as_str(),
+            pending[0].attachments
+        ),
+        (1, visit.as_str(), 1)
+    );
+    assert_eq!(
+        server.storage.stats().unwrap().visits_awaiting_attachments,
+        1
+    );
+}
+
+/// Answers the completion of every content with `hash_mismatch`, as a server that discarded
+/// what it received would.
+struct RefusesWholeContents(ReqwestTransport);
+
+impl Transport for RefusesWholeContents {
+    fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+        let response = self.0.send(request)?;
+        let completed = request.method == "PUT"
+            && response.status == 200
+            && protocol::decode::<ChunkResponse>(&response.body).is_ok_and(|a| a.complete);
+        if !completed {
+            return Ok(response);
+        }
+        let refusal = ErrorBody {
+            protocol: protocol::PROTOCOL_VERSION,
+            error: ErrorDetail {
+                code: "hash_mismatch".into(),
+                message: "the uploaded content does not match its hash".into(),
+            },
+        };
+        Ok(HttpResponse {
+            status: 422,
+            body: protocol::encode(&refusal).unwrap(),
+        })
+    }
+}
+
+#[test]
+fn a_content_the_server_refuses_whole_is_not_sent_again_in_the_same_sync() {
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    let c = &phone.collector;
+    // Several chunks each: every round of re-sending would make progress and never stall.
+    let (visit, _) = survey_with_photo(c, VILLAGE, &noisy_jpeg(1200, 900, 6), &big_photo_limits());
+    let contents = content_bytes(c, &visit);
+    let report = c
+        .sync(&RefusesWholeContents(server.transport()), None, None)
+        .unwrap();
+    // Each content went up once, was refused, and waits for the next sync; none is damaged here.
+    assert_eq!(report.attachment_bytes_sent, contents, "{report:?}");
+    assert_eq!(
+        (
+            report.attachments_waiting,
+            report.attachments_damaged,
+            report.attachments_uploaded
+        ),
+        (4, 0, 0)
+    );
+    assert_eq!(
+        c.visits_with_pending_attachments().unwrap()[0].attachments,
+        4
+    );
+    // In fact the server kept them: the next sync finds them held and sends nothing.
+    let next = c.sync(&server.transport(), None, None).unwrap();
+    assert_eq!(
+        (next.attachments_already_held, next.attachment_bytes_sent),
+        (4, 0)
+    );
+    assert!(c.visits_with_pending_attachments().unwrap().is_empty());
+}
+
+#[test]
 fn a_device_killed_mid_upload_resumes_after_restart() {
     let server = TestServer::start();
     let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
@@ -422,12 +530,9 @@ enum Fault {
     LoseAnswer,
 }
 
-impl zoufang_core::sync::Transport for ChaosLink {
-    fn send(
-        &self,
-        request: &zoufang_core::sync::HttpRequest,
-    ) -> Result<zoufang_core::sync::HttpResponse, zoufang_core::sync::TransportError> {
-        let lost = || zoufang_core::sync::TransportError {
+impl Transport for ChaosLink {
+    fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+        let lost = || TransportError {
             message: "link fault".into(),
         };
         let mut s = self.state.lock();
@@ -533,7 +638,7 @@ proptest::proptest! {
 
 #[test]
 fn a_visit_naming_a_malformed_attachment_is_refused() {
-    use zoufang_core::sync::protocol::{Change, ChangeOp, Outcome};
+    use protocol::{Change, ChangeOp, Outcome};
     let server = TestServer::start();
     let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
     let c = &phone.collector;
@@ -548,7 +653,7 @@ fn a_visit_naming_a_malformed_attachment_is_refused() {
         user: c.sync_status().unwrap().user.unwrap(),
     };
     let record = c.visit_submission(&visit).unwrap();
-    type Spoil = fn(&mut zoufang_core::sync::protocol::AttachmentRecord);
+    type Spoil = fn(&mut protocol::AttachmentRecord);
     let spoil: [(&str, Spoil); 4] = [
         ("uppercase hash", |a| {
             a.content_hash = a.content_hash.to_uppercase()
@@ -585,7 +690,7 @@ fn a_visit_naming_a_malformed_attachment_is_refused() {
 
 #[test]
 fn a_visit_that_misstates_a_contents_size_cannot_hold_up_its_upload() {
-    use zoufang_core::sync::protocol::{Change, ChangeOp, Outcome};
+    use protocol::{Change, ChangeOp, Outcome};
     let server = TestServer::start();
     let honest = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
     let liar = Device::enrolled(&server, "coord-b", Role::Coordinator, &[VILLAGE]);

@@ -419,10 +419,9 @@ impl<'a> SyncEngine<'a> {
                 }
                 if !up.checked {
                     if !self.collector.content_intact(&up.content.content_hash)? {
-                        // Ids only: the content itself is personal data.
-                        tracing::error!(content = %up.content.content_hash, "a stored attachment no longer matches its hash; kept, not sent");
-                        self.report.attachments_damaged += 1;
+                        let hash = up.content.content_hash.clone();
                         self.uploads.current = None;
+                        self.content_damaged(&hash);
                         continue;
                     }
                     up.checked = true;
@@ -643,10 +642,37 @@ impl<'a> SyncEngine<'a> {
                 self.uploads.current = None;
                 Ok(())
             }
-            // A refused chunk (offset, a bad frame, a hash that did not match at the end), a
-            // server failure or a rate limit: ask how far it got, then go on from there.
+            // The whole content arrived and did not match its hash; the server discarded it.
+            // The same bytes would end the same way (and a content sent in several chunks would
+            // make progress each round, never stall): no second try in this sync.
+            Error::Server { code, .. } if code == "hash_mismatch" => self.whole_content_refused(),
+            // A refused chunk (offset, a bad frame), a server failure or a rate limit: ask how
+            // far it got, then go on from there.
             e => self.chunk_interrupted(&e.to_string()),
         }
+    }
+
+    fn whole_content_refused(&mut self) -> Result<()> {
+        let Some(up) = self.uploads.current.take() else {
+            return Ok(());
+        };
+        self.report.attachment_interruptions += 1;
+        if self.collector.content_intact(&up.content.content_hash)? {
+            // Intact here, so altered on the way past every frame's checksum: the next sync
+            // sends it again.
+            self.report.attachments_waiting += 1;
+        } else {
+            self.content_damaged(&up.content.content_hash);
+        }
+        self.upload_progress();
+        Ok(())
+    }
+
+    /// Its stored bytes no longer match their name (storage gone bad): kept, reported, not sent.
+    fn content_damaged(&mut self, content_hash: &str) {
+        // Ids only: the content itself is personal data.
+        tracing::error!(content = %content_hash, "a stored attachment no longer matches its hash; kept, not sent");
+        self.report.attachments_damaged += 1;
     }
 
     fn measure_clock(&mut self, server_time: &str) {

@@ -2,6 +2,8 @@
 //! bytes read piece by piece straight from the store (incremental blob I/O: a 5 MB photo is
 //! never copied whole to send 64 KB of it), and the mark once the server holds a content whole.
 
+use std::io::{self, BufReader};
+
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -119,16 +121,8 @@ impl Collector {
         let rowid = Self::blob_rowid(&conn, content_hash)?;
         let blob = conn.blob_open("main", "blobs", "bytes", rowid, true)?;
         let mut hasher = self.hash_algorithm().hasher();
-        let mut buf = vec![0; READ_PIECE];
-        let mut at = 0;
-        while at < blob.len() {
-            let n = blob.read_at(&mut buf, at)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(buf.get(..n).unwrap_or_default());
-            at += n;
-        }
+        io::copy(&mut BufReader::with_capacity(READ_PIECE, blob), &mut hasher)
+            .map_err(|e| Error::Storage(format!("a stored content could not be read ({e})")))?;
         Ok(hasher.finish() == content_hash)
     }
 
