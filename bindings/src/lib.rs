@@ -328,8 +328,8 @@ pub struct UserInfo {
     pub areas: Vec<String>,
 }
 
-impl From<core_sync::protocol::UserInfo> for UserInfo {
-    fn from(u: core_sync::protocol::UserInfo) -> Self {
+impl From<zoufang_core::protocol::messages::UserInfo> for UserInfo {
+    fn from(u: zoufang_core::protocol::messages::UserInfo) -> Self {
         Self {
             id: u.id,
             role: u.role.as_str().to_owned(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 use zoufang_core::media::PhotoLimits;
-use zoufang_core::sync::protocol::Role;
+use zoufang_core::protocol::messages::Role;
 use zoufang_core::sync::{
     HttpRequest, HttpResponse, ReqwestTransport, SyncConfig, SyncEngine, SyncPhase, Transport,
     TransportError,
@@ -185,7 +185,7 @@ fn bare_sink(
 }
 
 fn enroll(storage: &SqliteStorage, c: &Collector, url: &str, user: &str) -> Result<(), Failure> {
-    let info = zoufang_core::sync::protocol::UserInfo {
+    let info = zoufang_core::protocol::messages::UserInfo {
         id: user.to_owned(),
         role: Role::Coordinator,
         areas: vec!["513431".into()],

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json, json};
-use zoufang_core::records::NewHousehold;
-use zoufang_core::sync::protocol::{
+use zoufang_core::protocol::messages::{
     self, Change, ChangeOp, PushRequest, Role, UserInfo, VisitRecord,
 };
+use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::{HttpRequest, ReqwestTransport, SyncConfig, Transport};
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{AppState, BackgroundServer, DeviceAuth, SqliteStorage, Storage};
@@ -125,8 +125,8 @@ pub fn run(
                 .map_or(0, |b| b.len())
         })
         .collect();
-    let one = protocol::encode(&PushRequest {
-        protocol: protocol::PROTOCOL_VERSION,
+    let one = messages::encode(&PushRequest {
+        protocol: messages::PROTOCOL_VERSION,
         device_id: uuid::Uuid::now_v7().to_string(),
         device_time: "2026-11-28T02:10:00.000Z".into(),
         changes: records
@@ -135,8 +135,8 @@ pub fn run(
             .unwrap_or_default(),
     })
     .map_err(|e| fail("bench", e.to_string()))?;
-    let batch = protocol::encode(&PushRequest {
-        protocol: protocol::PROTOCOL_VERSION,
+    let batch = messages::encode(&PushRequest {
+        protocol: messages::PROTOCOL_VERSION,
         device_id: uuid::Uuid::now_v7().to_string(),
         device_time: "2026-11-28T02:10:00.000Z".into(),
         changes: records
@@ -423,8 +423,8 @@ pub fn run(
             let (url, token) = (server.url.clone(), token.clone());
             let batches: Vec<Vec<u8>> = (0..per_device_batches)
                 .filter_map(|r| {
-                    protocol::encode(&PushRequest {
-                        protocol: protocol::PROTOCOL_VERSION,
+                    messages::encode(&PushRequest {
+                        protocol: messages::PROTOCOL_VERSION,
                         device_id: device_id.clone(),
                         device_time: chrono::Utc::now().to_rfc3339(),
                         changes: make_batch(i, r),

@@ -347,8 +347,8 @@ fn record_routine_visit(c: &Collector, household: &str, hand: i64) -> Result<Str
 
 fn tell_sync(story: &mut Story, dir: &std::path::Path) -> Result<(), Failure> {
     use std::sync::Arc;
+    use zoufang_core::protocol::messages::{Role, UserInfo};
     use zoufang_core::sync::ReqwestTransport;
-    use zoufang_core::sync::protocol::{Role, UserInfo};
     use zoufang_server::{AppState, BackgroundServer, DeviceAuth, SqliteStorage, Storage};
 
     let server_err = |e: zoufang_server::ServerError| fail(e.code(), e.to_string());
@@ -491,7 +491,7 @@ fn tell_sync(story: &mut Story, dir: &std::path::Path) -> Result<(), Failure> {
     a.sync(&t, None, None)?;
     b.sync(&t, None, None)?;
     let server_fields: Map<String, Json> = storage
-        .record(zoufang_core::sync::protocol::Entity::Household, &h)
+        .record(zoufang_core::protocol::messages::Entity::Household, &h)
         .map_err(server_err)?
         .map(|r| r.fields.into_iter().map(|(k, v)| (k, v.value)).collect())
         .unwrap_or_default();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::json;
 use zoufang_core::Collector;
-use zoufang_core::sync::protocol::{Role, UserInfo};
+use zoufang_core::protocol::messages::{Role, UserInfo};
 use zoufang_core::sync::{ReqwestTransport, SyncListener, SyncPhase, SyncProgress};
 use zoufang_server::{AppState, SqliteStorage, Storage};
 
@@ -123,8 +123,8 @@ pub fn serve(
     init_logs();
     let storage = Arc::new(storage(data)?);
     if storage
-        .catalog(&zoufang_core::sync::protocol::CatalogRequest {
-            protocol: zoufang_core::sync::protocol::PROTOCOL_VERSION,
+        .catalog(&zoufang_core::protocol::messages::CatalogRequest {
+            protocol: zoufang_core::protocol::messages::PROTOCOL_VERSION,
             forms: vec![],
             code_lists: Default::default(),
             audit: None,
@@ -441,7 +441,7 @@ pub fn device(
             out: file,
             algorithm,
         } => {
-            let algorithm = zoufang_core::audit::HashAlgorithm::parse(&algorithm)
+            let algorithm = zoufang_core::protocol::audit::HashAlgorithm::parse(&algorithm)
                 .ok_or_else(|| fail("invalid_input", "the algorithm is sha256 or sm3"))?;
             let bytes = c.fetch_attachment_content(&transport()?, algorithm, &content_hash)?;
             std::fs::write(&file, &bytes)

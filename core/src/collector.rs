@@ -11,19 +11,18 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value as Json, json};
 use uuid::Uuid;
 
-use crate::audit::{self, AuditAction, AuditEntry, HashAlgorithm};
 use crate::error::{Error, Result};
-use crate::model::code_list::{CodeList, CodeLists};
-use crate::model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
-use crate::model::engine::{self, Evaluation, Problem};
-use crate::model::expr::Value;
-use crate::model::form::{FieldKind, Form, ItemRef};
 use crate::records::{
     Attachment, AttachmentKind, Household, HouseholdSummary, Member, NewAttachment, NewHousehold,
     StoreCounts, Visit, VisitStatus, VisitSummary,
 };
 use crate::store::{self, Connections, StoreOptions};
-use crate::sync::protocol::Entity;
+use zoufang_model::code_list::{CodeList, CodeLists};
+use zoufang_model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
+use zoufang_model::engine::{self, Evaluation, Problem};
+use zoufang_model::form::{FieldKind, Form, ItemRef};
+use zoufang_protocol::audit::{self, AuditAction, AuditEntry, HashAlgorithm};
+use zoufang_protocol::messages::Entity;
 
 /// The form a visit uses unless told otherwise.
 pub const HOUSEHOLD_VISIT_FORM_ID: &str = "household_visit";
@@ -661,7 +660,7 @@ impl Collector {
             tx,
             at,
             key,
-            crate::sync::protocol::ChangeOp::CreateHousehold {
+            zoufang_protocol::messages::ChangeOp::CreateHousehold {
                 id: id.clone(),
                 village_code,
                 fields,
@@ -709,7 +708,7 @@ impl Collector {
                 value: Some(&Json::Object(clean.clone())),
             },
         )?;
-        let op = crate::sync::protocol::ChangeOp::CreateMember {
+        let op = zoufang_protocol::messages::ChangeOp::CreateMember {
             id: id.clone(),
             household_id: household_id.to_owned(),
             fields: clean,
@@ -882,9 +881,9 @@ impl Collector {
             .chars()
             .all(|c| c.is_ascii_digit() || matches!(c, 'x' | 'X' | '０'..='９'));
         let (column, prefix) = if looks_like_id {
-            ("id_number", crate::model::domain::normalize_resident_id(q))
+            ("id_number", zoufang_model::domain::normalize_resident_id(q))
         } else {
-            ("name", crate::model::domain::normalize_person_name(q))
+            ("name", zoufang_model::domain::normalize_person_name(q))
         };
         // A range scan on the index: every string with this prefix sorts in [prefix, prefix+U+10FFFF).
         let upper = format!("{prefix}\u{10FFFF}");
@@ -1473,7 +1472,7 @@ impl Collector {
             visit.completed_at = Some(at.clone());
             visit.updated_at = at.clone();
             let record = self.visit_record(tx, &visit)?;
-            self.enqueue(tx, &at, None, crate::sync::protocol::ChangeOp::SubmitVisit { visit: Box::new(record) })?;
+            self.enqueue(tx, &at, None, zoufang_protocol::messages::ChangeOp::SubmitVisit { visit: Box::new(record) })?;
             Ok(visit)
         })?;
         // Ids only: answers are personal data and never reach a log.
@@ -1673,7 +1672,7 @@ impl Collector {
             )?;
             // A draft never left the device; a completed visit's status follows it to the server.
             if status != VisitStatus::Draft {
-                let change = crate::sync::protocol::ChangeOp::SetVisitStatus {
+                let change = zoufang_protocol::messages::ChangeOp::SetVisitStatus {
                     id: visit_id.to_owned(),
                     status: to.to_owned(),
                     reason: reason.map(str::to_owned),
@@ -1950,16 +1949,6 @@ fn flatten_answers(
                 }
             }
             (_, other) => out.push((format!("{prefix}{key}"), other.clone())),
-        }
-    }
-}
-
-impl Evaluation<'_> {
-    /// The value of a top-level field by name (Null when there is no such field).
-    pub fn value_by_name(&self, name: &str) -> Value {
-        match self.form().lookup(name) {
-            Some(ItemRef::Field(id)) => self.value(id, &[]),
-            _ => Value::Null,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The one error type of the core. Every variant has a stable `code()`; messages are for people
 //! and never carry personal data (names, ID numbers, phones, locations), only ids and paths.
 
-use crate::model::engine::{AnswerError, Problem};
-use crate::model::form::FormLoadError;
+use zoufang_model::engine::{AnswerError, Problem};
+use zoufang_model::form::FormLoadError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -5,16 +5,19 @@
 //! (SQLite, migrations, change log), and the [`Collector`] handle that the CLI, the bindings
 //! and the tests all use.
 
-pub mod audit;
 pub mod collector;
 pub mod error;
 pub mod media;
-pub mod model;
 pub mod records;
 pub mod retention;
 pub mod signing;
 pub mod store;
 pub mod sync;
+
+/// The model layer (forms, answers, validation), its own crate so the server shares it.
+pub use zoufang_model as model;
+/// What devices and the server share byte for byte: messages, frames, checksums, hashing.
+pub use zoufang_protocol as protocol;
 
 pub use collector::{Collector, FieldState};
 pub use error::{Error, Result};

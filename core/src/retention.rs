@@ -17,11 +17,11 @@ use std::time::Duration;
 use rusqlite::params;
 use serde_json::json;
 
-use crate::audit::AuditAction;
 use crate::collector::{Collector, timestamp};
 use crate::error::{Error, Result};
-use crate::sync::protocol::{AuditUploadRequest, AuditUploadResponse, PROTOCOL_VERSION};
 use crate::sync::transport::{RetryPolicy, Transport};
+use zoufang_protocol::audit::AuditAction;
+use zoufang_protocol::messages::{AuditUploadRequest, AuditUploadResponse, PROTOCOL_VERSION};
 
 impl Collector {
     /// Removes visits the server already holds, their photos and signatures included, that were

@@ -11,8 +11,8 @@ use serde_json::{Map, Value as Json};
 
 use crate::collector::Collector;
 use crate::error::Result;
-use crate::model::engine::Problem;
-use crate::model::form::{FieldKind, Form, Severity};
+use zoufang_model::engine::Problem;
+use zoufang_model::form::{FieldKind, Form, Severity};
 
 /// Metadata key of a signature attachment holding the content hash it signed.
 pub(crate) const SIGNED_CONTENT: &str = "signed_content";
@@ -25,7 +25,7 @@ pub struct SignatureState {
     pub valid: bool,
 }
 
-/// The answers without what signing does not cover, keys sorted (serde_json's map).
+/// The answers without what signing does not cover (hashed in the canonical JSON form).
 fn signed_answers(form: &Form, answers: &Map<String, Json>) -> Json {
     fn strip(unsigned: &HashSet<&str>, value: &Json) -> Json {
         match value {
@@ -69,7 +69,7 @@ impl Collector {
             "answers": signed_answers(form, answers),
             "attachments": attachments,
         });
-        Ok(self.content_hash(content.to_string().as_bytes()))
+        Ok(self.content_hash(&zoufang_protocol::canonical::to_vec(&content)))
     }
 
     /// Every signature of a visit, and whether it still matches the visit's content.

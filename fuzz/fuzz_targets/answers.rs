@@ -5,10 +5,10 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use zoufang_core::model::code_list::CodeLists;
-use zoufang_core::model::default_form::{default_code_lists, household_visit_form};
-use zoufang_core::model::engine::{self, Evaluation};
-use zoufang_core::model::form::Form;
+use zoufang_model::code_list::CodeLists;
+use zoufang_model::default_form::{default_code_lists, household_visit_form};
+use zoufang_model::engine::{self, Evaluation};
+use zoufang_model::form::Form;
 
 fn fixtures() -> &'static (Form, CodeLists) {
     static F: OnceLock<(Form, CodeLists)> = OnceLock::new();

@@ -5,10 +5,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use zoufang_core::model::code_list::CodeLists;
-use zoufang_core::model::engine::Evaluation;
-use zoufang_core::model::expr;
-use zoufang_core::model::form::Form;
+use zoufang_model::code_list::CodeLists;
+use zoufang_model::engine::Evaluation;
+use zoufang_model::expr;
+use zoufang_model::form::Form;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(src) = std::str::from_utf8(data) else { return };

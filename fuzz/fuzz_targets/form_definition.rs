@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zoufang_core::model::code_list::CodeLists;
-use zoufang_core::model::engine::Evaluation;
-use zoufang_core::model::form::Form;
+use zoufang_model::code_list::CodeLists;
+use zoufang_model::engine::Evaluation;
+use zoufang_model::form::Form;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -4,31 +4,31 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zoufang_core::sync::frames::FrameReader;
-use zoufang_core::sync::protocol::{
+use zoufang_protocol::frames::FrameReader;
+use zoufang_protocol::messages::{
     self, AttachmentStatusRequest, AttachmentStatusResponse, CatalogRequest, CatalogResponse,
     ChunkResponse, ConflictsResponse, EnrollRequest, EnrollResponse, ErrorBody, PullRequest,
     PullResponse, PushRequest, PushResponse, ResolveRequest, SnapshotRequest, SnapshotResponse,
 };
 
 fn all(body: &[u8]) {
-    let _ = protocol::protocol_of(body);
-    let _ = protocol::decode::<EnrollRequest>(body);
-    let _ = protocol::decode::<EnrollResponse>(body);
-    let _ = protocol::decode::<CatalogRequest>(body);
-    let _ = protocol::decode::<CatalogResponse>(body);
-    let _ = protocol::decode::<PushRequest>(body);
-    let _ = protocol::decode::<PushResponse>(body);
-    let _ = protocol::decode::<PullRequest>(body);
-    let _ = protocol::decode::<PullResponse>(body);
-    let _ = protocol::decode::<SnapshotRequest>(body);
-    let _ = protocol::decode::<SnapshotResponse>(body);
-    let _ = protocol::decode::<ConflictsResponse>(body);
-    let _ = protocol::decode::<ResolveRequest>(body);
-    let _ = protocol::decode::<ErrorBody>(body);
-    let _ = protocol::decode::<AttachmentStatusRequest>(body);
-    let _ = protocol::decode::<AttachmentStatusResponse>(body);
-    let _ = protocol::decode::<ChunkResponse>(body);
+    let _ = messages::protocol_of(body);
+    let _ = messages::decode::<EnrollRequest>(body);
+    let _ = messages::decode::<EnrollResponse>(body);
+    let _ = messages::decode::<CatalogRequest>(body);
+    let _ = messages::decode::<CatalogResponse>(body);
+    let _ = messages::decode::<PushRequest>(body);
+    let _ = messages::decode::<PushResponse>(body);
+    let _ = messages::decode::<PullRequest>(body);
+    let _ = messages::decode::<PullResponse>(body);
+    let _ = messages::decode::<SnapshotRequest>(body);
+    let _ = messages::decode::<SnapshotResponse>(body);
+    let _ = messages::decode::<ConflictsResponse>(body);
+    let _ = messages::decode::<ResolveRequest>(body);
+    let _ = messages::decode::<ErrorBody>(body);
+    let _ = messages::decode::<AttachmentStatusRequest>(body);
+    let _ = messages::decode::<AttachmentStatusResponse>(body);
+    let _ = messages::decode::<ChunkResponse>(body);
 }
 
 /// A chunk body arriving in pieces of varied size: the verified content never exceeds the body.
@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     all(data);
     frames(data);
     // The same bytes as the JSON inside a zstd frame, as devices and the server send them.
-    if let Ok(framed) = protocol::encode(&serde_json::from_slice::<serde_json::Value>(data).ok()) {
+    if let Ok(framed) = messages::encode(&serde_json::from_slice::<serde_json::Value>(data).ok()) {
         all(&framed);
     }
 });

@@ -17,9 +17,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use zoufang_core::audit::HashAlgorithm;
-use zoufang_core::sync::frames::{FrameError, FrameReader};
-use zoufang_core::sync::protocol::{
+use zoufang_protocol::audit::HashAlgorithm;
+use zoufang_protocol::frames::{FrameError, FrameReader};
+use zoufang_protocol::messages::{
     self, AttachmentStatusRequest, AttachmentStatusResponse, CatalogRequest, CatalogResponse,
     ChunkResponse, ConflictsResponse, ContentRef, ContentStatus, EnrollRequest, EnrollResponse,
     ErrorBody, ErrorDetail, PROTOCOL_VERSION, PullRequest, PushRequest, PushResponse,
@@ -194,7 +194,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 fn message<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServerError> {
-    match protocol::protocol_of(body) {
+    match messages::protocol_of(body) {
         Some(PROTOCOL_VERSION) => {}
         Some(got) => {
             return Err(ServerError::Protocol {
@@ -209,11 +209,11 @@ fn message<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServerError> {
             ));
         }
     }
-    protocol::decode(body).map_err(|e| ServerError::bad("bad_message", e.to_string()))
+    messages::decode(body).map_err(|e| ServerError::bad("bad_message", e.to_string()))
 }
 
 fn reply<T: Serialize>(value: &T) -> ApiResult {
-    let body = protocol::encode(value).map_err(|e| ServerError::Storage(e.to_string()))?;
+    let body = messages::encode(value).map_err(|e| ServerError::Storage(e.to_string()))?;
     Ok((
         StatusCode::OK,
         [
@@ -323,7 +323,7 @@ async fn catalog(
         let audit = match req.audit.take() {
             Some(batch) => Some(storage.upload_audit(
                 &auth,
-                &protocol::AuditUploadRequest {
+                &messages::AuditUploadRequest {
                     protocol: PROTOCOL_VERSION,
                     device_id: auth.device_id.clone(),
                     chain_hash: batch.chain_hash,
@@ -453,7 +453,7 @@ async fn audit(
     body: Bytes,
 ) -> ApiResult {
     let auth = authenticate_as(&state, &headers, peer, true).await?;
-    let req: protocol::AuditUploadRequest = message(&body)?;
+    let req: messages::AuditUploadRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let device = auth.device_id.clone();
     let count = req.entries.len();

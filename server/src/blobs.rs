@@ -8,7 +8,7 @@ use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
-use zoufang_core::audit::{HashAlgorithm, is_hex_digest};
+use zoufang_protocol::audit::{HashAlgorithm, is_hex_digest};
 
 /// A content's name: its hash and the algorithm that made it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

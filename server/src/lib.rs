@@ -8,7 +8,7 @@ pub mod sqlite;
 pub mod storage;
 
 use chrono::Utc;
-use zoufang_core::model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
+use zoufang_model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
 
 /// Publishes the shipped household visit form and code lists if the server has no form yet,
 /// so a new server is usable at once.

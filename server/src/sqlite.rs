@@ -13,12 +13,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use rusqlite_migration::{M, Migrations};
 use serde_json::{Map, Value as Json};
 use sha2::{Digest, Sha256};
-use zoufang_core::audit::{self, AuditEntry, HashAlgorithm};
-use zoufang_core::model::code_list::CodeList;
-use zoufang_core::model::domain::check_region_code;
-use zoufang_core::model::form::Form;
-use zoufang_core::sync::checksum::field_hash;
-use zoufang_core::sync::protocol::{
+use zoufang_model::code_list::CodeList;
+use zoufang_model::domain::check_region_code;
+use zoufang_model::form::Form;
+use zoufang_protocol::audit::{self, AuditEntry, HashAlgorithm};
+use zoufang_protocol::checksum::field_hash;
+use zoufang_protocol::messages::{
     Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ChangeOp, CompetingValue,
     ConflictInfo, ConflictStatus, ContentRef, ContentState, ContentStatus, Entity, FeedEntry,
     FeedItem, FieldValue, Outcome, PROTOCOL_VERSION, PullRequest, PullResponse, RecordState, Role,

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
-use zoufang_core::audit::HashAlgorithm;
-use zoufang_core::model::code_list::CodeList;
-use zoufang_core::sync::protocol::{
+use zoufang_model::code_list::CodeList;
+use zoufang_protocol::audit::HashAlgorithm;
+use zoufang_protocol::messages::{
     Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ConflictInfo, ContentRef,
     ContentState, PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
 };
@@ -202,7 +202,7 @@ pub trait Storage: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<AuditUploadResponse>;
     /// A device's audit trail as the server holds it (administrators and reviewers).
-    fn device_audit(&self, device_id: &str) -> Result<Vec<zoufang_core::audit::AuditEntry>>;
+    fn device_audit(&self, device_id: &str) -> Result<Vec<zoufang_protocol::audit::AuditEntry>>;
     /// Re-verifies every stored chain (each device's and the server's own): the problems found.
     fn verify_audit(&self) -> Result<Vec<String>>;
     fn catalog(&self, request: &CatalogRequest) -> Result<(Vec<Json>, Vec<CodeList>)>;
@@ -262,7 +262,7 @@ pub trait Storage: Send + Sync + 'static {
     /// One household or member as the server holds it (admin and tests).
     fn record(
         &self,
-        entity: zoufang_core::sync::protocol::Entity,
+        entity: zoufang_protocol::messages::Entity,
         id: &str,
     ) -> Result<Option<RecordState>>;
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
-use zoufang_core::sync::protocol::{Role, UserInfo};
+use zoufang_core::protocol::messages::{Role, UserInfo};
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{AppState, BackgroundServer, SqliteStorage, Storage};

@@ -13,12 +13,12 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use zoufang_core::audit::HashAlgorithm;
 use zoufang_core::media::PhotoLimits;
+use zoufang_core::protocol::audit::HashAlgorithm;
+use zoufang_core::protocol::frames::FRAME_PAYLOAD;
+use zoufang_core::protocol::messages::{self, ChunkResponse, ErrorBody, ErrorDetail, Role};
 use zoufang_core::sync::ReqwestTransport;
 use zoufang_core::sync::engine::{MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
-use zoufang_core::sync::frames::FRAME_PAYLOAD;
-use zoufang_core::sync::protocol::{self, ChunkResponse, ErrorBody, ErrorDetail, Role};
 use zoufang_core::sync::{HttpRequest, HttpResponse, Transport, TransportError};
 use zoufang_core::{Collector, Error, StoreOptions};
 use zoufang_server::Storage;
@@ -316,12 +316,12 @@ impl Transport for RefusesWholeContents {
         let response = self.0.send(request)?;
         let completed = request.method == "PUT"
             && response.status == 200
-            && protocol::decode::<ChunkResponse>(&response.body).is_ok_and(|a| a.complete);
+            && messages::decode::<ChunkResponse>(&response.body).is_ok_and(|a| a.complete);
         if !completed {
             return Ok(response);
         }
         let refusal = ErrorBody {
-            protocol: protocol::PROTOCOL_VERSION,
+            protocol: messages::PROTOCOL_VERSION,
             error: ErrorDetail {
                 code: "hash_mismatch".into(),
                 message: "the uploaded content does not match its hash".into(),
@@ -329,7 +329,7 @@ impl Transport for RefusesWholeContents {
         };
         Ok(HttpResponse {
             status: 422,
-            body: protocol::encode(&refusal).unwrap(),
+            body: messages::encode(&refusal).unwrap(),
         })
     }
 }
@@ -638,7 +638,7 @@ proptest::proptest! {
 
 #[test]
 fn a_visit_naming_a_malformed_attachment_is_refused() {
-    use protocol::{Change, ChangeOp, Outcome};
+    use messages::{Change, ChangeOp, Outcome};
     let server = TestServer::start();
     let phone = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
     let c = &phone.collector;
@@ -653,7 +653,7 @@ fn a_visit_naming_a_malformed_attachment_is_refused() {
         user: c.sync_status().unwrap().user.unwrap(),
     };
     let record = c.visit_submission(&visit).unwrap();
-    type Spoil = fn(&mut protocol::AttachmentRecord);
+    type Spoil = fn(&mut messages::AttachmentRecord);
     let spoil: [(&str, Spoil); 4] = [
         ("uppercase hash", |a| {
             a.content_hash = a.content_hash.to_uppercase()
@@ -690,7 +690,7 @@ fn a_visit_naming_a_malformed_attachment_is_refused() {
 
 #[test]
 fn a_visit_that_misstates_a_contents_size_cannot_hold_up_its_upload() {
-    use protocol::{Change, ChangeOp, Outcome};
+    use messages::{Change, ChangeOp, Outcome};
     let server = TestServer::start();
     let honest = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
     let liar = Device::enrolled(&server, "coord-b", Role::Coordinator, &[VILLAGE]);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
-use zoufang_core::sync::protocol::Role;
+use zoufang_core::protocol::messages::Role;
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::Storage;
 use zoufang_tests::{Device, TestServer, routine_visit};

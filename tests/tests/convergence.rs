@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value as Json, json};
+use zoufang_core::protocol::messages::{FeedItem, Role};
 use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::SyncConfig;
-use zoufang_core::sync::protocol::{FeedItem, Role};
 use zoufang_tests::{Device, FlakyTransport, TestServer};
 
 const VILLAGE: &str = "513431104201";
@@ -59,7 +59,7 @@ fn server_fields(server: &TestServer, h: &str) -> Map<String, Json> {
     use zoufang_server::Storage;
     let r = server
         .storage
-        .record(zoufang_core::sync::protocol::Entity::Household, h)
+        .record(zoufang_core::protocol::messages::Entity::Household, h)
         .unwrap()
         .unwrap();
     r.fields.into_iter().map(|(k, v)| (k, v.value)).collect()

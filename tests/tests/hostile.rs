@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use chrono::{TimeDelta, Utc};
 use parking_lot::Mutex;
 use serde_json::{Map, Value as Json, json};
-use zoufang_core::records::NewHousehold;
-use zoufang_core::sync::protocol::{
+use zoufang_core::protocol::messages::{
     self, Change, ChangeOp, Entity, ErrorBody, PROTOCOL_VERSION, PullRequest, PushRequest,
     PushResponse, ResolveRequest, Role, SnapshotRequest, UserInfo,
 };
+use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{AppState, BackgroundServer, DeviceAuth, RateLimits, SqliteStorage, Storage};
@@ -156,7 +156,7 @@ fn bearer(request: &HttpRequest) -> String {
 }
 
 fn push_body(device_id: &str, changes: Vec<ChangeOp>) -> Vec<u8> {
-    protocol::encode(&PushRequest {
+    messages::encode(&PushRequest {
         protocol: PROTOCOL_VERSION,
         device_id: device_id.into(),
         device_time: Utc::now().to_rfc3339(),
@@ -216,7 +216,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
     let before = server.state();
 
     // Another village's households, read: a snapshot is refused, a pull never carries them.
-    let snapshot = protocol::encode(&SnapshotRequest {
+    let snapshot = messages::encode(&SnapshotRequest {
         protocol: PROTOCOL_VERSION,
         village_code: OTHER_VILLAGE.into(),
     })
@@ -225,7 +225,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
         code(&post(&t, "/v1/snapshot", &a_token, snapshot)),
         (403, "forbidden".into())
     );
-    let pull = protocol::encode(&PullRequest {
+    let pull = messages::encode(&PullRequest {
         protocol: PROTOCOL_VERSION,
         cursors: [(OTHER_VILLAGE.to_owned(), 0), ("5134".to_owned(), 0)].into(),
         limit: 1000,
@@ -261,11 +261,11 @@ fn hostile_requests_are_refused_and_change_nothing() {
     );
     let r = post(&t, "/v1/push", &a_token, forged);
     assert_eq!(r.status, 200);
-    let acks: PushResponse = protocol::decode(&r.body).unwrap();
+    let acks: PushResponse = messages::decode(&r.body).unwrap();
     assert!(
         acks.acks
             .iter()
-            .all(|a| a.outcome == protocol::Outcome::Rejected),
+            .all(|a| a.outcome == messages::Outcome::Rejected),
         "{acks:?}"
     );
     assert_eq!(
@@ -275,7 +275,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
     );
 
     // A coordinator acting as a reviewer.
-    let resolve = protocol::encode(&ResolveRequest {
+    let resolve = messages::encode(&ResolveRequest {
         protocol: PROTOCOL_VERSION,
         value: json!("13900000001"),
     })
@@ -294,7 +294,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
     let huge = vec![0u8; zoufang_server::MAX_BODY_BYTES + 1];
     let r = post(&t, "/v1/push", &a_token, huge);
     assert_eq!(r.status, 413);
-    let bomb = zstd::encode_all(&vec![b' '; protocol::MAX_MESSAGE_BYTES + 1][..], 19).unwrap();
+    let bomb = zstd::encode_all(&vec![b' '; messages::MAX_MESSAGE_BYTES + 1][..], 19).unwrap();
     assert!(
         bomb.len() < 64 * 1024,
         "a small body that inflates past the limit"
@@ -324,7 +324,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
 
     // Tokens: none, unknown, revoked, expired.
     let pull = || {
-        protocol::encode(&PullRequest {
+        messages::encode(&PullRequest {
             protocol: PROTOCOL_VERSION,
             cursors: Default::default(),
             limit: 10,
@@ -364,7 +364,7 @@ fn enrolment_and_failed_authentication_are_rate_limited_per_address() {
     let server = Server::start(RateLimits::per_minute(3, 4));
     let t = server.transport();
     let enroll = |token: &str| {
-        let body = protocol::encode(&protocol::EnrollRequest {
+        let body = messages::encode(&messages::EnrollRequest {
             protocol: PROTOCOL_VERSION,
             enrollment_token: token.into(),
             device_name: "guess".into(),
@@ -406,7 +406,7 @@ fn enrolment_and_failed_authentication_are_rate_limited_per_address() {
             .unwrap()
             .device_token
     };
-    let pull = protocol::encode(&PullRequest {
+    let pull = messages::encode(&PullRequest {
         protocol: PROTOCOL_VERSION,
         cursors: Default::default(),
         limit: 10,

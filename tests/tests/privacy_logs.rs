@@ -15,8 +15,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::{Map, Value as Json, json};
 use zoufang_core::Collector;
+use zoufang_core::protocol::messages::Role;
 use zoufang_core::records::NewHousehold;
-use zoufang_core::sync::protocol::Role;
 use zoufang_tests::{Device, TestServer};
 
 const VILLAGE: &str = "513431104201";

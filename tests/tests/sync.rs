@@ -8,8 +8,8 @@
 
 use serde_json::{Map, Value as Json, json};
 use zoufang_core::Collector;
+use zoufang_core::protocol::messages::{Entity, Role, UserInfo};
 use zoufang_core::records::NewHousehold;
-use zoufang_core::sync::protocol::{Entity, Role, UserInfo};
 use zoufang_server::{DeviceAuth, Storage};
 use zoufang_tests::{Device, TestServer, obj, routine_visit};
 
@@ -281,11 +281,11 @@ fn a_coordinator_never_receives_nor_writes_another_villages_households() {
             areas: vec![VILLAGE.into()],
         },
     };
-    let change = zoufang_core::sync::protocol::Change {
+    let change = zoufang_core::protocol::messages::Change {
         seq: 1,
         hlc: "0".into(),
         device_time: chrono::Utc::now().to_rfc3339(),
-        op: zoufang_core::sync::protocol::ChangeOp::SetField {
+        op: zoufang_core::protocol::messages::ChangeOp::SetField {
             entity: Entity::Household,
             id: theirs.clone(),
             field: "phone".into(),
@@ -425,7 +425,7 @@ fn six_months_offline_with_a_thousand_queued_changes_syncs_with_nothing_lost() {
 
 #[test]
 fn old_clients_revoked_devices_and_bad_bodies_get_clear_errors() {
-    use zoufang_core::sync::protocol::{PullRequest, encode};
+    use zoufang_core::protocol::messages::{PullRequest, encode};
     use zoufang_core::sync::{HttpRequest, Transport};
     let server = TestServer::start();
     let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
@@ -440,7 +440,7 @@ fn old_clients_revoked_devices_and_bad_bodies_get_clear_errors() {
         .unwrap()
     };
     let error_code = |r: &zoufang_core::sync::HttpResponse| -> String {
-        let body: zoufang_core::sync::protocol::ErrorBody =
+        let body: zoufang_core::protocol::messages::ErrorBody =
             serde_json::from_slice(&r.body).unwrap();
         body.error.code
     };
@@ -530,7 +530,7 @@ fn conflicted() -> (TestServer, Device, Device, String) {
 
 #[test]
 fn a_reviewer_resolves_on_the_server_and_coordinators_may_not() {
-    use zoufang_core::sync::protocol::{
+    use zoufang_core::protocol::messages::{
         ConflictInfo, ConflictStatus, ResolveRequest, decode, encode,
     };
     use zoufang_core::sync::{HttpRequest, Transport};

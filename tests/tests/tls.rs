@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use zoufang_core::protocol::messages::{Role, UserInfo};
 use zoufang_core::sync::ReqwestTransport;
-use zoufang_core::sync::protocol::{Role, UserInfo};
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{AppState, BackgroundServer, SqliteStorage, Storage, TlsFiles};
 

@@ -155,7 +155,7 @@ CREATE TABLE scope_checksums (
 "#;
 
 /// The audit trail: append-only (triggers refuse edits and deletions; only the upload mark
-/// moves) and hash-chained (see `crate::audit`).
+/// moves) and hash-chained (see `zoufang_protocol::audit`).
 const V3: &str = r#"
 CREATE TABLE audit_log (
     seq       INTEGER PRIMARY KEY,

@@ -8,18 +8,18 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-use super::checksum::field_hash;
 use super::hlc::Hlc;
-use super::protocol::{
-    Ack, AttachmentRecord, ChangeOp, ConflictInfo, ConflictStatus, Entity, FeedItem, FieldValue,
-    Outcome, PullResponse, RecordState, SnapshotResponse, UserInfo, VisitRecord,
-};
 use crate::collector::{
     Collector, load_visit, parse_object, refresh_head, store_household_field, store_member_field,
     timestamp,
 };
 use crate::error::{Error, Result};
 use crate::records::{Visit, VisitStatus};
+use zoufang_protocol::checksum::field_hash;
+use zoufang_protocol::messages::{
+    Ack, AttachmentRecord, ChangeOp, ConflictInfo, ConflictStatus, Entity, FeedItem, FieldValue,
+    Outcome, PullResponse, RecordState, SnapshotResponse, UserInfo, VisitRecord,
+};
 
 /// What the device remembers about its server, in `meta` under `sync`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -509,7 +509,10 @@ impl Collector {
     }
 
     /// The oldest waiting changes, at most `limit`.
-    pub(crate) fn outbox_batch(&self, limit: usize) -> Result<Vec<super::protocol::Change>> {
+    pub(crate) fn outbox_batch(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<zoufang_protocol::messages::Change>> {
         let conn = self.db.reader.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, hlc, device_time, change FROM outbox ORDER BY seq LIMIT ?1",
@@ -524,7 +527,7 @@ impl Collector {
         })?;
         rows.map(|row| {
             let (seq, hlc, device_time, change) = row?;
-            Ok(super::protocol::Change {
+            Ok(zoufang_protocol::messages::Change {
                 seq: seq as u64,
                 hlc,
                 device_time,

@@ -15,16 +15,16 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::frames::encode_frames;
-use super::protocol::{
+use super::transport::{HttpRequest, HttpResponse, RetryPolicy, Transport};
+use crate::collector::{Collector, timestamp};
+use crate::error::{Error, Result};
+use zoufang_protocol::frames::encode_frames;
+use zoufang_protocol::messages::{
     self, AttachmentStatusRequest, AttachmentStatusResponse, AuditBatch, AuditUploadRequest,
     AuditUploadResponse, CatalogRequest, CatalogResponse, ChunkResponse, ContentRef, ContentStatus,
     EnrollRequest, EnrollResponse, ErrorBody, PROTOCOL_VERSION, PullRequest, PullResponse,
     PushRequest, PushResponse, SnapshotRequest, SnapshotResponse, UserInfo,
 };
-use super::transport::{HttpRequest, HttpResponse, RetryPolicy, Transport};
-use crate::collector::{Collector, timestamp};
-use crate::error::{Error, Result};
 
 /// Audit entries per upload request: about 6 KB compressed, like a push batch, so that a request
 /// fits between two cuts of a weak link.
@@ -222,12 +222,12 @@ pub(crate) fn request(method: &str, path: &str, token: Option<&str>, body: Vec<u
 }
 
 pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>> {
-    protocol::encode(message).map_err(|e| Error::Storage(format!("cannot encode a message: {e}")))
+    messages::encode(message).map_err(|e| Error::Storage(format!("cannot encode a message: {e}")))
 }
 
 /// A non-2xx response as an error with the server's code.
 pub(crate) fn server_error(response: &HttpResponse) -> Error {
-    match protocol::decode::<ErrorBody>(&response.body) {
+    match messages::decode::<ErrorBody>(&response.body) {
         Ok(b) => Error::Server {
             status: response.status,
             code: b.error.code,
@@ -245,7 +245,7 @@ pub(crate) fn decode<T: for<'de> serde::Deserialize<'de>>(response: &HttpRespons
     if response.status != 200 {
         return Err(server_error(response));
     }
-    protocol::decode(&response.body).map_err(|e| Error::Server {
+    messages::decode(&response.body).map_err(|e| Error::Server {
         status: 200,
         code: "bad_message".into(),
         message: e.to_string(),
@@ -459,7 +459,7 @@ impl<'a> SyncEngine<'a> {
                 });
                 req.headers.push((
                     "Content-Type".to_owned(),
-                    super::frames::CONTENT_TYPE.to_owned(),
+                    zoufang_protocol::frames::CONTENT_TYPE.to_owned(),
                 ));
                 return Ok(Some(req));
             }
@@ -809,7 +809,7 @@ impl<'a> SyncEngine<'a> {
     pub fn finish(self) -> Result<SyncReport> {
         let r = &self.report;
         self.collector.audit_now(
-            crate::audit::AuditAction::Sync,
+            zoufang_protocol::audit::AuditAction::Sync,
             None,
             serde_json::json!({"pushed": r.pushed, "pulled": r.pulled, "conflicts": r.conflicts,
                                "rejected": r.rejected, "audit_uploaded": r.audit_uploaded,

@@ -1,13 +1,10 @@
-//! Sync with the provincial backend: the wire protocol, the hybrid logical clock, per-village
-//! checksums, the device's side of the store, the sans-I/O sync engine and the transports that
+//! Sync with the provincial backend (the wire protocol itself is `zoufang_protocol`): the hybrid
+//! logical clock, the device's side of the store, the sans-I/O sync engine and the transports that
 //! carry its bytes.
 
-pub mod checksum;
 pub mod client;
 pub mod engine;
-pub mod frames;
 pub mod hlc;
-pub mod protocol;
 pub mod transport;
 pub mod uploads;
 

@@ -7,9 +7,9 @@ use std::io::{self, BufReader};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::protocol::ContentRef;
 use crate::collector::{Collector, timestamp};
 use crate::error::{Error, Result};
+use zoufang_protocol::messages::ContentRef;
 
 /// A visit whose photos or signatures have not all reached the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -145,10 +145,10 @@ impl Collector {
     pub fn fetch_attachment_content(
         &self,
         transport: &dyn super::transport::Transport,
-        algorithm: crate::audit::HashAlgorithm,
+        algorithm: zoufang_protocol::audit::HashAlgorithm,
         content_hash: &str,
     ) -> Result<Vec<u8>> {
-        if !crate::audit::is_hex_digest(content_hash) {
+        if !zoufang_protocol::audit::is_hex_digest(content_hash) {
             return Err(Error::InvalidInput(
                 "a content hash is a lowercase hex digest".into(),
             ));

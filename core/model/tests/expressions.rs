@@ -11,11 +11,11 @@
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::{Map, Value as Json, json};
-use zoufang_core::model::code_list::CodeLists;
-use zoufang_core::model::default_form::household_visit_form;
-use zoufang_core::model::engine::{Evaluation, set_answer};
-use zoufang_core::model::expr::{self, Value};
-use zoufang_core::model::form::{Form, ItemRef};
+use zoufang_model::code_list::CodeLists;
+use zoufang_model::default_form::household_visit_form;
+use zoufang_model::engine::{Evaluation, set_answer};
+use zoufang_model::expr::{self, Value};
+use zoufang_model::form::{Form, ItemRef};
 
 fn now() -> DateTime<Utc> {
     "2026-11-28T03:00:00Z".parse().unwrap()
@@ -23,7 +23,7 @@ fn now() -> DateTime<Utc> {
 
 /// A form with one field of each expression type, a repeat, and a calculate field `probe`
 /// whose expression each test supplies.
-fn form_with(probe: &str) -> Result<Form, zoufang_core::model::form::FormLoadError> {
+fn form_with(probe: &str) -> Result<Form, zoufang_model::form::FormLoadError> {
     let def = json!({
         "id": "probe", "version": 1, "title": {"zh": "测试"},
         "parameters": {"standard": 48000},

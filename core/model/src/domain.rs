@@ -154,7 +154,7 @@ pub fn normalize_resident_id(raw: &str) -> String {
 /// Liangshan townships (9-digit prefixes of 12-digit codes), from the project's copy of the
 /// 2023 division table.
 static LIANGSHAN_TOWNSHIPS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
-    include_str!("../../data/liangshan-townships.csv")
+    include_str!("../data/liangshan-townships.csv")
         .lines()
         .skip(1)
         .filter_map(|line| line.split(',').next())

@@ -145,7 +145,7 @@ pub struct AuditEntry {
 }
 
 /// The bytes hashed for an entry: the previous hash, a separator, then the entry's fields in
-/// fixed order as JSON (object keys sorted by serde_json).
+/// fixed order as a JSON array in the canonical form (RFC 8785, see [`crate::canonical`]).
 fn preimage(e: &AuditEntry) -> Vec<u8> {
     let fields = (
         e.seq,
@@ -158,7 +158,7 @@ fn preimage(e: &AuditEntry) -> Vec<u8> {
     );
     let mut bytes = e.prev_hash.as_bytes().to_vec();
     bytes.push(0x1e);
-    bytes.extend(serde_json::to_vec(&fields).unwrap_or_default());
+    bytes.extend(crate::canonical::to_vec(&fields));
     bytes
 }
 
@@ -238,6 +238,8 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    const PINNED_SHA256: &str = "d9f4edb0bba0ac6948a5d066317986e991e44eaec540c30a83f3199f11ee390c";
+
     fn chain(alg: HashAlgorithm, n: usize) -> Vec<AuditEntry> {
         let mut out: Vec<AuditEntry> = Vec::new();
         for i in 0..n {
@@ -273,6 +275,14 @@ mod tests {
             hex::encode(sm3::Sm3::digest(b"abc")),
             "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"
         );
+    }
+
+    /// Chains written by any earlier build must verify in every later one, on every platform:
+    /// the hash of a known entry is fixed here forever.
+    #[test]
+    fn a_known_entry_keeps_its_hash() {
+        let e = &chain(HashAlgorithm::Sha256, 1)[0];
+        assert_eq!(e.hash, PINNED_SHA256);
     }
 
     proptest! {

@@ -9,12 +9,12 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json, json};
-use zoufang_core::model::code_list::CodeLists;
-use zoufang_core::model::default_form::{default_code_lists, household_visit_form};
-use zoufang_core::model::engine::{Evaluation, Problem, set_answer};
-use zoufang_core::model::expr::Value;
-use zoufang_core::model::form::{Form, ItemRef};
-use zoufang_core::model::text::Lang;
+use zoufang_model::code_list::CodeLists;
+use zoufang_model::default_form::{default_code_lists, household_visit_form};
+use zoufang_model::engine::{Evaluation, Problem, set_answer};
+use zoufang_model::expr::Value;
+use zoufang_model::form::{Form, ItemRef};
+use zoufang_model::text::Lang;
 
 fn now() -> DateTime<Utc> {
     "2026-11-28T03:00:00Z".parse().unwrap()

@@ -5,10 +5,10 @@ use super::code_list::{CodeList, CodeLists};
 use super::form::{Form, FormLoadError};
 
 /// The default household visit form definition (JSON).
-pub const HOUSEHOLD_VISIT_FORM_JSON: &str = include_str!("../../forms/household_visit.json");
+pub const HOUSEHOLD_VISIT_FORM_JSON: &str = include_str!("../forms/household_visit.json");
 
 /// The default code lists (JSON array of code lists).
-pub const DEFAULT_CODE_LISTS_JSON: &str = include_str!("../../data/code-lists.json");
+pub const DEFAULT_CODE_LISTS_JSON: &str = include_str!("../data/code-lists.json");
 
 /// Loads the shipped household visit form. It is checked by the test suite, so an error here
 /// means the binary was built from a broken tree.

@@ -5,7 +5,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use super::Value;
 use super::check::{Agg, Compiled, Func, Node};
 use super::parse::BinOp;
-use crate::model::domain::ResidentId;
+use crate::domain::ResidentId;
 
 /// Where an expression reads its inputs. `ctx` holds the instance index of each enclosing
 /// repeat, outermost first, truncated to the chain of the field or repeat asked for.

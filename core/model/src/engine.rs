@@ -358,12 +358,13 @@ pub fn set_answer(
     put_answer(form, answers, field, &target.indices, path, value)
 }
 
-pub(crate) fn is_read_only(form: &Form, field: usize) -> bool {
+/// Is the field read-only for the person typing (prefilled from the household record)?
+pub fn is_read_only(form: &Form, field: usize) -> bool {
     form.field_def(field).is_some_and(|d| d.read_only)
 }
 
 /// Writes an answer without the read-only check: for prefill from the household record.
-pub(crate) fn put_answer(
+pub fn put_answer(
     form: &Form,
     answers: &mut Map<String, Json>,
     field: &FieldInfo,
@@ -438,6 +439,16 @@ impl std::fmt::Debug for Evaluation<'_> {
         f.debug_struct("Evaluation")
             .field("form", &self.form.id())
             .finish_non_exhaustive()
+    }
+}
+
+impl Evaluation<'_> {
+    /// The value of a top-level field by name (Null when there is no such field).
+    pub fn value_by_name(&self, name: &str) -> Value {
+        match self.form().lookup(name) {
+            Some(ItemRef::Field(id)) => self.value(id, &[]),
+            _ => Value::Null,
+        }
     }
 }
 

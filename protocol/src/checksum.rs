@@ -5,7 +5,7 @@
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
-use super::protocol::Entity;
+use crate::messages::Entity;
 
 /// The hash of one field's server state.
 pub fn field_hash(entity: Entity, id: &str, field: &str, version: u64, value: &Json) -> u64 {
@@ -17,8 +17,8 @@ pub fn field_hash(entity: Entity, id: &str, field: &str, version: u64, value: &J
     h.update(field.as_bytes());
     h.update([0]);
     h.update(version.to_le_bytes());
-    // serde_json's maps are ordered, so equal values serialise equally on both sides.
-    h.update(value.to_string().as_bytes());
+    // Canonical JSON, so equal values hash equally on both sides whatever the serializer.
+    h.update(crate::canonical::to_vec(value));
     let digest = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-use crate::model::code_list::CodeList;
+use zoufang_model::code_list::CodeList;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
