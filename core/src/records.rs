@@ -1,7 +1,22 @@
 //! The records the API hands out: households, members, visits and summaries.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
+use uuid::Uuid;
+
+/// Relationship code of the household head (GB/T 4761-2008).
+pub const HEAD_RELATIONSHIP: &str = "02";
+
+/// How the store writes an instant: UTC, RFC 3339, milliseconds.
+pub(crate) fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A new record id: UUIDv7, so ids sort by creation.
+pub(crate) fn new_id() -> String {
+    Uuid::now_v7().to_string()
+}
 
 /// Where a visit is in its life. Queued and synced states come with sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,11 +14,12 @@
 
 use std::time::Duration;
 
-use rusqlite::params;
 use serde_json::json;
 
-use crate::collector::{Collector, timestamp};
+use crate::collector::Collector;
 use crate::error::{Error, Result};
+use crate::records::timestamp;
+use crate::store;
 use crate::sync::transport::{RetryPolicy, Transport};
 use zoufang_protocol::audit::AuditAction;
 use zoufang_protocol::messages::{AuditUploadRequest, AuditUploadResponse, PROTOCOL_VERSION};
@@ -32,64 +33,18 @@ impl Collector {
             .map_err(|_| Error::InvalidInput("the retention period is too long".into()))?;
         let cutoff = timestamp(self.now() - retention);
         let purged = self.write(|tx| {
-            tx.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY)",
-                [],
-            )?;
-            tx.execute("DELETE FROM temp.purge_ids", [])?;
-            tx.execute(
-                "INSERT INTO temp.purge_ids (id)
-                 SELECT v.id FROM visits v
-                 WHERE v.status IN ('completed', 'signed', 'void')
-                   AND v.synced_seq IS NOT NULL
-                   AND v.updated_at < ?1
-                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.entity = 'visit' AND o.entity_id = v.id)
-                   AND NOT EXISTS (SELECT 1 FROM visits r WHERE r.revision_of = v.id)
-                   AND NOT EXISTS (SELECT 1 FROM attachments a JOIN blobs b ON b.hash = a.content_hash
-                                   WHERE a.visit_id = v.id AND NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash))",
-                params![cutoff],
-            )?;
-            tx.execute(
-                "DELETE FROM change_log WHERE entity = 'attachment' AND entity_id IN
-                   (SELECT id FROM attachments WHERE visit_id IN (SELECT id FROM temp.purge_ids))",
-                [],
-            )?;
-            tx.execute(
-                "DELETE FROM attachments WHERE visit_id IN (SELECT id FROM temp.purge_ids)",
-                [],
-            )?;
-            tx.execute(
-                "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM attachments a WHERE a.content_hash = blobs.hash)",
-                [],
-            )?;
-            tx.execute(
-                "DELETE FROM uploaded_contents WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = uploaded_contents.hash)",
-                [],
-            )?;
-            tx.execute(
-                "DELETE FROM change_log WHERE entity = 'visit' AND entity_id IN (SELECT id FROM temp.purge_ids)",
-                [],
-            )?;
-            let n = tx.execute(
-                "DELETE FROM visits WHERE id IN (SELECT id FROM temp.purge_ids)",
-                [],
-            )?;
-            tx.execute("DELETE FROM temp.purge_ids", [])?;
+            let n = store::visits::purge_synced(tx, &cutoff)?;
             self.audit(
                 tx,
                 AuditAction::Purge,
                 None,
                 json!({"visits": n, "retention_days": retention.num_days()}),
             )?;
-            Ok(n as u64)
+            Ok(n)
         })?;
         // Old copies of the deleted pages may still sit in the WAL: move everything into the
         // main file now (with secure_delete, freed pages there are zeroed).
-        let _busy: i64 =
-            self.db
-                .writer
-                .lock()
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        store::checkpoint(&self.db.writer.lock())?;
         tracing::info!(
             visits = purged,
             "synced visits purged after the retention period"

@@ -6,11 +6,11 @@
 
 use std::collections::HashSet;
 
-use rusqlite::params;
 use serde_json::{Map, Value as Json};
 
 use crate::collector::Collector;
 use crate::error::Result;
+use crate::store;
 use zoufang_model::engine::Problem;
 use zoufang_model::form::{FieldKind, Form, Severity};
 
@@ -58,13 +58,7 @@ impl Collector {
         visit_id: &str,
         answers: &Map<String, Json>,
     ) -> Result<String> {
-        let attachments: Vec<(String, String)> = conn
-            .prepare_cached(
-                "SELECT field_path, coalesce(content_hash, '') FROM attachments
-                 WHERE visit_id = ?1 AND kind = 'photo' ORDER BY field_path, content_hash",
-            )?
-            .query_map(params![visit_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        let attachments = store::attachments::photo_hashes(conn, visit_id)?;
         let content = serde_json::json!({
             "answers": signed_answers(form, answers),
             "attachments": attachments,
@@ -76,8 +70,8 @@ impl Collector {
     pub fn signatures(&self, visit_id: &str) -> Result<Vec<SignatureState>> {
         let visit = self.load_visit(visit_id)?;
         let form = self.form(&visit.form_id, visit.form_version)?;
-        let conn = self.db.reader.lock();
-        let mut states = self.signature_states(&conn, &form, visit_id, &visit.answers)?;
+        let mut states =
+            self.read(|c| self.signature_states(c, &form, visit_id, &visit.answers))?;
         if visit.status != crate::records::VisitStatus::Draft {
             // Completion refuses stale signatures, then fills the end time, defaults and
             // household links, and the visit never changes again: its signatures stand as
@@ -97,13 +91,7 @@ impl Collector {
         answers: &Map<String, Json>,
     ) -> Result<Vec<SignatureState>> {
         let now = self.visit_content_hash(conn, form, visit_id, answers)?;
-        let rows: Vec<(String, String, String)> = conn
-            .prepare_cached(
-                "SELECT id, field_path, metadata FROM attachments
-                 WHERE visit_id = ?1 AND kind = 'signature' ORDER BY field_path",
-            )?
-            .query_map(params![visit_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = store::attachments::signatures(conn, visit_id)?;
         Ok(rows
             .into_iter()
             .map(|(attachment_id, field_path, metadata)| {

@@ -3,15 +3,79 @@
 //!
 //! One writer connection and one reader connection, each behind its own lock: the UI can list
 //! and search while a save or a sync batch is being written.
+//!
+//! Every SQL statement of the device lives under this module, one module per aggregate. Each
+//! function takes a `&Connection` (a `Transaction` derefs to one), so a user action composes
+//! several of them inside one transaction opened by the layer above; none opens its own.
 
+pub(crate) mod attachments;
+pub(crate) mod audit;
+pub(crate) mod changes;
+pub(crate) mod forms;
+pub(crate) mod households;
+pub(crate) mod meta;
+pub(crate) mod outbox;
 pub mod schema;
+pub(crate) mod server_view;
+pub(crate) mod visits;
 
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
+use serde_json::{Map, Value as Json};
+
 use crate::error::{Error, Result};
+
+/// A stored JSON object (record fields, answers, metadata).
+pub(crate) fn parse_object(text: &str) -> Result<Map<String, Json>> {
+    match serde_json::from_str(text)? {
+        Json::Object(m) => Ok(m),
+        _ => Err(Error::Storage(
+            "a stored record is not a JSON object".into(),
+        )),
+    }
+}
+
+pub(crate) fn not_found(entity: &'static str, id: &str) -> Error {
+    // Ids are UUIDs we issued; cap the length so a hostile argument cannot flood a log line.
+    Error::NotFound {
+        entity,
+        id: id.chars().take(64).collect(),
+    }
+}
+
+/// A count from SQLite as the API reports it.
+pub(crate) fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u64> {
+    let n: i64 = conn.query_row(sql, params, |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Every count a store summary shows.
+pub(crate) fn counts(conn: &Connection) -> Result<crate::records::StoreCounts> {
+    let n = |sql: &str| count(conn, sql, []);
+    Ok(crate::records::StoreCounts {
+        households: n("SELECT count(*) FROM households")?,
+        members: n("SELECT count(*) FROM members WHERE removed = 0")?,
+        drafts: n("SELECT count(*) FROM visits WHERE status = 'draft'")?,
+        completed: n("SELECT count(*) FROM visits WHERE status = 'completed'")?,
+        signed: n("SELECT count(*) FROM visits WHERE status = 'signed'")?,
+        void: n("SELECT count(*) FROM visits WHERE status = 'void'")?,
+        changes: n("SELECT count(*) FROM change_log")?,
+    })
+}
+
+/// SQLite's own consistency check of the file (`ok` when sound).
+pub(crate) fn integrity_check(conn: &Connection) -> Result<String> {
+    Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+}
+
+/// Moves everything in the WAL into the main file and empties it (old page copies included).
+pub(crate) fn checkpoint(conn: &Connection) -> Result<()> {
+    let _busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    Ok(())
+}
 
 /// How to open a store.
 #[derive(Debug, Clone, Default)]

@@ -16,8 +16,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::transport::{HttpRequest, HttpResponse, RetryPolicy, Transport};
-use crate::collector::{Collector, timestamp};
+use crate::collector::Collector;
 use crate::error::{Error, Result};
+use crate::records::timestamp;
 use zoufang_protocol::frames::encode_frames;
 use zoufang_protocol::messages::{
     self, AttachmentStatusRequest, AttachmentStatusResponse, AuditBatch, AuditUploadRequest,

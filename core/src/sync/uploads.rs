@@ -4,11 +4,12 @@
 
 use std::io::{self, BufReader};
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::collector::{Collector, timestamp};
+use crate::collector::Collector;
 use crate::error::{Error, Result};
+use crate::records::timestamp;
+use crate::store;
 use zoufang_protocol::messages::ContentRef;
 
 /// A visit whose photos or signatures have not all reached the server.
@@ -30,69 +31,29 @@ impl Collector {
     /// Completed visits whose attachments have not all reached the server, oldest first: what
     /// the app shows as "photos still to send".
     pub fn visits_with_pending_attachments(&self) -> Result<Vec<PendingAttachments>> {
-        let conn = self.db.reader.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT v.id, count(*), sum(b.size), v.synced_seq IS NOT NULL
-             FROM visits v
-             JOIN attachments a ON a.visit_id = v.id
-             JOIN blobs b ON b.hash = a.content_hash
-             WHERE v.status IN ('completed', 'signed', 'void')
-               AND NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash)
-             GROUP BY v.id ORDER BY v.completed_at, v.id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(PendingAttachments {
-                visit_id: r.get(0)?,
-                attachments: r.get::<_, i64>(1)?.max(0) as u64,
-                bytes: r.get::<_, i64>(2)?.max(0) as u64,
-                visit_synced: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = self.read(store::attachments::pending_by_visit)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(visit_id, attachments, bytes, visit_synced)| PendingAttachments {
+                    visit_id,
+                    attachments,
+                    bytes,
+                    visit_synced,
+                },
+            )
+            .collect())
     }
 
     /// Contents waiting for upload, with their byte total (each content counted once).
     pub(crate) fn pending_upload_totals(&self) -> Result<(u64, u64)> {
-        let conn = self.db.reader.lock();
-        let (n, bytes): (i64, Option<i64>) = conn.query_row(
-            "SELECT count(*), sum(b.size) FROM blobs b
-             WHERE NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash) AND EXISTS (
-                 SELECT 1 FROM attachments a JOIN visits v ON v.id = a.visit_id
-                 WHERE a.content_hash = b.hash AND v.status IN ('completed', 'signed', 'void'))",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        Ok((n.max(0) as u64, bytes.unwrap_or(0).max(0) as u64))
+        self.read(store::attachments::pending_totals)
     }
 
     /// Contents to upload now: not yet held by the server, named by a visit the server has
     /// acknowledged (a visit's data goes first; its attachments follow). Oldest first.
     pub(crate) fn uploadable_contents(&self) -> Result<Vec<ContentRef>> {
-        let conn = self.db.reader.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT b.hash, b.size FROM blobs b
-             WHERE NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash) AND EXISTS (
-                 SELECT 1 FROM attachments a JOIN visits v ON v.id = a.visit_id
-                 WHERE a.content_hash = b.hash AND v.synced_seq IS NOT NULL)
-             ORDER BY b.rowid",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ContentRef {
-                content_hash: r.get(0)?,
-                size_bytes: r.get::<_, i64>(1)?.max(0) as u64,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    fn blob_rowid(conn: &rusqlite::Connection, content_hash: &str) -> Result<i64> {
-        conn.prepare_cached("SELECT rowid FROM blobs WHERE hash = ?1")?
-            .query_row([content_hash], |r| r.get(0))
-            .optional()?
-            .ok_or_else(|| Error::NotFound {
-                entity: "attachment content",
-                id: content_hash.to_owned(),
-            })
+        self.read(store::attachments::uploadable)
     }
 
     /// `len` bytes of a content from `offset` (fewer at its end).
@@ -102,40 +63,35 @@ impl Collector {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>> {
-        let conn = self.db.reader.lock();
-        let rowid = Self::blob_rowid(&conn, content_hash)?;
-        let blob = conn.blob_open("main", "blobs", "bytes", rowid, true)?;
-        let start = usize::try_from(offset)
-            .ok()
-            .filter(|s| *s <= blob.len())
-            .ok_or_else(|| Error::InvalidInput("an offset beyond the content".into()))?;
-        let mut buf = vec![0; len.min(blob.len() - start)];
-        blob.read_at_exact(&mut buf, start)?;
-        Ok(buf)
+        self.read(|conn| {
+            let blob = store::attachments::open_blob(conn, content_hash)?;
+            let start = usize::try_from(offset)
+                .ok()
+                .filter(|s| *s <= blob.len())
+                .ok_or_else(|| Error::InvalidInput("an offset beyond the content".into()))?;
+            let mut buf = vec![0; len.min(blob.len() - start)];
+            blob.read_at_exact(&mut buf, start)?;
+            Ok(buf)
+        })
     }
 
     /// Does the stored content still hash to its name? Checked before uploading, so a damaged
     /// content is reported on the device instead of being refused by the server at its end.
     pub(crate) fn content_intact(&self, content_hash: &str) -> Result<bool> {
-        let conn = self.db.reader.lock();
-        let rowid = Self::blob_rowid(&conn, content_hash)?;
-        let blob = conn.blob_open("main", "blobs", "bytes", rowid, true)?;
         let mut hasher = self.hash_algorithm().hasher();
-        io::copy(&mut BufReader::with_capacity(READ_PIECE, blob), &mut hasher)
-            .map_err(|e| Error::Storage(format!("a stored content could not be read ({e})")))?;
+        self.read(|conn| {
+            let blob = store::attachments::open_blob(conn, content_hash)?;
+            io::copy(&mut BufReader::with_capacity(READ_PIECE, blob), &mut hasher)
+                .map_err(|e| Error::Storage(format!("a stored content could not be read ({e})")))?;
+            Ok(())
+        })?;
         Ok(hasher.finish() == content_hash)
     }
 
     /// The server holds this content whole and verified.
     pub(crate) fn mark_uploaded(&self, content_hash: &str) -> Result<()> {
         let at = timestamp(self.now());
-        self.write(|tx| {
-            tx.execute(
-                "INSERT OR IGNORE INTO uploaded_contents (hash, uploaded_at) VALUES (?1, ?2)",
-                params![content_hash, at],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| store::attachments::mark_uploaded(tx, content_hash, &at))
     }
 }
 

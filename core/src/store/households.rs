@@ -1,0 +1,347 @@
+//! `households` and `members`: the local records, edited field by field. The indexed columns
+//! (village, head's name, due date, a member's name, ID number and relationship) are copies of
+//! fields kept for the coordinator's lists and searches; `fields` (JSON) is the record itself.
+//! The server's view of the same records (`server_state`) is `server_view`'s.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value as Json};
+
+use super::{not_found, parse_object};
+use crate::error::Result;
+use crate::records::{HEAD_RELATIONSHIP, Household, HouseholdSummary, Member};
+use zoufang_protocol::messages::Entity;
+
+fn text(fields: &Map<String, Json>, key: &str) -> Option<String> {
+    fields.get(key).and_then(Json::as_str).map(str::to_owned)
+}
+
+/// A new household row. `server_state` is the server's view when the record came from it.
+pub(crate) fn insert_household(
+    conn: &Connection,
+    id: &str,
+    village_code: &str,
+    fields: &Map<String, Json>,
+    server_state: Option<&str>,
+    at: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO households (id, village_code, next_visit_due, fields, server_state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, coalesce(?5, '{}'), ?6, ?6)",
+    )?
+    .execute(params![
+        id,
+        village_code,
+        text(fields, "next_visit_due"),
+        Json::Object(fields.clone()).to_string(),
+        server_state,
+        at
+    ])?;
+    Ok(())
+}
+
+/// A new member row; the household's head name follows when the member is its head.
+pub(crate) fn insert_member(
+    conn: &Connection,
+    id: &str,
+    household_id: &str,
+    fields: &Map<String, Json>,
+    server_state: Option<&str>,
+    at: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO members (id, household_id, name, id_number, relationship, fields, server_state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(?7, '{}'), ?8, ?8)",
+    )?
+    .execute(params![
+        id,
+        household_id,
+        text(fields, "name"),
+        text(fields, "id_number"),
+        text(fields, "relationship"),
+        Json::Object(fields.clone()).to_string(),
+        server_state,
+        at
+    ])?;
+    if text(fields, "relationship").as_deref() == Some(HEAD_RELATIONSHIP) {
+        refresh_head(conn, household_id)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn exists(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM households WHERE id = ?1")?
+        .query_row([id], |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some())
+}
+
+/// `Ok` if the household is in the store, `not_found` otherwise.
+pub(crate) fn require(conn: &Connection, id: &str) -> Result<()> {
+    if exists(conn, id)? {
+        Ok(())
+    } else {
+        Err(not_found("household", id))
+    }
+}
+
+/// A household with its members (not removed), head first.
+pub(crate) fn load(conn: &Connection, id: &str) -> Result<Household> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, village_code, head_name, next_visit_due, fields, created_at, updated_at FROM households WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })
+        .optional()?
+        .ok_or_else(|| not_found("household", id))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, fields FROM members WHERE household_id = ?1 AND removed = 0 ORDER BY relationship, created_at",
+    )?;
+    let members = stmt
+        .query_map([id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .map(|m| {
+            let (mid, fields) = m?;
+            Ok(Member {
+                id: mid,
+                household_id: id.to_owned(),
+                fields: parse_object(&fields)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Household {
+        id: row.0,
+        village_code: row.1,
+        head_name: row.2,
+        next_visit_due: row.3,
+        fields: parse_object(&row.4)?,
+        members,
+        created_at: row.5,
+        updated_at: row.6,
+    })
+}
+
+/// A household's fields.
+pub(crate) fn fields(conn: &Connection, id: &str) -> Result<Map<String, Json>> {
+    let fields: String = conn
+        .prepare_cached("SELECT fields FROM households WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| not_found("household", id))?;
+    parse_object(&fields)
+}
+
+/// A member's fields, if it belongs to that household.
+pub(crate) fn member_fields(
+    conn: &Connection,
+    member_id: &str,
+    household_id: &str,
+) -> Result<Option<Map<String, Json>>> {
+    let fields: Option<String> = conn
+        .prepare_cached("SELECT fields FROM members WHERE id = ?1 AND household_id = ?2")?
+        .query_row(params![member_id, household_id], |r| r.get(0))
+        .optional()?;
+    fields.map(|f| parse_object(&f)).transpose()
+}
+
+/// The village a household or member record belongs to.
+pub(crate) fn village_of(conn: &Connection, entity: Entity, id: &str) -> Result<Option<String>> {
+    let sql = match entity {
+        Entity::Household => "SELECT village_code FROM households WHERE id = ?1",
+        Entity::Member => {
+            "SELECT h.village_code FROM members m JOIN households h ON h.id = m.household_id WHERE m.id = ?1"
+        }
+    };
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Is this household or member record in the store?
+pub(crate) fn record_exists(conn: &Connection, entity: Entity, id: &str) -> Result<bool> {
+    let sql = match entity {
+        Entity::Household => "SELECT 1 FROM households WHERE id = ?1",
+        Entity::Member => "SELECT 1 FROM members WHERE id = ?1",
+    };
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row([id], |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some())
+}
+
+/// Keeps the denormalised head name in step with the members.
+pub(crate) fn refresh_head(conn: &Connection, household_id: &str) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE households SET head_name = (SELECT name FROM members WHERE household_id = ?1 AND removed = 0 AND relationship = ?2
+                                            ORDER BY created_at LIMIT 1) WHERE id = ?1",
+    )?
+    .execute(params![household_id, HEAD_RELATIONSHIP])?;
+    Ok(())
+}
+
+fn put(fields: &mut Map<String, Json>, field: &str, value: &Json) {
+    if value.is_null() {
+        fields.remove(field);
+    } else {
+        fields.insert(field.to_owned(), value.clone());
+    }
+}
+
+/// Writes one field of a local record and its indexed copies (no log, no outbox: also used to
+/// show what the server sent). Null clears the field.
+pub(crate) fn store_field(
+    conn: &Connection,
+    entity: Entity,
+    id: &str,
+    field: &str,
+    value: &Json,
+    at: &str,
+) -> Result<()> {
+    match entity {
+        Entity::Household => store_household_field(conn, id, field, value, at),
+        Entity::Member => store_member_field(conn, id, field, value, at),
+    }
+}
+
+fn store_household_field(
+    conn: &Connection,
+    id: &str,
+    field: &str,
+    value: &Json,
+    at: &str,
+) -> Result<()> {
+    let mut fields = fields(conn, id)?;
+    put(&mut fields, field, value);
+    conn.prepare_cached(
+        "UPDATE households SET fields = ?2, village_code = ?3, next_visit_due = ?4, updated_at = ?5 WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        Json::Object(fields.clone()).to_string(),
+        text(&fields, "village_code").unwrap_or_default(),
+        text(&fields, "next_visit_due"),
+        at
+    ])?;
+    Ok(())
+}
+
+fn store_member_field(
+    conn: &Connection,
+    id: &str,
+    field: &str,
+    value: &Json,
+    at: &str,
+) -> Result<()> {
+    let (household_id, fields): (String, String) = conn
+        .prepare_cached("SELECT household_id, fields FROM members WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .ok_or_else(|| not_found("member", id))?;
+    let mut fields = parse_object(&fields)?;
+    put(&mut fields, field, value);
+    conn.prepare_cached(
+        "UPDATE members SET fields = ?2, name = ?3, id_number = ?4, relationship = ?5, updated_at = ?6 WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        Json::Object(fields.clone()).to_string(),
+        text(&fields, "name"),
+        text(&fields, "id_number"),
+        text(&fields, "relationship"),
+        at
+    ])?;
+    refresh_head(conn, &household_id)
+}
+
+const SUMMARY: &str =
+    "SELECT h.id, h.village_code, h.head_name, h.next_visit_due FROM households h";
+
+fn summaries(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<HouseholdSummary>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| {
+        Ok(HouseholdSummary {
+            id: r.get(0)?,
+            village_code: r.get(1)?,
+            head_name: r.get(2)?,
+            next_visit_due: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Households of a village, by head's name.
+pub(crate) fn in_village(
+    conn: &Connection,
+    village_code: &str,
+    limit: u32,
+    offset: u32,
+) -> Result<Vec<HouseholdSummary>> {
+    summaries(
+        conn,
+        &format!(
+            "{SUMMARY} WHERE h.village_code = ?1 ORDER BY h.head_name, h.id LIMIT ?2 OFFSET ?3"
+        ),
+        params![village_code, limit, offset],
+    )
+}
+
+/// Households due on or before a date (YYYY-MM-DD), soonest first, optionally in one village.
+pub(crate) fn due(
+    conn: &Connection,
+    on_or_before: &str,
+    village_code: Option<&str>,
+    limit: u32,
+) -> Result<Vec<HouseholdSummary>> {
+    summaries(
+        conn,
+        &format!(
+            "{SUMMARY} WHERE h.next_visit_due IS NOT NULL AND h.next_visit_due <= ?1
+             AND (?2 IS NULL OR h.village_code = ?2) ORDER BY h.next_visit_due, h.id LIMIT ?3"
+        ),
+        params![on_or_before, village_code, limit],
+    )
+}
+
+/// What a household search matches: a member's name, or a member's resident ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemberKey {
+    Name,
+    IdNumber,
+}
+
+/// Households with a member whose name or ID starts with `prefix` (normalised by the caller).
+pub(crate) fn with_member_prefix(
+    conn: &Connection,
+    key: MemberKey,
+    prefix: &str,
+    limit: u32,
+) -> Result<Vec<HouseholdSummary>> {
+    let column = match key {
+        MemberKey::Name => "name",
+        MemberKey::IdNumber => "id_number",
+    };
+    // A range scan on the index: every string with this prefix sorts in [prefix, prefix+U+10FFFF).
+    let upper = format!("{prefix}\u{10FFFF}");
+    let sql = format!(
+        "{SUMMARY} WHERE h.id IN (SELECT household_id FROM members WHERE {column} >= ?1 AND {column} < ?2 AND removed = 0 LIMIT ?3)
+         ORDER BY h.head_name, h.id"
+    );
+    summaries(conn, &sql, params![prefix, upper, limit])
+}
