@@ -308,13 +308,13 @@ fn tell(story: &mut Story, path: &std::path::Path) -> Result<(), Failure> {
         search.iter().any(|h| h.id == household_a) && counts.households == 4 && counts.signed == 1 && counts.completed == 2,
         json!({"search": search.len(), "due": due.len(), "counts": counts}),
         &format!(
-            "search '吉克': {} household(s); due by 2026-12-31: {}; households {}, visits completed {}, signed {}; change-log entries {}",
+            "search '吉克': {} household(s); due by 2026-12-31: {}; households {}, visits completed {}, signed {}; changes waiting for the server {}",
             search.len(),
             due.len(),
             counts.households,
             counts.completed,
             counts.signed,
-            counts.changes
+            c.sync_status()?.pending_changes
         ),
     );
     Ok(())

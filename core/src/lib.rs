@@ -2,7 +2,7 @@
 //! apps.
 //!
 //! Layers, from the bottom: [`model`] (forms, answers, validation; pure Rust), [`store`]
-//! (SQLite, migrations, change log), and the [`Collector`] handle that the CLI, the bindings
+//! (SQLite, migrations, every SQL statement), the sync engine, and the [`Collector`] handle that the CLI, the bindings
 //! and the tests all use.
 
 pub mod collector;

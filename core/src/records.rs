@@ -126,7 +126,6 @@ pub struct StoreCounts {
     pub completed: u64,
     pub signed: u64,
     pub void: u64,
-    pub changes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

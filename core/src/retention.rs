@@ -3,7 +3,7 @@
 //!
 //! - [`Collector::purge_synced_visits`]: visits that the server holds (completed, signed or
 //!   voided, acknowledged) and that are older than the retention period leave the phone, with
-//!   their attachments' metadata and their change-log lines (which hold typed values). Households
+//!   their attachments' metadata and contents. Households
 //!   in the coordinator's areas, drafts and anything not yet acknowledged stay. Deleted bytes
 //!   are zeroed (the store runs with `secure_delete`) and the WAL is emptied.
 //! - Remote wipe: when the server answers `410 device_wiped`, the device records the wipe in its

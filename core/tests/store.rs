@@ -1,5 +1,6 @@
-//! The offline store through the Collector: migrations, records, the visit lifecycle, the
-//! change log, queries, form versions, and refusals of bad input.
+//! The offline store through the Collector: migrations (and an upgrade from the previous
+//! schema), records, the visit lifecycle, the outbox, queries, form versions, and refusals of
+//! bad input.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -33,8 +34,9 @@ fn household(c: &Collector) -> String {
     .unwrap()
 }
 
+/// Record changes waiting for the server: every accepted edit of a record leaves one.
 fn changes(c: &Collector) -> u64 {
-    c.counts().unwrap().changes
+    c.sync_status().unwrap().pending_changes
 }
 
 #[test]
@@ -125,7 +127,7 @@ fn actions_need_a_signed_in_user() {
 }
 
 #[test]
-fn households_queries_and_field_edits_write_the_change_log() {
+fn households_queries_and_field_edits_queue_their_changes() {
     let dir = tempfile::tempdir().unwrap();
     let c = open(&dir);
     let before = changes(&c);
@@ -316,7 +318,7 @@ fn a_visit_is_prefilled_autosaved_validated_completed_and_then_immutable() {
         "calculated values are stored"
     );
 
-    // The household now shows the visit's answers, through field edits in the change log.
+    // The household now shows the visit's answers, through field edits queued for the server.
     let h = c.household(&hid).unwrap();
     assert_eq!(h.fields["phone"], json!("13987654321"));
     assert_eq!(h.next_visit_due.as_deref(), Some("2027-03-01"));
@@ -453,8 +455,7 @@ fn bad_answers_are_refused_and_leave_the_draft_untouched() {
     let c = open(&dir);
     let v = c.start_visit(None, "routine").unwrap();
     c.set_answer(&v.id, "address", json!("一组")).unwrap();
-    let before = c.visit(&v.id).unwrap().answers;
-    let log = changes(&c);
+    let before = c.visit(&v.id).unwrap();
     for (path, value, code) in [
         ("village_code_year", json!("2023"), "answer_type"),
         ("members[3].name", json!("x"), "answer_repeat_index"),
@@ -478,8 +479,8 @@ fn bad_answers_are_refused_and_leave_the_draft_untouched() {
         c.start_visit(None, "picnic").unwrap_err().code(),
         "invalid_value"
     );
-    assert_eq!(c.visit(&v.id).unwrap().answers, before);
-    assert_eq!(changes(&c), log);
+    // Answers and the last-edit time as they were: nothing was written.
+    assert_eq!(c.visit(&v.id).unwrap(), before);
     // A half-typed ID autosaves; validation reports it.
     let v = c.start_visit(None, "application_survey").unwrap();
     c.set_answer(&v.id, "outcome", json!("completed")).unwrap();
@@ -539,7 +540,7 @@ fn attachments_are_recorded_with_the_answer_that_references_them() {
     );
     assert_eq!(c.attachments_of_visit(&v.id).unwrap(), vec![a]);
 
-    let log = changes(&c);
+    let before = c.visit(&v.id).unwrap();
     let wrong_field = NewAttachment {
         field_path: "interviewee_signature".into(),
         ..photo.clone()
@@ -565,7 +566,11 @@ fn attachments_are_recorded_with_the_answer_that_references_them() {
         "invalid_value"
     );
     assert_eq!(c.attachments_of_visit(&v.id).unwrap().len(), 1);
-    assert_eq!(changes(&c), log, "refused attachments leave no trace");
+    assert_eq!(
+        c.visit(&v.id).unwrap(),
+        before,
+        "refused attachments leave no trace"
+    );
 }
 
 #[test]
@@ -612,4 +617,103 @@ fn an_autosave_racing_with_completion_is_never_lost() {
         c.visit(&v.id).unwrap().answers["address"],
         json!(format!("{last}号"))
     );
+}
+
+/// The schema of a store as SQLite describes it: every table, index and trigger with its SQL.
+fn schema_of(path: &std::path::Path) -> Vec<(String, String, Option<String>)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// A store written by the previous released schema (5), with a coordinator's work in it — a
+/// household with its head, a draft, a queued change, change-log lines, an audit entry —
+/// upgrades to the current schema: the same schema as a fresh store, and nothing lost.
+#[test]
+fn a_store_of_the_previous_schema_upgrades_to_what_a_fresh_store_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    {
+        let mut conn = rusqlite::Connection::open(&old).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        zoufang_core::store::schema::migrations()
+            .to_version(&mut conn, 5)
+            .unwrap();
+        let at = "2026-11-20T08:00:00.000Z";
+        conn.execute(
+            "INSERT INTO form_definitions (form_id, version, definition, installed_at) VALUES ('household_visit', 1, ?1, ?2)",
+            rusqlite::params![zoufang_core::model::default_form::HOUSEHOLD_VISIT_FORM_JSON, at],
+        )
+        .unwrap();
+        let entry = zoufang_core::protocol::audit::next_entry(
+            zoufang_core::protocol::audit::HashAlgorithm::Sha256,
+            None,
+            at.into(),
+            "coordinator-1".into(),
+            zoufang_core::protocol::audit::AuditAction::SignIn,
+            None,
+            json!({}),
+        );
+        let fields = json!({"village_code": "513431104201", "phone": "13812345678"}).to_string();
+        let member =
+            json!({"name": "吉克阿呷", "id_number": "11010519491231002X", "relationship": "02"})
+                .to_string();
+        let answers = json!({"visit_type": "routine", "address": "一组"}).to_string();
+        let change =
+            json!({"op": "set_field", "entity": "household", "id": "h-1", "field": "phone",
+                            "value": "13812345678", "base": 0})
+            .to_string();
+        conn.execute_batch(&format!(
+            "INSERT INTO meta (key, value) VALUES ('owner_user', 'coordinator-1'), ('current_user', 'coordinator-1'),
+                                                 ('audit_hash', 'sha256');
+             INSERT INTO households (id, village_code, head_name, fields, created_at, updated_at)
+                 VALUES ('h-1', '513431104201', '吉克阿呷', '{fields}', '{at}', '{at}');
+             INSERT INTO members (id, household_id, name, id_number, relationship, fields, created_at, updated_at)
+                 VALUES ('m-1', 'h-1', '吉克阿呷', '11010519491231002X', '02', '{member}', '{at}', '{at}');
+             INSERT INTO visits (id, household_id, form_id, form_version, visit_type, status, answers, author, created_at, updated_at)
+                 VALUES ('v-1', 'h-1', 'household_visit', 1, 'routine', 'draft', '{answers}', 'coordinator-1', '{at}', '{at}');
+             INSERT INTO change_log (entity, entity_id, op, field, value, author, at)
+                 VALUES ('household', 'h-1', 'set_field', 'phone', '\"13812345678\"', 'coordinator-1', '{at}');
+             INSERT INTO outbox (entity, entity_id, field, hlc, device_time, change)
+                 VALUES ('household', 'h-1', 'phone', '0000000001000-0000', '{at}', '{change}');
+             INSERT INTO audit_log (seq, at, user_id, action, entity, entity_id, detail, prev_hash, hash)
+                 VALUES (1, '{at}', 'coordinator-1', 'sign_in', NULL, NULL, '{{}}', '', '{hash}');",
+            hash = entry.hash
+        ))
+        .unwrap();
+    }
+    let fresh = dir.path().join("fresh.db");
+    drop(Collector::open(&fresh, &StoreOptions::default()).unwrap());
+    let c = Collector::open(&old, &StoreOptions::default()).unwrap();
+    assert_eq!(c.current_user().as_deref(), Some("coordinator-1"));
+    let h = c.household("h-1").unwrap();
+    assert_eq!(h.head_name.as_deref(), Some("吉克阿呷"));
+    assert_eq!(h.members.len(), 1);
+    let v = c.visit("v-1").unwrap();
+    assert_eq!(
+        (v.status, v.answers["address"].clone()),
+        (VisitStatus::Draft, json!("一组"))
+    );
+    assert_eq!(
+        changes(&c),
+        1,
+        "the queued change still waits for the server"
+    );
+    let (trail, intact) = c.audit_trail().unwrap();
+    assert!(
+        intact && trail.len() >= 2,
+        "the old chain goes on: {}",
+        trail.len()
+    );
+    // The draft is still editable and completes through the upgraded store.
+    c.set_answer("v-1", "address", json!("二组")).unwrap();
+    drop(c);
+    assert_eq!(schema_of(&old), schema_of(&fresh));
 }

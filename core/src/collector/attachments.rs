@@ -5,11 +5,12 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json, json};
 
+use super::Action;
 use super::Collector;
 use crate::error::{Error, Result};
 use crate::media::{self, MediaError, PhotoLimits, PreparedImage};
 use crate::records::{Attachment, AttachmentKind, NewAttachment, new_id, timestamp};
-use crate::store::{self, changes::Change};
+use crate::store;
 use zoufang_model::engine;
 use zoufang_model::form::{FieldKind, ItemRef};
 
@@ -145,7 +146,6 @@ impl Collector {
     /// attachment names it.
     pub fn remove_attachment(&self, visit_id: &str, attachment_id: &str) -> Result<()> {
         self.require_user()?;
-        let logged = Json::from(attachment_id.to_owned());
         self.edit_draft(
             visit_id,
             |tx, form, answers| {
@@ -153,7 +153,7 @@ impl Collector {
                 engine::set_answer(form, answers, &path, Json::Null)?;
                 store::attachments::delete(tx, attachment_id, hash.as_deref())
             },
-            ("remove_attachment", None, Some(&logged)),
+            ("remove_attachment", None),
         )?;
         tracing::debug!(attachment = %attachment_id, "attachment removed from a draft");
         Ok(())
@@ -178,7 +178,6 @@ impl Collector {
             metadata: new.metadata.clone(),
             created_at: timestamp(self.now()),
         };
-        let logged = Json::from(attachment.id.clone());
         self.edit_draft(
             visit_id,
             |tx, form, answers| {
@@ -221,20 +220,19 @@ impl Collector {
                     store::attachments::delete(tx, old, None)?;
                 }
                 store::attachments::insert(tx, &attachment)?;
-                let change = Change {
+                let action = Action {
                     entity: "attachment",
                     entity_id: &attachment.id,
                     op: "create",
                     field: Some(visit_id),
-                    value: None,
                 };
-                self.log(tx, &attachment.created_at, change)?;
+                self.audit_action(tx, action)?;
                 for (_, hash) in &replaced {
                     store::attachments::collect_blob(tx, hash.as_deref())?;
                 }
                 Ok(())
             },
-            ("set_answer", Some(&new.field_path), Some(&logged)),
+            ("set_answer", Some(&new.field_path)),
         )?;
         Ok(attachment)
     }

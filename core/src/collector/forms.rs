@@ -2,12 +2,10 @@
 
 use std::sync::Arc;
 
-use serde_json::Value as Json;
-
 use super::{Collector, HOUSEHOLD_VISIT_FORM_ID};
 use crate::error::{Error, Result};
 use crate::records::timestamp;
-use crate::store::{self, changes::Change};
+use crate::store;
 use zoufang_model::code_list::{CodeList, CodeLists};
 use zoufang_model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
 use zoufang_model::form::Form;
@@ -50,17 +48,7 @@ impl Collector {
                 form_id: id.clone(),
                 version,
             }),
-            None => {
-                store::forms::insert_definition(tx, &id, version, &canonical, &now)?;
-                let change = Change {
-                    entity: "form",
-                    entity_id: &id,
-                    op: "install",
-                    field: None,
-                    value: Some(&Json::from(version)),
-                };
-                self.log(tx, &now, change)
-            }
+            None => store::forms::insert_definition(tx, &id, version, &canonical, &now),
         })?;
         tracing::info!(form = %id, version, "form installed");
         let form = Arc::new(form);
@@ -103,17 +91,7 @@ impl Collector {
             ));
         }
         let now = timestamp(self.now());
-        self.write(|tx| {
-            store::forms::put_code_list(tx, list, &now)?;
-            let change = Change {
-                entity: "code_list",
-                entity_id: &list.name,
-                op: "install",
-                field: None,
-                value: Some(&Json::from(list.version)),
-            };
-            self.log(tx, &now, change)
-        })?;
+        self.write(|tx| store::forms::put_code_list(tx, list, &now))?;
         self.reload_code_lists()
     }
 

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use rusqlite::Transaction;
 use serde_json::{Map, Value as Json, json};
 
+use super::Action;
 use super::{Collector, HOUSEHOLD_VISIT_FORM_ID, MAX_PAGE};
 use crate::error::{Error, Result};
 use crate::records::{Household, HouseholdSummary, NewHousehold, new_id, timestamp};
-use crate::store::{self, changes::Change, households::MemberKey};
+use crate::store::{self, households::MemberKey};
 use zoufang_model::engine::{self, Evaluation};
 use zoufang_model::form::{Form, ItemRef};
 use zoufang_protocol::audit::AuditAction;
@@ -134,14 +135,13 @@ impl Collector {
             }
         }
         store::households::insert_household(tx, &id, &village_code, &fields, None, at)?;
-        let change = Change {
+        let action = Action {
             entity: "household",
             entity_id: &id,
             op: "create",
             field: None,
-            value: Some(&Json::Object(fields.clone())),
         };
-        self.log(tx, at, change)?;
+        self.audit_action(tx, action)?;
         let key = Some((Entity::Household, id.as_str(), None));
         let op = ChangeOp::CreateHousehold {
             id: id.clone(),
@@ -174,14 +174,13 @@ impl Collector {
             clean.insert(k, v);
         }
         store::households::insert_member(tx, &id, household_id, &clean, None, at)?;
-        let change = Change {
+        let action = Action {
             entity: "member",
             entity_id: &id,
             op: "create",
             field: Some(household_id),
-            value: Some(&Json::Object(clean.clone())),
         };
-        self.log(tx, at, change)?;
+        self.audit_action(tx, action)?;
         let op = ChangeOp::CreateMember {
             id: id.clone(),
             household_id: household_id.to_owned(),
@@ -248,7 +247,7 @@ impl Collector {
         })
     }
 
-    /// A direct edit of one household or member field: the record, the change log and the
+    /// A direct edit of one household or member field: the record, the audit trail and the
     /// outbox, in the caller's transaction.
     pub(super) fn set_record_field(
         &self,
@@ -260,14 +259,13 @@ impl Collector {
         at: &str,
     ) -> Result<()> {
         store::households::store_field(tx, entity, id, field, value, at)?;
-        let change = Change {
+        let action = Action {
             entity: entity.as_str(),
             entity_id: id,
             op: "set_field",
             field: Some(field),
-            value: Some(value),
         };
-        self.log(tx, at, change)?;
+        self.audit_action(tx, action)?;
         self.enqueue_field_edit(tx, at, entity, id, field, value, None)
     }
 

@@ -19,7 +19,6 @@ use serde_json::{Value as Json, json};
 
 use crate::error::{Error, Result};
 use crate::records::{StoreCounts, timestamp};
-use crate::store::changes::Change;
 use crate::store::{self, Connections, StoreOptions, meta};
 use zoufang_model::code_list::CodeLists;
 use zoufang_model::form::Form;
@@ -36,6 +35,15 @@ pub const NEW_DISCOVERY: &str = "new_discovery";
 pub const MAX_PAGE: u32 = 500;
 
 type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// What a user did to a record, as the audit trail names it (never with the value).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Action<'a> {
+    pub entity: &'static str,
+    pub entity_id: &'a str,
+    pub op: &'static str,
+    pub field: Option<&'a str>,
+}
 
 /// The offline store of one signed-in user, with its forms and code lists.
 pub struct Collector {
@@ -193,34 +201,25 @@ impl Collector {
         self.write(|tx| store::audit::mark_uploaded_through(tx, seq))
     }
 
-    /// Writes a change-log line and, for a user change of a record, its audit entry.
-    pub(crate) fn log(&self, tx: &Transaction<'_>, at: &str, change: Change<'_>) -> Result<()> {
-        let author = self
-            .user
-            .read()
-            .clone()
-            .unwrap_or_else(|| "system".to_owned());
-        store::changes::append(tx, &change, &author, at)?;
-        // The audit trail follows every user change of a record, naming the field, never the
-        // value. Draft answers are not records yet: their completion is what is audited.
-        let action = match (change.entity, change.op) {
-            (_, "set_answer" | "set_answers" | "remove_instance") | ("form" | "code_list", _) => {
-                None
-            }
-            (_, "create" | "revise") => Some(AuditAction::Create),
-            (_, "complete") => Some(AuditAction::Complete),
-            (_, "sign") => Some(AuditAction::Sign),
-            (_, "void") => Some(AuditAction::Void),
+    /// Audits a user's change of a record, naming the field, never the value. Draft answers are
+    /// not records yet: a draft's creation and its completion are what is audited.
+    pub(crate) fn audit_action(&self, tx: &Transaction<'_>, action: Action<'_>) -> Result<()> {
+        let audited = match action.op {
+            "set_answer" | "set_answers" | "remove_instance" => None,
+            "create" | "revise" => Some(AuditAction::Create),
+            "complete" => Some(AuditAction::Complete),
+            "sign" => Some(AuditAction::Sign),
+            "void" => Some(AuditAction::Void),
             _ => Some(AuditAction::Edit),
         };
-        if let Some(action) = action {
-            let detail = match change.field {
-                Some(field) => json!({"op": change.op, "field": field}),
-                None => json!({"op": change.op}),
-            };
-            self.audit(tx, action, Some((change.entity, change.entity_id)), detail)?;
-        }
-        Ok(())
+        let Some(audited) = audited else {
+            return Ok(());
+        };
+        let detail = match action.field {
+            Some(field) => json!({"op": action.op, "field": field}),
+            None => json!({"op": action.op}),
+        };
+        self.audit(tx, audited, Some((action.entity, action.entity_id)), detail)
     }
 
     // ----- user ---------------------------------------------------------------------------

@@ -4,10 +4,11 @@
 use rusqlite::Transaction;
 use serde_json::{Map, Value as Json, json};
 
+use super::Action;
 use super::{Collector, FieldState, HOUSEHOLD_VISIT_FORM_ID, NEW_DISCOVERY, RecordBindings};
 use crate::error::{Error, Result};
 use crate::records::{NewHousehold, Visit, VisitStatus, VisitSummary, new_id, timestamp};
-use crate::store::{self, changes::Change, parse_object};
+use crate::store::{self, parse_object};
 use zoufang_model::engine::{self, Evaluation, Problem};
 use zoufang_model::form::{Form, ItemRef};
 use zoufang_protocol::audit::AuditAction;
@@ -133,14 +134,13 @@ impl Collector {
     fn store_new_visit(&self, visit: &Visit, op: &'static str, field: Option<&str>) -> Result<()> {
         self.write(|tx| {
             store::visits::insert(tx, visit)?;
-            let change = Change {
+            let action = Action {
                 entity: "visit",
                 entity_id: &visit.id,
                 op,
                 field,
-                value: None,
             };
-            self.log(tx, &visit.created_at, change)
+            self.audit_action(tx, action)
         })
     }
 
@@ -177,11 +177,10 @@ impl Collector {
     /// transaction: a crash loses at most this answer.
     pub fn set_answer(&self, visit_id: &str, path: &str, value: Json) -> Result<()> {
         self.require_user()?;
-        let logged = value.clone();
         self.edit_draft(
             visit_id,
             |_, form, answers| Ok(engine::set_answer(form, answers, path, value)?),
-            ("set_answer", Some(path), Some(&logged)),
+            ("set_answer", Some(path)),
         )
     }
 
@@ -189,7 +188,6 @@ impl Collector {
     /// arrays of objects); it is merged into the draft.
     pub fn set_answers(&self, visit_id: &str, answers: &Map<String, Json>) -> Result<()> {
         self.require_user()?;
-        let keys = Json::Array(answers.keys().map(|k| Json::from(k.clone())).collect());
         self.edit_draft(
             visit_id,
             |_, form, draft| {
@@ -200,7 +198,7 @@ impl Collector {
                 }
                 Ok(())
             },
-            ("set_answers", None, Some(&keys)),
+            ("set_answers", None),
         )
     }
 
@@ -210,17 +208,17 @@ impl Collector {
         self.edit_draft(
             visit_id,
             |_, form, answers| Ok(engine::remove_instance(form, answers, path)?),
-            ("remove_instance", Some(path), None),
+            ("remove_instance", Some(path)),
         )
     }
 
-    /// Applies `edit` to a draft's answers and saves them with their change-log line
-    /// (`logged`: op, field, value), in one transaction; refused unless the visit is a draft.
+    /// Applies `edit` to a draft's answers and saves them, in one transaction; refused unless
+    /// the visit is a draft. `action` (op, field) names what was done, for the audit trail.
     pub(super) fn edit_draft(
         &self,
         visit_id: &str,
         edit: impl FnOnce(&Transaction<'_>, &Form, &mut Map<String, Json>) -> Result<()>,
-        logged: (&'static str, Option<&str>, Option<&Json>),
+        action: (&'static str, Option<&str>),
     ) -> Result<()> {
         let now = timestamp(self.now());
         self.write(|tx| {
@@ -237,15 +235,14 @@ impl Collector {
             let answers = Json::Object(answers).to_string();
             store::attachments::drop_unreferenced(tx, visit_id, &answers)?;
             store::visits::update_answers(tx, visit_id, &answers, &now)?;
-            let (op, field, value) = logged;
-            let change = Change {
+            let (op, field) = action;
+            let action = Action {
                 entity: "visit",
                 entity_id: visit_id,
                 op,
                 field,
-                value,
             };
-            self.log(tx, &now, change)
+            self.audit_action(tx, action)
         })
     }
 
@@ -353,14 +350,13 @@ impl Collector {
             visit.household_id.as_deref(),
             &at,
         )?;
-        let change = Change {
+        let action = Action {
             entity: "visit",
             entity_id: visit_id,
             op: "complete",
             field: None,
-            value: None,
         };
-        self.log(tx, &at, change)?;
+        self.audit_action(tx, action)?;
         visit.answers = answers;
         visit.status = VisitStatus::Completed;
         visit.completed_at = Some(at.clone());
@@ -517,15 +513,13 @@ impl Collector {
                 });
             }
             store::visits::set_status(tx, visit_id, to, reason, &at)?;
-            let logged = reason.map(Json::from);
-            let change = Change {
+            let action = Action {
                 entity: "visit",
                 entity_id: visit_id,
                 op,
                 field: None,
-                value: logged.as_ref(),
             };
-            self.log(tx, &at, change)?;
+            self.audit_action(tx, action)?;
             // A draft never left the device; a completed visit's status follows it to the server.
             if status != VisitStatus::Draft {
                 let change = ChangeOp::SetVisitStatus {

@@ -10,7 +10,6 @@
 
 pub(crate) mod attachments;
 pub(crate) mod audit;
-pub(crate) mod changes;
 pub(crate) mod forms;
 pub(crate) mod households;
 pub(crate) mod meta;
@@ -62,7 +61,6 @@ pub(crate) fn counts(conn: &Connection) -> Result<crate::records::StoreCounts> {
         completed: n("SELECT count(*) FROM visits WHERE status = 'completed'")?,
         signed: n("SELECT count(*) FROM visits WHERE status = 'signed'")?,
         void: n("SELECT count(*) FROM visits WHERE status = 'void'")?,
-        changes: n("SELECT count(*) FROM change_log")?,
     })
 }
 

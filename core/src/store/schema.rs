@@ -5,11 +5,18 @@ use rusqlite_migration::{M, Migrations};
 
 /// The migrations, in order; `user_version` records how many are applied.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
+    Migrations::new(vec![
+        M::up(V1),
+        M::up(V2),
+        M::up(V3),
+        M::up(V4),
+        M::up(V5),
+        M::up(V6),
+    ])
 }
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -199,6 +206,12 @@ CREATE TABLE uploaded_contents (
 ) WITHOUT ROWID;
 "#;
 
+/// The change log goes: nothing read it (sync has the outbox, accountability the audit trail)
+/// and it kept a third copy of every typed value, written at every autosave.
+const V6: &str = r#"
+DROP TABLE change_log;
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,7 +240,6 @@ mod tests {
                 "attachments",
                 "audit_log",
                 "blobs",
-                "change_log",
                 "code_lists",
                 "form_definitions",
                 "households",

@@ -240,8 +240,8 @@ pub(crate) fn drafts_of(conn: &Connection, author: &str) -> Result<Vec<VisitSumm
 }
 
 /// Removes visits the server holds whole (acknowledged, nothing of theirs pending, no revision
-/// on the device, every content uploaded) last changed before `cutoff`, with their attachments,
-/// contents and change-log lines. Returns how many left.
+/// on the device, every content uploaded) last changed before `cutoff`, with their attachments
+/// and contents. Returns how many left.
 pub(crate) fn purge_synced(conn: &Connection, cutoff: &str) -> Result<u64> {
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY)",
@@ -261,12 +261,9 @@ pub(crate) fn purge_synced(conn: &Connection, cutoff: &str) -> Result<u64> {
         params![cutoff],
     )?;
     for sql in [
-        "DELETE FROM change_log WHERE entity = 'attachment' AND entity_id IN
-           (SELECT id FROM attachments WHERE visit_id IN (SELECT id FROM temp.purge_ids))",
         "DELETE FROM attachments WHERE visit_id IN (SELECT id FROM temp.purge_ids)",
         "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM attachments a WHERE a.content_hash = blobs.hash)",
         "DELETE FROM uploaded_contents WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = uploaded_contents.hash)",
-        "DELETE FROM change_log WHERE entity = 'visit' AND entity_id IN (SELECT id FROM temp.purge_ids)",
     ] {
         conn.execute(sql, [])?;
     }

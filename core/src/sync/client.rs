@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use super::hlc::Hlc;
+use crate::collector::Action;
 use crate::collector::Collector;
 use crate::error::{Error, Result};
 use crate::records::{Visit, VisitStatus, timestamp};
-use crate::store::{self, changes::Change, households, meta, outbox, server_view};
+use crate::store::{self, households, meta, outbox, server_view};
 use zoufang_protocol::checksum::field_hash;
 use zoufang_protocol::messages::{
     Ack, AttachmentRecord, ChangeOp, ConflictInfo, Entity, FeedItem, FieldValue, Outcome,
@@ -533,14 +534,13 @@ impl Collector {
         let at = timestamp(self.now());
         self.write(|tx| {
             households::store_field(tx, info.entity, &info.entity_id, &info.field, &value, &at)?;
-            let change = Change {
+            let action = Action {
                 entity: info.entity.as_str(),
                 entity_id: &info.entity_id,
                 op: "resolve_conflict",
                 field: Some(&info.field),
-                value: Some(&value),
             };
-            self.log(tx, &at, change)?;
+            self.audit_action(tx, action)?;
             let resolves = Some((info.id.as_str(), info.version));
             self.enqueue_field_edit(
                 tx,
