@@ -56,7 +56,8 @@ impl From<zoufang_core::Error> for ZoufangError {
             | E::NotEnrolled
             | E::VisitNotEditable { .. }
             | E::VisitWrongStatus { .. }
-            | E::Cancelled => Self::InvalidState { code, detail },
+            | E::Cancelled
+            | E::SyncRunning => Self::InvalidState { code, detail },
             E::Transport(_) | E::Server { .. } => Self::Network { code, detail },
             E::Storage(_)
             | E::WrongKeyOrNotAStore
@@ -340,6 +341,8 @@ impl From<zoufang_core::protocol::messages::UserInfo> for UserInfo {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum SyncPhase {
+    /// Exchanging the enrolment token for the device's credentials.
+    Enroll,
     Catalog,
     Push,
     Pull,
@@ -347,6 +350,9 @@ pub enum SyncPhase {
     Audit,
     /// Uploading photos and signatures; `done`/`total` count bytes.
     Attachments,
+    /// The server ordered this device wiped: the audit trail goes up, then the store is
+    /// destroyed and the sync fails with `device_wiped`.
+    Wipe,
     Done,
 }
 
@@ -542,12 +548,14 @@ struct ForeignListener(Arc<dyn SyncListener>);
 impl core_sync::SyncListener for ForeignListener {
     fn on_progress(&self, p: core_sync::SyncProgress) {
         let phase = match p.phase {
+            core_sync::SyncPhase::Enroll => SyncPhase::Enroll,
             core_sync::SyncPhase::Catalog => SyncPhase::Catalog,
             core_sync::SyncPhase::Push => SyncPhase::Push,
             core_sync::SyncPhase::Pull => SyncPhase::Pull,
             core_sync::SyncPhase::Verify => SyncPhase::Verify,
             core_sync::SyncPhase::Audit => SyncPhase::Audit,
             core_sync::SyncPhase::Attachments => SyncPhase::Attachments,
+            core_sync::SyncPhase::Wipe => SyncPhase::Wipe,
             core_sync::SyncPhase::Done => SyncPhase::Done,
         };
         self.0.on_progress(SyncProgress {

@@ -16,8 +16,8 @@ use serde_json::{Value as Json, json};
 use zoufang_core::media::PhotoLimits;
 use zoufang_core::protocol::messages::Role;
 use zoufang_core::sync::{
-    HttpRequest, HttpResponse, ReqwestTransport, SyncConfig, SyncEngine, SyncPhase, Transport,
-    TransportError,
+    HttpRequest, HttpResponse, Moment, ReqwestTransport, SyncConfig, SyncEngine, SyncPhase,
+    Transport, TransportError,
 };
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{AppState, BackgroundServer, SqliteStorage, Storage};
@@ -248,14 +248,19 @@ pub fn run(rounds: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         // Ours: the attachment phase of a sync, driven here so only that phase is timed.
         let mut engine = SyncEngine::new(&c, SyncConfig::default())?;
         let mut started = None;
-        while let Some(req) = engine.next_request()? {
+        let begun = Instant::now();
+        let now = || Moment {
+            wall: chrono::Utc::now(),
+            elapsed: begun.elapsed(),
+        };
+        while let Some(req) = engine.next_request(now())? {
             if engine.phase() == SyncPhase::Attachments && started.is_none() {
                 started = Some(Instant::now());
             }
             let response = direct
                 .send(&req)
                 .map_err(|e| fail("transport", e.message))?;
-            engine.handle_response(&response)?;
+            engine.handle_response(&response, now())?;
         }
         ours.push(started.map(|t| t.elapsed()).unwrap_or_default());
         engine.finish()?;

@@ -293,12 +293,14 @@ struct Bar(indicatif::ProgressBar);
 impl SyncListener for Bar {
     fn on_progress(&self, p: SyncProgress) {
         let phase = match p.phase {
+            SyncPhase::Enroll => "enrolling",
             SyncPhase::Catalog => "forms",
             SyncPhase::Push => "sending",
             SyncPhase::Pull => "receiving",
             SyncPhase::Verify => "checking",
             SyncPhase::Audit => "audit trail",
             SyncPhase::Attachments => "photos",
+            SyncPhase::Wipe => "wiping (ordered by the server)",
             SyncPhase::Done => "done",
         };
         self.0.set_length(p.total.max(1));

@@ -62,6 +62,8 @@ pub enum Error {
     },
     #[error("the sync was cancelled; what was already received is kept")]
     Cancelled,
+    #[error("a sync of this store is already running; wait for it to end")]
+    SyncRunning,
 }
 
 impl Error {
@@ -90,6 +92,7 @@ impl Error {
             Self::Transport(_) => "transport",
             Self::Server { .. } => "server",
             Self::Cancelled => "cancelled",
+            Self::SyncRunning => "sync_running",
         }
     }
 }

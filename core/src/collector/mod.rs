@@ -54,6 +54,8 @@ pub struct Collector {
     pub(crate) clock: Clock,
     /// Orders this device's changes; see `sync::hlc`.
     pub(crate) hlc: Mutex<crate::sync::hlc::Hlc>,
+    /// Held by the one sync (or enrolment) running on this store.
+    pub(crate) sync_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -89,6 +91,7 @@ impl Collector {
             user: RwLock::new(None),
             clock,
             hlc: Mutex::new(crate::sync::hlc::Hlc::default()),
+            sync_lock: Mutex::new(()),
         };
         collector.restore_hlc()?;
         collector.install_defaults()?;
