@@ -140,9 +140,7 @@ pub fn serve(
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| fail("io", format!("cannot listen on {listen}: {e}")))?;
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+        let shutdown = zoufang_server::shutdown_signal();
         let state = AppState {
             trust_forwarded_for: behind_proxy,
             ..AppState::new(storage)
@@ -154,7 +152,9 @@ pub fn serve(
             }
             None => zoufang_server::serve(state, listener, shutdown).await,
         };
-        served.map_err(|e| fail("io", e.to_string()))
+        served.map_err(|e| fail("io", e.to_string()))?;
+        tracing::info!("zoufang server stopped");
+        Ok(())
     })
 }
 

@@ -437,7 +437,7 @@ fn serve_admin_and_device_commands_work_together() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_zoufang"))
+    let server = Command::new(env!("CARGO_BIN_EXE_zoufang"))
         .args(["serve", "--data", data_s, "--listen", &listen])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -493,10 +493,21 @@ fn serve_admin_and_device_commands_work_together() {
         "{}",
         stderr(&again)
     );
-    server.kill().unwrap();
+    // SIGTERM, as a service manager stops it: the server finishes and exits cleanly.
+    let term = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
     let out = server.wait_with_output().unwrap();
     let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a clean exit on SIGTERM: {logs}");
+    assert!(logs.contains("zoufang server stopped"), "{logs}");
     assert!(logs.contains("push"), "structured logs: {logs}");
+    assert!(
+        logs.contains("/v1/push"),
+        "request spans name the route: {logs}"
+    );
     assert!(!logs.contains("13812345678"), "no personal data in logs");
     let stats = ok_json(None, &["admin", "--data", data_s, "stats"]);
     assert_eq!(stats["households"], json!(1));

@@ -9,8 +9,6 @@ pub mod collector;
 pub mod error;
 pub mod media;
 pub mod records;
-pub mod retention;
-pub mod signing;
 pub mod store;
 pub mod sync;
 

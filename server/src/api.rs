@@ -37,6 +37,10 @@ pub const MAX_PUSH_CHANGES: usize = 5000;
 pub const MAX_CHUNK_CONTENT: usize = 4 * 1024 * 1024;
 /// Most contents asked about in one status request.
 pub const MAX_STATUS_CONTENTS: usize = 1000;
+/// Longest a request may take, its body included: a 1 MB chunk at 20 KB/s needs 50 s, a
+/// large village's snapshot a little more on 2G. Past it the answer is 408 and the device
+/// resumes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -687,7 +691,50 @@ pub fn router(state: AppState) -> Router {
             put(put_chunk).get(get_attachment),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |request: &axum::http::Request<axum::body::Body>| {
+                    // The route, never the path: a path can name a photo's content hash.
+                    let route = request
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", axum::extract::MatchedPath::as_str);
+                    tracing::info_span!("request", method = %request.method(), route = %route)
+                },
+            ),
+        )
         .with_state(state)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what a service manager or a container runtime
+/// sends): the server stops accepting, finishes the requests in flight, then returns.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested; finishing the requests in flight");
 }
 
 /// Serves until `shutdown` completes. Returns the bound address through `bound` first.

@@ -24,6 +24,7 @@ pub fn publish_defaults(storage: &dyn Storage) -> Result<(), ServerError> {
 
 pub use api::{
     AppState, BackgroundServer, MAX_BODY_BYTES, RateLimits, TlsFiles, router, serve, serve_tls,
+    shutdown_signal,
 };
 pub use sqlite::SqliteStorage;
 pub use storage::{DeviceAuth, ServerError, Storage};

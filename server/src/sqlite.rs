@@ -1,5 +1,6 @@
 //! The embedded storage: one SQLite file in the data directory, zero set-up. One writer
-//! connection (SQLite has one writer anyway) and one reader for pulls, each behind a lock.
+//! connection (SQLite has one writer anyway) behind a lock, and a small pool of readers, so the
+//! pulls and snapshots of many devices read side by side while a push is written (WAL).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -224,8 +225,15 @@ fn area_upper(prefix: &str) -> String {
 /// The SQLite storage of a server data directory.
 pub struct SqliteStorage {
     writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    readers: r2d2::Pool<r2d2_sqlite::SqliteConnectionManager>,
     blobs: Arc<dyn BlobStore>,
+}
+
+/// Read connections: one per core, at least two (a status question must not wait for a pull).
+fn reader_count() -> u32 {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get() as u32)
+        .clamp(2, 8)
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -260,11 +268,16 @@ impl SqliteStorage {
         Migrations::new(vec![M::up(SCHEMA), M::up(SCHEMA_V2), M::up(SCHEMA_V3)])
             .to_latest(&mut writer)
             .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;
-        let reader = Connection::open(&path)?;
-        reader.busy_timeout(Duration::from_secs(30))?;
+        let manager = r2d2_sqlite::SqliteConnectionManager::file(&path)
+            .with_init(|c| c.busy_timeout(Duration::from_secs(30)));
+        let readers = r2d2::Pool::builder()
+            .max_size(reader_count())
+            .connection_timeout(Duration::from_secs(30))
+            .build(manager)
+            .map_err(|e| ServerError::Storage(format!("cannot open the read connections: {e}")))?;
         Ok(Self {
             writer: Mutex::new(writer),
-            reader: Mutex::new(reader),
+            readers,
             blobs,
         })
     }
@@ -364,7 +377,10 @@ impl SqliteStorage {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.reader.lock();
+        let mut conn = self
+            .readers
+            .get()
+            .map_err(|e| ServerError::Storage(format!("no read connection free: {e}")))?;
         // One read transaction: a consistent snapshot while writers go on (WAL).
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         let out = f(&tx)?;

@@ -201,7 +201,7 @@ impl Collector {
                     let signed = self.visit_content_hash(tx, form, visit_id, answers)?;
                     attachment
                         .metadata
-                        .insert(crate::signing::SIGNED_CONTENT.into(), Json::from(signed));
+                        .insert(super::signing::SIGNED_CONTENT.into(), Json::from(signed));
                 }
                 let answer = Json::from(attachment.id.clone());
                 engine::set_answer(form, answers, &new.field_path, answer)?;

@@ -6,6 +6,10 @@
 mod attachments;
 mod forms;
 mod households;
+mod local_state;
+mod retention;
+pub mod signing;
+mod sync;
 mod visits;
 
 use std::collections::HashMap;

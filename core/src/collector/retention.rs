@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::collector::Collector;
+use super::Collector;
 use crate::error::{Error, Result};
 use crate::records::timestamp;
 use crate::store;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value as Json};
 
-use crate::collector::Collector;
+use super::Collector;
 use crate::error::Result;
 use crate::store;
 use zoufang_model::engine::Problem;
