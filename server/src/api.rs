@@ -690,10 +690,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/attachments/{algorithm}/{hash}",
             put(put_chunk).get(get_attachment),
         )
+        // axum's own limit, applied as the body is read: a sender past it still reads its 413
+        // (tower-http's RequestBodyLimitLayer answers from the Content-Length and closes, and
+        // a device that cannot read the answer would retry the same body on a weak link).
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
