@@ -410,8 +410,23 @@ impl Collector {
                 self.set_record_field(tx, Entity::Household, &household_id, record, v, at)?;
             }
         }
+        self.apply_to_members(tx, form, b, &household_id, answers, at)?;
+        Ok(household_id)
+    }
+
+    /// Writes each instance of the members repeat into its member record, or creates the
+    /// member (and names it in the answers) for an instance without one.
+    fn apply_to_members(
+        &self,
+        tx: &Transaction<'_>,
+        form: &Form,
+        b: &RecordBindings,
+        household_id: &str,
+        answers: &mut Map<String, Json>,
+        at: &str,
+    ) -> Result<()> {
         let Some(members_repeat) = b.members_repeat else {
-            return Ok(household_id);
+            return Ok(());
         };
         let members_name = form
             .repeats
@@ -419,7 +434,7 @@ impl Collector {
             .map(|r| r.name.clone())
             .unwrap_or_default();
         let Some(Json::Array(instances)) = answers.get_mut(&members_name) else {
-            return Ok(household_id);
+            return Ok(());
         };
         for instance in instances.iter_mut() {
             let Some(obj) = instance.as_object_mut() else {
@@ -428,7 +443,7 @@ impl Collector {
             let bound: Vec<(String, Json)> = b
                 .member
                 .iter()
-                .filter(|(record, id)| record != "id" && !read_only(*id))
+                .filter(|(record, id)| record != "id" && !engine::is_read_only(form, *id))
                 .filter_map(|(record, id)| {
                     let name = &form.fields.get(*id)?.name;
                     obj.get(name)
@@ -441,7 +456,7 @@ impl Collector {
                 .and_then(Json::as_str)
                 .map(str::to_owned);
             let member_fields = match &existing {
-                Some(mid) => store::households::member_fields(tx, mid, &household_id)?,
+                Some(mid) => store::households::member_fields(tx, mid, household_id)?,
                 None => None,
             };
             match (existing, member_fields) {
@@ -454,12 +469,12 @@ impl Collector {
                 }
                 _ => {
                     let fields = bound.into_iter().collect();
-                    let new_id = self.insert_member(tx, form, b, &household_id, fields, at)?;
+                    let new_id = self.insert_member(tx, form, b, household_id, fields, at)?;
                     obj.insert("member_id".into(), Json::from(new_id));
                 }
             }
         }
-        Ok(household_id)
+        Ok(())
     }
 
     /// Marks a completed visit as signed.

@@ -293,16 +293,6 @@ impl Checker<'_> {
     }
 
     fn call(&mut self, name: &str, args: &[Ast], ctx: &[usize]) -> Result<(Node, Type), ExprError> {
-        let arity = |min: usize, max: usize| {
-            if args.len() < min || args.len() > max {
-                Err(ExprError::new(
-                    "expr_arity",
-                    format!("{name}() takes {min}..={max} arguments, got {}", args.len()),
-                ))
-            } else {
-                Ok(())
-            }
-        };
         let agg = match name {
             "sum" => Some(Agg::Sum),
             "count" => Some(Agg::Count),
@@ -312,27 +302,47 @@ impl Checker<'_> {
             _ => None,
         };
         if let Some(agg) = agg {
-            arity(1, 1)?;
+            arity(name, args, 1, 1)?;
             return self.aggregate(agg, args.first().unwrap_or(&Ast::Number(0.0)), ctx);
         }
-        let (func, ret, params): (Func, Type, &[Type]) = match name {
+        if let Some(special) = self.special_form(name, args, ctx)? {
+            return Ok(special);
+        }
+        let Some((func, ret, params)) = signature(name) else {
+            return Err(ExprError::new(
+                "expr_unknown_function",
+                format!("{name}() is not a known function"),
+            ));
+        };
+        self.function(name, func, ret, params, args, ctx)
+    }
+
+    /// The forms that are not plain functions of typed arguments: literals, `not`, `if`,
+    /// `coalesce` (types unified), `regex` (a literal pattern), `param` (a literal name).
+    fn special_form(
+        &mut self,
+        name: &str,
+        args: &[Ast],
+        ctx: &[usize],
+    ) -> Result<Option<(Node, Type)>, ExprError> {
+        let none = || (Node::Lit(Value::Null), Type::Empty);
+        Ok(Some(match name {
             "true" | "false" => {
-                arity(0, 0)?;
-                return Ok((Node::Lit(Value::Bool(name == "true")), Type::Bool));
+                arity(name, args, 0, 0)?;
+                (Node::Lit(Value::Bool(name == "true")), Type::Bool)
             }
             "not" => {
-                arity(1, 1)?;
-                let mut a = self.args(args, ctx)?;
-                let (n, t) = a.pop().unwrap_or((Node::Lit(Value::Null), Type::Empty));
+                arity(name, args, 1, 1)?;
+                let (n, t) = self.args(args, ctx)?.pop().unwrap_or_else(none);
                 self.expect(t, Type::Bool, "argument of not()")?;
-                return Ok((Node::Not(Box::new(n)), Type::Bool));
+                (Node::Not(Box::new(n)), Type::Bool)
             }
             "if" => {
-                arity(3, 3)?;
+                arity(name, args, 3, 3)?;
                 let mut a = self.args(args, ctx)?.into_iter();
-                let (c, tc) = a.next().unwrap_or((Node::Lit(Value::Null), Type::Empty));
-                let (x, tx) = a.next().unwrap_or((Node::Lit(Value::Null), Type::Empty));
-                let (y, ty) = a.next().unwrap_or((Node::Lit(Value::Null), Type::Empty));
+                let (c, tc) = a.next().unwrap_or_else(none);
+                let (x, tx) = a.next().unwrap_or_else(none);
+                let (y, ty) = a.next().unwrap_or_else(none);
                 self.expect(tc, Type::Bool, "condition of if()")?;
                 let t = unify(tx, ty).ok_or_else(|| {
                     type_error(format!(
@@ -341,10 +351,10 @@ impl Checker<'_> {
                         ty.name()
                     ))
                 })?;
-                return Ok((Node::If(Box::new(c), Box::new(x), Box::new(y)), t));
+                (Node::If(Box::new(c), Box::new(x), Box::new(y)), t)
             }
             "coalesce" => {
-                arity(1, 16)?;
+                arity(name, args, 1, 16)?;
                 let a = self.args(args, ctx)?;
                 let mut t = Type::Empty;
                 for (_, ta) in &a {
@@ -352,95 +362,75 @@ impl Checker<'_> {
                         type_error("the arguments of coalesce() differ in type".into())
                     })?;
                 }
-                return Ok((Node::Coalesce(a.into_iter().map(|(n, _)| n).collect()), t));
+                (Node::Coalesce(a.into_iter().map(|(n, _)| n).collect()), t)
             }
-            "regex" => {
-                arity(2, 2)?;
-                let (value, tv) = self.check(args.first().unwrap_or(&Ast::Current), ctx)?;
-                self.expect(tv, Type::Text, "first argument of regex()")?;
-                let Some(Ast::Text(pattern)) = args.get(1) else {
-                    return Err(type_error(
-                        "the pattern of regex() must be a string literal".into(),
-                    ));
-                };
-                let re = regex::RegexBuilder::new(pattern)
-                    .size_limit(1 << 20)
-                    .nest_limit(32)
-                    .build()
-                    .map_err(|_| {
-                        ExprError::new(
-                            "expr_regex",
-                            "the pattern of regex() is not a valid regular expression",
-                        )
-                    })?;
-                return Ok((Node::Regex(Box::new(value), Box::new(re)), Type::Bool));
-            }
-            "param" => {
-                arity(1, 1)?;
-                let Some(Ast::Text(p)) = args.first() else {
-                    return Err(type_error(
-                        "param() takes the parameter name as a string literal".into(),
-                    ));
-                };
-                let v = self.scope.param(p).ok_or_else(|| {
-                    ExprError::new(
-                        "expr_unknown_param",
-                        format!("param('{p}') is not a parameter of this form"),
-                    )
-                })?;
-                return Ok((Node::Lit(Value::Number(v)), Type::Number));
-            }
-            "selected" => (Func::Selected, Type::Bool, &[Type::Choices, Type::Text]),
-            "count-selected" => (Func::CountSelected, Type::Number, &[Type::Choices]),
-            "string-length" => (Func::StringLength, Type::Number, &[Type::Text]),
-            "today" => (Func::Today, Type::Date, &[]),
-            "now" => (Func::Now, Type::DateTime, &[]),
-            "int" => (Func::Int, Type::Number, &[Type::Number]),
-            "round" => (Func::Round, Type::Number, &[Type::Number, Type::Number]),
-            "number" => (Func::Number, Type::Number, &[Type::Text]),
-            "string" => (Func::String, Type::Text, &[]),
-            "concat" => (Func::Concat, Type::Text, &[]),
-            "date" => (Func::Date, Type::Date, &[Type::Text]),
-            "age" => (Func::Age, Type::Number, &[Type::Date]),
-            "id-birth-date" => (Func::IdBirthDate, Type::Date, &[Type::Text]),
-            "id-sex" => (Func::IdSex, Type::Text, &[Type::Text]),
-            "contains" => (Func::Contains, Type::Bool, &[Type::Text, Type::Text]),
-            "starts-with" => (Func::StartsWith, Type::Bool, &[Type::Text, Type::Text]),
-            "minutes-between" => (
-                Func::MinutesBetween,
-                Type::Number,
-                &[Type::DateTime, Type::DateTime],
-            ),
-            "substr" => (
-                Func::Substr,
-                Type::Text,
-                &[Type::Text, Type::Number, Type::Number],
-            ),
-            "min" | "max" => (
-                if name == "min" { Func::Min } else { Func::Max },
-                Type::Number,
-                &[],
-            ),
-            _ => {
-                return Err(ExprError::new(
-                    "expr_unknown_function",
-                    format!("{name}() is not a known function"),
-                ));
-            }
+            "regex" => self.regex(args, ctx)?,
+            "param" => self.param(args)?,
+            _ => return Ok(None),
+        }))
+    }
+
+    fn regex(&mut self, args: &[Ast], ctx: &[usize]) -> Result<(Node, Type), ExprError> {
+        arity("regex", args, 2, 2)?;
+        let (value, tv) = self.check(args.first().unwrap_or(&Ast::Current), ctx)?;
+        self.expect(tv, Type::Text, "first argument of regex()")?;
+        let Some(Ast::Text(pattern)) = args.get(1) else {
+            return Err(type_error(
+                "the pattern of regex() must be a string literal".into(),
+            ));
         };
+        let re = regex::RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .nest_limit(32)
+            .build()
+            .map_err(|_| {
+                ExprError::new(
+                    "expr_regex",
+                    "the pattern of regex() is not a valid regular expression",
+                )
+            })?;
+        Ok((Node::Regex(Box::new(value), Box::new(re)), Type::Bool))
+    }
+
+    fn param(&mut self, args: &[Ast]) -> Result<(Node, Type), ExprError> {
+        arity("param", args, 1, 1)?;
+        let Some(Ast::Text(p)) = args.first() else {
+            return Err(type_error(
+                "param() takes the parameter name as a string literal".into(),
+            ));
+        };
+        let v = self.scope.param(p).ok_or_else(|| {
+            ExprError::new(
+                "expr_unknown_param",
+                format!("param('{p}') is not a parameter of this form"),
+            )
+        })?;
+        Ok((Node::Lit(Value::Number(v)), Type::Number))
+    }
+
+    /// A plain function: its arguments checked against its signature.
+    fn function(
+        &mut self,
+        name: &str,
+        func: Func,
+        ret: Type,
+        params: &[Type],
+        args: &[Ast],
+        ctx: &[usize],
+    ) -> Result<(Node, Type), ExprError> {
         let checked = self.args(args, ctx)?;
         match func {
-            Func::String => arity(1, 1)?,
-            Func::Concat => arity(1, 32)?,
+            Func::String => arity(name, args, 1, 1)?,
+            Func::Concat => arity(name, args, 1, 32)?,
             Func::Min | Func::Max => {
-                arity(2, 16)?;
+                arity(name, args, 2, 16)?;
                 for (_, t) in &checked {
                     self.expect(*t, Type::Number, &format!("argument of {name}()"))?;
                 }
             }
-            Func::Round => arity(1, 2)?,
-            Func::Substr => arity(2, 3)?,
-            _ => arity(params.len(), params.len())?,
+            Func::Round => arity(name, args, 1, 2)?,
+            Func::Substr => arity(name, args, 2, 3)?,
+            _ => arity(name, args, params.len(), params.len())?,
         }
         for (i, ((_, got), want)) in checked.iter().zip(params).enumerate() {
             let ok = match (func, i) {
@@ -562,4 +552,50 @@ fn date_literal(node: &mut Node, own: Type, other: Type) -> Type {
         return Type::Date;
     }
     own
+}
+
+fn arity(name: &str, args: &[Ast], min: usize, max: usize) -> Result<(), ExprError> {
+    if args.len() < min || args.len() > max {
+        Err(ExprError::new(
+            "expr_arity",
+            format!("{name}() takes {min}..={max} arguments, got {}", args.len()),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A plain function's result type and parameter types (variadic ones list none).
+fn signature(name: &str) -> Option<(Func, Type, &'static [Type])> {
+    Some(match name {
+        "selected" => (Func::Selected, Type::Bool, &[Type::Choices, Type::Text]),
+        "count-selected" => (Func::CountSelected, Type::Number, &[Type::Choices]),
+        "string-length" => (Func::StringLength, Type::Number, &[Type::Text]),
+        "today" => (Func::Today, Type::Date, &[]),
+        "now" => (Func::Now, Type::DateTime, &[]),
+        "int" => (Func::Int, Type::Number, &[Type::Number]),
+        "round" => (Func::Round, Type::Number, &[Type::Number, Type::Number]),
+        "number" => (Func::Number, Type::Number, &[Type::Text]),
+        "string" => (Func::String, Type::Text, &[]),
+        "concat" => (Func::Concat, Type::Text, &[]),
+        "date" => (Func::Date, Type::Date, &[Type::Text]),
+        "age" => (Func::Age, Type::Number, &[Type::Date]),
+        "id-birth-date" => (Func::IdBirthDate, Type::Date, &[Type::Text]),
+        "id-sex" => (Func::IdSex, Type::Text, &[Type::Text]),
+        "contains" => (Func::Contains, Type::Bool, &[Type::Text, Type::Text]),
+        "starts-with" => (Func::StartsWith, Type::Bool, &[Type::Text, Type::Text]),
+        "minutes-between" => (
+            Func::MinutesBetween,
+            Type::Number,
+            &[Type::DateTime, Type::DateTime],
+        ),
+        "substr" => (
+            Func::Substr,
+            Type::Text,
+            &[Type::Text, Type::Number, Type::Number],
+        ),
+        "min" => (Func::Min, Type::Number, &[]),
+        "max" => (Func::Max, Type::Number, &[]),
+        _ => return None,
+    })
 }

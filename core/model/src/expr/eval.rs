@@ -189,12 +189,6 @@ fn call(func: Func, args: &[Value], env: &dyn Env) -> Value {
             Value::Choices(list) => Value::Number(list.len() as f64),
             _ => Value::Number(0.0),
         },
-        Func::StringLength => match arg(0) {
-            Value::Text(s) => Value::Number(s.chars().count() as f64),
-            _ => Value::Number(0.0),
-        },
-        Func::Today => Value::Date(env.today()),
-        Func::Now => Value::DateTime(env.now()),
         Func::Int => arg(0)
             .as_number()
             .map_or(Value::Null, |n| number(n.trunc())),
@@ -205,24 +199,19 @@ fn call(func: Func, args: &[Value], env: &dyn Env) -> Value {
                 number((n * scale).round() / scale)
             })
         }
-        Func::Number => match arg(0) {
-            Value::Text(s) => s.trim().parse::<f64>().map_or(Value::Null, number),
-            _ => Value::Null,
-        },
-        Func::String => text_of(arg(0)).map_or(Value::Null, Value::Text),
-        Func::Concat => Value::Text(args.iter().filter_map(text_of).collect()),
-        Func::Date => match arg(0) {
-            Value::Text(s) => {
-                NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_or(Value::Null, Value::Date)
+        Func::Min | Func::Max => {
+            let nums: Option<Vec<f64>> = args.iter().map(Value::as_number).collect();
+            match nums {
+                Some(n) if func == Func::Min => {
+                    n.into_iter().reduce(f64::min).map_or(Value::Null, number)
+                }
+                Some(n) => n.into_iter().reduce(f64::max).map_or(Value::Null, number),
+                None => Value::Null,
             }
-            _ => Value::Null,
-        },
-        Func::Age => match arg(0) {
-            Value::Date(d) if *d <= env.today() => {
-                Value::Number(age_in_years(*d, env.today()) as f64)
-            }
-            _ => Value::Null,
-        },
+        }
+        Func::Today | Func::Now | Func::Date | Func::Age | Func::MinutesBetween => {
+            date_call(func, args, env)
+        }
         Func::IdBirthDate | Func::IdSex => match arg(0) {
             Value::Text(s) => match ResidentId::parse(s, env.today()) {
                 Ok(id) if func == Func::IdBirthDate => Value::Date(id.birth_date()),
@@ -231,6 +220,30 @@ fn call(func: Func, args: &[Value], env: &dyn Env) -> Value {
             },
             _ => Value::Null,
         },
+        Func::StringLength
+        | Func::Number
+        | Func::String
+        | Func::Concat
+        | Func::Contains
+        | Func::StartsWith
+        | Func::Substr => text_call(func, args),
+    }
+}
+
+/// The functions of texts.
+fn text_call(func: Func, args: &[Value]) -> Value {
+    let arg = |i: usize| args.get(i).unwrap_or(&Value::Null);
+    match func {
+        Func::StringLength => match arg(0) {
+            Value::Text(s) => Value::Number(s.chars().count() as f64),
+            _ => Value::Number(0.0),
+        },
+        Func::Number => match arg(0) {
+            Value::Text(s) => s.trim().parse::<f64>().map_or(Value::Null, number),
+            _ => Value::Null,
+        },
+        Func::String => text_of(arg(0)).map_or(Value::Null, Value::Text),
+        Func::Concat => Value::Text(args.iter().filter_map(text_of).collect()),
         Func::Contains | Func::StartsWith => match (arg(0), arg(1)) {
             (Value::Text(a), Value::Text(b)) => Value::Bool(if func == Func::Contains {
                 a.contains(b.as_str())
@@ -250,21 +263,34 @@ fn call(func: Func, args: &[Value], env: &dyn Env) -> Value {
             }
             _ => Value::Null,
         },
+        _ => Value::Null,
+    }
+}
+
+/// The functions of dates and times (`today()` is the Shanghai date).
+fn date_call(func: Func, args: &[Value], env: &dyn Env) -> Value {
+    let arg = |i: usize| args.get(i).unwrap_or(&Value::Null);
+    match func {
+        Func::Today => Value::Date(env.today()),
+        Func::Now => Value::DateTime(env.now()),
+        Func::Date => match arg(0) {
+            Value::Text(s) => {
+                NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_or(Value::Null, Value::Date)
+            }
+            _ => Value::Null,
+        },
+        Func::Age => match arg(0) {
+            Value::Date(d) if *d <= env.today() => {
+                Value::Number(age_in_years(*d, env.today()) as f64)
+            }
+            _ => Value::Null,
+        },
         Func::MinutesBetween => match (arg(0), arg(1)) {
             (Value::DateTime(a), Value::DateTime(b)) => {
                 Value::Number((*b - *a).num_seconds() as f64 / 60.0)
             }
             _ => Value::Null,
         },
-        Func::Min | Func::Max => {
-            let nums: Option<Vec<f64>> = args.iter().map(Value::as_number).collect();
-            match nums {
-                Some(n) if func == Func::Min => {
-                    n.into_iter().reduce(f64::min).map_or(Value::Null, number)
-                }
-                Some(n) => n.into_iter().reduce(f64::max).map_or(Value::Null, number),
-                None => Value::Null,
-            }
-        }
+        _ => Value::Null,
     }
 }

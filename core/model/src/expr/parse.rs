@@ -65,122 +65,145 @@ enum Token {
     Op(BinOp),
 }
 
-fn lex(src: &str) -> Result<Vec<(usize, Token)>, ExprError> {
-    let mut out = Vec::new();
-    let chars: Vec<(usize, char)> = src.char_indices().collect();
-    let mut i = 0;
-    let at = |i: usize| chars.get(i).map(|&(_, c)| c);
-    let pos = |i: usize| chars.get(i).map_or(src.len(), |&(p, _)| p);
-    while let Some(c) = at(i) {
-        let start = pos(i);
-        match c {
-            c if c.is_whitespace() => {
-                i += 1;
-                continue;
+/// The characters of an expression with their byte offsets, read left to right.
+struct Lexer<'s> {
+    src: &'s str,
+    chars: Vec<(usize, char)>,
+}
+
+impl Lexer<'_> {
+    fn at(&self, i: usize) -> Option<char> {
+        self.chars.get(i).map(|&(_, c)| c)
+    }
+
+    fn pos(&self, i: usize) -> usize {
+        self.chars.get(i).map_or(self.src.len(), |&(p, _)| p)
+    }
+
+    /// A quoted text starting at `i`; returns it and the index after its closing quote.
+    fn text(&self, i: usize) -> Result<(Token, usize), ExprError> {
+        let (start, quote) = (self.pos(i), self.at(i));
+        let mut text = String::new();
+        let mut j = i + 1;
+        loop {
+            match self.at(j) {
+                None => return Err(ExprError::syntax(start, "unterminated string literal")),
+                Some(q) if Some(q) == quote => return Ok((Token::Text(text), j + 1)),
+                Some(other) => text.push(other),
             }
-            '(' => out.push((start, Token::LParen)),
-            ')' => out.push((start, Token::RParen)),
-            ',' => out.push((start, Token::Comma)),
-            '+' => out.push((start, Token::Op(BinOp::Add))),
-            '-' => out.push((start, Token::Op(BinOp::Sub))),
-            '*' => out.push((start, Token::Op(BinOp::Mul))),
-            '=' => out.push((start, Token::Op(BinOp::Eq))),
-            '!' if at(i + 1) == Some('=') => {
-                out.push((start, Token::Op(BinOp::Ne)));
-                i += 1;
-            }
-            '<' | '>' => {
-                let eq = at(i + 1) == Some('=');
-                let op = match (c, eq) {
-                    ('<', false) => BinOp::Lt,
-                    ('<', true) => BinOp::Le,
-                    ('>', false) => BinOp::Gt,
-                    _ => BinOp::Ge,
-                };
-                out.push((start, Token::Op(op)));
-                if eq {
-                    i += 1;
-                }
-            }
-            '\'' | '"' => {
-                let quote = c;
-                let mut text = String::new();
-                i += 1;
-                loop {
-                    match at(i) {
-                        None => {
-                            return Err(ExprError::syntax(start, "unterminated string literal"));
-                        }
-                        Some(q) if q == quote => break,
-                        Some(other) => text.push(other),
-                    }
-                    i += 1;
-                }
-                out.push((start, Token::Text(text)));
-            }
-            '$' => {
-                if at(i + 1) != Some('{') {
-                    return Err(ExprError::syntax(start, "expected '{' after '$'"));
-                }
-                i += 2;
-                let mut name = String::new();
-                loop {
-                    match at(i) {
-                        None => {
-                            return Err(ExprError::syntax(start, "unterminated ${...} reference"));
-                        }
-                        Some('}') => break,
-                        Some(ch) if ch.is_alphanumeric() || ch == '_' || ch == '-' || ch == '.' => {
-                            name.push(ch)
-                        }
-                        Some(_) => {
-                            return Err(ExprError::syntax(
-                                pos(i),
-                                "invalid character in field reference",
-                            ));
-                        }
-                    }
-                    i += 1;
-                }
-                if name.is_empty() {
-                    return Err(ExprError::syntax(start, "empty field reference"));
-                }
-                out.push((start, Token::Ref(name)));
-            }
-            '.' if !at(i + 1).is_some_and(|d| d.is_ascii_digit()) => out.push((start, Token::Dot)),
-            c if c.is_ascii_digit() || c == '.' => {
-                let mut j = i;
-                while at(j).is_some_and(|d| d.is_ascii_digit() || d == '.') {
-                    j += 1;
-                }
-                let text = src.get(start..pos(j)).unwrap_or_default();
-                let n: f64 = text
-                    .parse()
-                    .map_err(|_| ExprError::syntax(start, "malformed number"))?;
-                out.push((start, Token::Number(n)));
-                i = j;
-                continue;
-            }
-            c if c.is_ascii_alphabetic() || c == '_' => {
-                let mut j = i;
-                while at(j).is_some_and(|d| d.is_ascii_alphanumeric() || d == '_' || d == '-') {
-                    j += 1;
-                }
-                let word = src.get(start..pos(j)).unwrap_or_default();
-                let token = match word {
-                    "and" => Token::Op(BinOp::And),
-                    "or" => Token::Op(BinOp::Or),
-                    "div" => Token::Op(BinOp::Div),
-                    "mod" => Token::Op(BinOp::Mod),
-                    w => Token::Ident(w.to_owned()),
-                };
-                out.push((start, token));
-                i = j;
-                continue;
-            }
-            _ => return Err(ExprError::syntax(start, "unexpected character")),
+            j += 1;
         }
-        i += 1;
+    }
+
+    /// A `${name}` reference starting at `i`.
+    fn reference(&self, i: usize) -> Result<(Token, usize), ExprError> {
+        let start = self.pos(i);
+        if self.at(i + 1) != Some('{') {
+            return Err(ExprError::syntax(start, "expected '{' after '$'"));
+        }
+        let mut name = String::new();
+        let mut j = i + 2;
+        loop {
+            match self.at(j) {
+                None => return Err(ExprError::syntax(start, "unterminated ${...} reference")),
+                Some('}') => break,
+                Some(ch) if ch.is_alphanumeric() || ch == '_' || ch == '-' || ch == '.' => {
+                    name.push(ch)
+                }
+                Some(_) => {
+                    let m = "invalid character in field reference";
+                    return Err(ExprError::syntax(self.pos(j), m));
+                }
+            }
+            j += 1;
+        }
+        if name.is_empty() {
+            return Err(ExprError::syntax(start, "empty field reference"));
+        }
+        Ok((Token::Ref(name), j + 1))
+    }
+
+    /// The end of the run of characters from `i` that `keep` accepts.
+    fn run(&self, i: usize, keep: impl Fn(char) -> bool) -> usize {
+        let mut j = i;
+        while self.at(j).is_some_and(&keep) {
+            j += 1;
+        }
+        j
+    }
+
+    fn number(&self, i: usize) -> Result<(Token, usize), ExprError> {
+        let j = self.run(i, |d| d.is_ascii_digit() || d == '.');
+        let start = self.pos(i);
+        let text = self.src.get(start..self.pos(j)).unwrap_or_default();
+        let n: f64 = text
+            .parse()
+            .map_err(|_| ExprError::syntax(start, "malformed number"))?;
+        Ok((Token::Number(n), j))
+    }
+
+    /// A word: an operator (`and`, `or`, `div`, `mod`) or a function name.
+    fn word(&self, i: usize) -> (Token, usize) {
+        let j = self.run(i, |d| d.is_ascii_alphanumeric() || d == '_' || d == '-');
+        let word = self.src.get(self.pos(i)..self.pos(j)).unwrap_or_default();
+        let token = match word {
+            "and" => Token::Op(BinOp::And),
+            "or" => Token::Op(BinOp::Or),
+            "div" => Token::Op(BinOp::Div),
+            "mod" => Token::Op(BinOp::Mod),
+            w => Token::Ident(w.to_owned()),
+        };
+        (token, j)
+    }
+
+    /// An operator or punctuation of one or two characters at `i`.
+    fn symbol(&self, i: usize, c: char) -> Option<(Token, usize)> {
+        let two = self.at(i + 1) == Some('=');
+        Some(match c {
+            '(' => (Token::LParen, i + 1),
+            ')' => (Token::RParen, i + 1),
+            ',' => (Token::Comma, i + 1),
+            '+' => (Token::Op(BinOp::Add), i + 1),
+            '-' => (Token::Op(BinOp::Sub), i + 1),
+            '*' => (Token::Op(BinOp::Mul), i + 1),
+            '=' => (Token::Op(BinOp::Eq), i + 1),
+            '!' if two => (Token::Op(BinOp::Ne), i + 2),
+            '<' if two => (Token::Op(BinOp::Le), i + 2),
+            '<' => (Token::Op(BinOp::Lt), i + 1),
+            '>' if two => (Token::Op(BinOp::Ge), i + 2),
+            '>' => (Token::Op(BinOp::Gt), i + 1),
+            '.' if !self.at(i + 1).is_some_and(|d| d.is_ascii_digit()) => (Token::Dot, i + 1),
+            _ => return None,
+        })
+    }
+}
+
+fn lex(src: &str) -> Result<Vec<(usize, Token)>, ExprError> {
+    let lexer = Lexer {
+        src,
+        chars: src.char_indices().collect(),
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(c) = lexer.at(i) {
+        let start = lexer.pos(i);
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let (token, next) = if let Some(symbol) = lexer.symbol(i, c) {
+            symbol
+        } else {
+            match c {
+                '\'' | '"' => lexer.text(i)?,
+                '$' => lexer.reference(i)?,
+                c if c.is_ascii_digit() || c == '.' => lexer.number(i)?,
+                c if c.is_ascii_alphabetic() || c == '_' => lexer.word(i),
+                _ => return Err(ExprError::syntax(start, "unexpected character")),
+            }
+        };
+        out.push((start, token));
+        i = next;
     }
     Ok(out)
 }
