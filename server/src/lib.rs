@@ -4,6 +4,8 @@
 pub mod api;
 pub mod blobs;
 pub mod merge;
+pub mod repo;
+pub mod service;
 pub mod sqlite;
 pub mod storage;
 

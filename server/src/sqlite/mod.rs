@@ -7,13 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use rand::RngCore;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::{Map, Value as Json};
-use sha2::{Digest, Sha256};
 use zoufang_model::code_list::CodeList;
 use zoufang_model::domain::check_region_code;
 use zoufang_model::form::Form;
@@ -22,16 +20,15 @@ use zoufang_protocol::checksum::field_hash;
 use zoufang_protocol::messages::{
     Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ChangeOp, CompetingValue,
     ConflictInfo, ConflictStatus, ContentRef, ContentState, ContentStatus, Entity, FeedEntry,
-    FeedItem, FieldValue, Outcome, PROTOCOL_VERSION, PullRequest, PullResponse, RecordState, Role,
+    FeedItem, FieldValue, Outcome, PROTOCOL_VERSION, PullRequest, PullResponse, RecordState,
     SnapshotResponse, UserInfo, VisitRecord,
 };
 
 use crate::blobs::{BlobError, BlobStore, ContentKey, FsBlobStore, Held};
 use crate::merge::{Decision, Edit, FieldNow, decide};
+use crate::service::{self, ts};
 use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, Result, ServerError, Stats, Storage};
 
-/// How long a device token lives before the device must enrol again.
-pub const DEVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(180 * 24 * 3600);
 /// A device clock further than this from the server's is flagged on its edits.
 pub const CLOCK_SKEW_LIMIT: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 /// Most feed entries in one pull response.
@@ -201,26 +198,15 @@ CREATE TABLE code_lists (
 ) WITHOUT ROWID;
 "#;
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Tokens are 256 random bits; a plain SHA-256 is the right hash for such secrets (no
-/// dictionary to guess from), and it is what the server stores.
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-fn new_token(prefix: &str) -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{prefix}{}", hex::encode(bytes))
-}
-
 fn area_upper(prefix: &str) -> String {
     // Codes are ASCII digits: every code with this prefix sorts below prefix + '~'.
     format!("{prefix}~")
 }
+
+mod devices;
+
+/// A transaction of the SQLite storage, as the repositories (`crate::repo`) see it.
+pub(crate) struct SqliteTx<'a, 'c>(pub(crate) &'a Transaction<'c>);
 
 /// The SQLite storage of a server data directory.
 pub struct SqliteStorage {
@@ -290,92 +276,6 @@ impl SqliteStorage {
         Ok(out)
     }
 
-    /// The device of a token. A device an administrator ordered wiped may only upload its
-    /// audit trail (the wipe's last words); every other request gets `410 device_wiped`.
-    fn authenticate_device(
-        &self,
-        device_token: &str,
-        now: DateTime<Utc>,
-        audit_upload: bool,
-    ) -> Result<DeviceAuth> {
-        self.read(|tx| {
-            type Row = (String, String, Option<String>, Option<String>, String, String, String);
-            let row: Option<Row> = tx
-                .prepare_cached(
-                    "SELECT d.id, d.token_expires_at, d.revoked_at, d.wipe_requested_at, u.id, u.role, u.areas
-                     FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
-                )?
-                .query_row([hash_token(device_token)], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })
-                .optional()?;
-            let Some((device_id, expires, revoked, wipe, uid, role, areas)) = row else {
-                return Err(ServerError::Unauthorized("unknown device token"));
-            };
-            if revoked.is_some() {
-                return Err(ServerError::Unauthorized("this device was revoked"));
-            }
-            if expires < ts(now) {
-                return Err(ServerError::Unauthorized(
-                    "the device token has expired; enrol again",
-                ));
-            }
-            if wipe.is_some() && !audit_upload {
-                return Err(ServerError::Wiped);
-            }
-            Ok(DeviceAuth {
-                device_id,
-                user: to_user((uid, role, areas))?,
-            })
-        })
-    }
-
-    /// Appends an administrative event to the server's own audit chain (SHA-256).
-    fn server_audit(
-        tx: &Transaction<'_>,
-        now: DateTime<Utc>,
-        actor: &str,
-        action: &str,
-        subject: Option<(&str, &str)>,
-        detail: Json,
-    ) -> Result<()> {
-        let last: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT seq, hash FROM server_audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let entry = AuditEntry {
-            seq: last.as_ref().map_or(1, |(s, _)| *s as u64 + 1),
-            at: ts(now),
-            user_id: actor.to_owned(),
-            action: action.to_owned(),
-            entity: subject.map(|(e, _)| e.to_owned()),
-            entity_id: subject.map(|(_, id)| id.to_owned()),
-            detail,
-            prev_hash: last.map(|(_, h)| h).unwrap_or_default(),
-            hash: String::new(),
-        };
-        let entry = AuditEntry {
-            hash: audit::entry_hash(HashAlgorithm::Sha256, &entry),
-            ..entry
-        };
-        tx.execute(
-            "INSERT INTO server_audit (seq, entry, hash) VALUES (?1, ?2, ?3)",
-            params![entry.seq as i64, serde_json::to_string(&entry)?, entry.hash],
-        )?;
-        Ok(())
-    }
-
     fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self
             .readers
@@ -387,39 +287,6 @@ impl SqliteStorage {
         tx.commit()?;
         Ok(out)
     }
-}
-
-fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-}
-
-fn to_user((id, role, areas): (String, String, String)) -> Result<UserInfo> {
-    Ok(UserInfo {
-        id,
-        role: Role::parse(&role)
-            .ok_or_else(|| ServerError::Storage("unknown role stored".into()))?,
-        areas: serde_json::from_str(&areas)?,
-    })
-}
-
-/// Areas are region-code prefixes; nested ones are redundant and would send entries twice.
-fn normalize_areas(areas: &[String]) -> Result<Vec<String>> {
-    let mut out: Vec<String> = Vec::new();
-    for a in areas {
-        let a = a.trim();
-        if a.is_empty() || a.len() > 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ServerError::bad(
-                "invalid_area",
-                "an area is 1 to 12 digits of a region code",
-            ));
-        }
-        out.push(a.to_owned());
-    }
-    out.sort();
-    out.dedup();
-    let all = out.clone();
-    out.retain(|a| !all.iter().any(|b| b != a && a.starts_with(b.as_str())));
-    Ok(out)
 }
 
 fn next_seq(tx: &Transaction<'_>) -> Result<u64> {
@@ -1289,47 +1156,15 @@ fn record_states(tx: &Transaction<'_>, village: &str) -> Result<Vec<RecordState>
 
 impl Storage for SqliteStorage {
     fn create_user(&self, user: &UserInfo, now: DateTime<Utc>) -> Result<()> {
-        if user.id.trim().is_empty() || user.id.len() > 128 {
-            return Err(ServerError::bad(
-                "invalid_user",
-                "a user id is 1 to 128 characters",
-            ));
-        }
-        let areas = normalize_areas(&user.areas)?;
-        self.write(|tx| {
-            let n = tx.execute(
-                "INSERT INTO users (id, role, areas, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING",
-                params![user.id, user.role.as_str(), serde_json::to_string(&areas)?, ts(now)],
-            )?;
-            if n == 0 {
-                return Err(ServerError::bad("user_exists", "a user with this id exists"));
-            }
-            Ok(())
-        })
+        self.write(|tx| service::admin::create_user(&mut SqliteTx(tx), user, now))
     }
 
     fn set_areas(&self, user_id: &str, areas: &[String]) -> Result<()> {
-        let areas = normalize_areas(areas)?;
-        self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE users SET areas = ?2 WHERE id = ?1",
-                params![user_id, serde_json::to_string(&areas)?],
-            )?;
-            if n == 0 {
-                return Err(ServerError::NotFound("user".into()));
-            }
-            Ok(())
-        })
+        self.write(|tx| service::admin::set_areas(&mut SqliteTx(tx), user_id, areas))
     }
 
     fn users(&self) -> Result<Vec<UserInfo>> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare("SELECT id, role, areas FROM users ORDER BY id")?;
-            let rows = stmt
-                .query_map([], user_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows.into_iter().map(to_user).collect()
-        })
+        self.read(|tx| service::admin::users(&mut SqliteTx(tx)))
     }
 
     fn issue_enrollment(
@@ -1338,62 +1173,17 @@ impl Storage for SqliteStorage {
         valid_for: Duration,
         now: DateTime<Utc>,
     ) -> Result<String> {
-        let token = new_token("zfe_");
-        let expires =
-            now + chrono::TimeDelta::from_std(valid_for).unwrap_or(chrono::TimeDelta::days(7));
         self.write(|tx| {
-            let exists: Option<i64> = tx.query_row("SELECT 1 FROM users WHERE id = ?1", [user_id], |r| r.get(0)).optional()?;
-            if exists.is_none() {
-                return Err(ServerError::NotFound("user".into()));
-            }
-            tx.execute(
-                "INSERT INTO enrollment_tokens (token_hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
-                params![hash_token(&token), user_id, ts(expires)],
-            )?;
-            Ok(())
-        })?;
-        Ok(token)
+            service::admin::issue_enrollment(&mut SqliteTx(tx), user_id, valid_for, now)
+        })
     }
 
     fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
-        self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                params![device_id, ts(now)],
-            )?;
-            if n == 0 {
-                return Err(ServerError::NotFound("device".into()));
-            }
-            Self::server_audit(
-                tx,
-                now,
-                "administrator",
-                "device_revoked",
-                Some(("device", device_id)),
-                Json::Null,
-            )
-        })
+        self.write(|tx| service::admin::revoke_device(&mut SqliteTx(tx), device_id, now))
     }
 
     fn devices(&self) -> Result<Vec<DeviceInfo>> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare(
-                "SELECT id, user_id, name, enrolled_at, token_expires_at, revoked_at, last_seen_at, clock_offset_ms FROM devices ORDER BY enrolled_at",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(DeviceInfo {
-                    id: r.get(0)?,
-                    user_id: r.get(1)?,
-                    name: r.get(2)?,
-                    enrolled_at: r.get(3)?,
-                    token_expires_at: r.get(4)?,
-                    revoked_at: r.get(5)?,
-                    last_seen_at: r.get(6)?,
-                    clock_offset_ms: r.get(7)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
+        self.read(|tx| service::admin::devices(&mut SqliteTx(tx)))
     }
 
     fn publish_form(&self, definition_json: &str, now: DateTime<Utc>) -> Result<(String, u32)> {
@@ -1546,64 +1336,21 @@ impl Storage for SqliteStorage {
         device_name: &str,
         now: DateTime<Utc>,
     ) -> Result<Enrolled> {
-        let name: String = device_name
-            .trim()
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(100)
-            .collect();
-        let device_token = new_token("zfd_");
-        let expires = now
-            + chrono::TimeDelta::from_std(DEVICE_TOKEN_LIFETIME)
-                .unwrap_or(chrono::TimeDelta::days(180));
         self.write(|tx| {
-            let row: Option<(String, String, Option<String>)> = tx
-                .query_row(
-                    "SELECT user_id, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1",
-                    [hash_token(enrollment_token)],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let Some((user_id, expires_at, used_at)) = row else {
-                return Err(ServerError::Unauthorized("the enrolment token is not valid"));
-            };
-            if used_at.is_some() {
-                return Err(ServerError::Unauthorized("the enrolment token was already used"));
-            }
-            if expires_at < ts(now) {
-                return Err(ServerError::Unauthorized("the enrolment token has expired"));
-            }
-            tx.execute("UPDATE enrollment_tokens SET used_at = ?2 WHERE token_hash = ?1", params![hash_token(enrollment_token), ts(now)])?;
-            let device_id = uuid::Uuid::now_v7().to_string();
-            tx.execute(
-                "INSERT INTO devices (id, user_id, name, token_hash, token_expires_at, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![device_id, user_id, name, hash_token(&device_token), ts(expires), ts(now)],
-            )?;
-            let user = to_user(tx.query_row("SELECT id, role, areas FROM users WHERE id = ?1", [&user_id], user_row)?)?;
-            Self::server_audit(tx, now, &user.id, "device_enrolled", Some(("device", &device_id)), Json::Null)?;
-            Ok(Enrolled { device_id, device_token: device_token.clone(), token_expires_at: ts(expires), user })
+            service::access::enroll(&mut SqliteTx(tx), enrollment_token, device_name, now)
         })
     }
 
     fn authenticate(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth> {
-        self.authenticate_device(device_token, now, false)
+        self.read(|tx| service::access::authenticate(&mut SqliteTx(tx), device_token, now, false))
     }
 
     fn authenticate_for_audit(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth> {
-        self.authenticate_device(device_token, now, true)
+        self.read(|tx| service::access::authenticate(&mut SqliteTx(tx), device_token, now, true))
     }
 
     fn request_wipe(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
-        self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE devices SET wipe_requested_at = ?2 WHERE id = ?1 AND revoked_at IS NULL AND wipe_requested_at IS NULL",
-                params![device_id, ts(now)],
-            )?;
-            if n == 0 {
-                return Err(ServerError::NotFound("active device".into()));
-            }
-            Self::server_audit(tx, now, "administrator", "wipe_ordered", Some(("device", device_id)), Json::Null)
-        })
+        self.write(|tx| service::admin::request_wipe(&mut SqliteTx(tx), device_id, now))
     }
 
     fn upload_audit(
@@ -1668,7 +1415,7 @@ impl Storage for SqliteStorage {
                     "UPDATE devices SET audit_alert = ?2 WHERE id = ?1",
                     params![device, problem],
                 )?;
-                Self::server_audit(tx, now, &auth.user.id, "audit_chain_broken", Some(("device", device)),
+                service::server_audit::append(&mut SqliteTx(tx), now, &auth.user.id, "audit_chain_broken", Some(("device", device)),
                     serde_json::json!({"problem": problem}))?;
                 return Ok(AuditUploadResponse {
                     protocol: PROTOCOL_VERSION,
@@ -1694,7 +1441,7 @@ impl Storage for SqliteStorage {
                     params![device, ts(now)],
                 )?;
                 if n > 0 {
-                    Self::server_audit(tx, now, &auth.user.id, "wipe_confirmed", Some(("device", device)), Json::Null)?;
+                    service::server_audit::append(&mut SqliteTx(tx), now, &auth.user.id, "wipe_confirmed", Some(("device", device)), Json::Null)?;
                 }
             }
             Ok(AuditUploadResponse {
@@ -2016,8 +1763,8 @@ impl Storage for SqliteStorage {
                             .unwrap_or_else(|| "the resolution was not accepted".into()),
                     )
                 })?;
-            Self::server_audit(
-                tx,
+            service::server_audit::append(
+                &mut SqliteTx(tx),
                 now,
                 &auth.user.id,
                 "conflict_resolved",

@@ -1,0 +1,80 @@
+//! The narrow repositories the service layer works through. A storage implements them on its
+//! transaction handle, so every rule of the server (`service`) is written once, whatever holds
+//! the data: a service function takes `&mut dyn Tx` and the caller runs it inside one
+//! transaction of the storage. Repositories only read and write; they decide nothing.
+//!
+//! Moving to this shape is under way (issue 11): users, devices, enrolment, authentication and
+//! the server's own audit chain are here; records, the feed, conflicts, device audit trails and
+//! attachment contents still live inside `SqliteStorage`.
+
+use zoufang_protocol::audit::AuditEntry;
+use zoufang_protocol::messages::UserInfo;
+
+use crate::storage::{DeviceInfo, Result};
+
+/// A one-time enrolment token as stored (by its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentToken {
+    pub user_id: String,
+    pub expires_at: String,
+    pub used_at: Option<String>,
+}
+
+/// A device as authentication sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub token_expires_at: String,
+    pub revoked_at: Option<String>,
+    pub wipe_requested_at: Option<String>,
+    pub user: UserInfo,
+}
+
+/// A device being enrolled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice<'a> {
+    pub id: &'a str,
+    pub user_id: &'a str,
+    pub name: &'a str,
+    pub token_hash: &'a str,
+    pub token_expires_at: &'a str,
+    pub enrolled_at: &'a str,
+}
+
+pub trait UsersRepo {
+    /// `false` when a user with this id exists already.
+    fn insert_user(&mut self, user: &UserInfo, created_at: &str) -> Result<bool>;
+    /// `false` when there is no such user.
+    fn set_areas(&mut self, user_id: &str, areas: &[String]) -> Result<bool>;
+    fn users(&mut self) -> Result<Vec<UserInfo>>;
+    fn user(&mut self, user_id: &str) -> Result<Option<UserInfo>>;
+}
+
+pub trait DevicesRepo {
+    fn insert_enrollment_token(
+        &mut self,
+        token_hash: &str,
+        user_id: &str,
+        expires_at: &str,
+    ) -> Result<()>;
+    fn enrollment_token(&mut self, token_hash: &str) -> Result<Option<EnrollmentToken>>;
+    fn mark_enrollment_token_used(&mut self, token_hash: &str, at: &str) -> Result<()>;
+    fn insert_device(&mut self, device: &NewDevice<'_>) -> Result<()>;
+    fn device_by_token(&mut self, token_hash: &str) -> Result<Option<DeviceRecord>>;
+    /// `false` when there is no such device, or it is revoked already.
+    fn revoke_device(&mut self, device_id: &str, at: &str) -> Result<bool>;
+    /// `false` when there is no such active device, or a wipe is ordered already.
+    fn order_wipe(&mut self, device_id: &str, at: &str) -> Result<bool>;
+    fn devices(&mut self) -> Result<Vec<DeviceInfo>>;
+}
+
+/// The server's own chain of administrative events.
+pub trait ServerAuditRepo {
+    fn last_server_audit(&mut self) -> Result<Option<(u64, String)>>;
+    fn append_server_audit(&mut self, entry: &AuditEntry) -> Result<()>;
+}
+
+/// Everything a service function may touch inside one transaction.
+pub trait Tx: UsersRepo + DevicesRepo + ServerAuditRepo {}
+
+impl<T: UsersRepo + DevicesRepo + ServerAuditRepo> Tx for T {}

@@ -1,0 +1,202 @@
+//! Users, devices, enrolment tokens and the server's audit chain, in SQLite.
+
+use rusqlite::{OptionalExtension, params};
+use zoufang_protocol::audit::AuditEntry;
+use zoufang_protocol::messages::{Role, UserInfo};
+
+use super::SqliteTx;
+use crate::repo::{
+    DeviceRecord, DevicesRepo, EnrollmentToken, NewDevice, ServerAuditRepo, UsersRepo,
+};
+use crate::storage::{DeviceInfo, Result, ServerError};
+
+pub(super) fn to_user(id: String, role: &str, areas: &str) -> Result<UserInfo> {
+    Ok(UserInfo {
+        id,
+        role: Role::parse(role)
+            .ok_or_else(|| ServerError::Storage("unknown role stored".into()))?,
+        areas: serde_json::from_str(areas)?,
+    })
+}
+
+impl UsersRepo for SqliteTx<'_, '_> {
+    fn insert_user(&mut self, user: &UserInfo, created_at: &str) -> Result<bool> {
+        let n = self.0.execute(
+            "INSERT INTO users (id, role, areas, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING",
+            params![user.id, user.role.as_str(), serde_json::to_string(&user.areas)?, created_at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn set_areas(&mut self, user_id: &str, areas: &[String]) -> Result<bool> {
+        let n = self.0.execute(
+            "UPDATE users SET areas = ?2 WHERE id = ?1",
+            params![user_id, serde_json::to_string(areas)?],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn users(&mut self) -> Result<Vec<UserInfo>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT id, role, areas FROM users ORDER BY id")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<(String, String, String)>>>()?;
+        rows.into_iter()
+            .map(|(id, role, areas)| to_user(id, &role, &areas))
+            .collect()
+    }
+
+    fn user(&mut self, user_id: &str) -> Result<Option<UserInfo>> {
+        let row: Option<(String, String, String)> = self
+            .0
+            .prepare_cached("SELECT id, role, areas FROM users WHERE id = ?1")?
+            .query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        row.map(|(id, role, areas)| to_user(id, &role, &areas))
+            .transpose()
+    }
+}
+
+impl DevicesRepo for SqliteTx<'_, '_> {
+    fn insert_enrollment_token(
+        &mut self,
+        token_hash: &str,
+        user_id: &str,
+        expires_at: &str,
+    ) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO enrollment_tokens (token_hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
+            params![token_hash, user_id, expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn enrollment_token(&mut self, token_hash: &str) -> Result<Option<EnrollmentToken>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT user_id, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1",
+            )?
+            .query_row([token_hash], |r| {
+                Ok(EnrollmentToken {
+                    user_id: r.get(0)?,
+                    expires_at: r.get(1)?,
+                    used_at: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn mark_enrollment_token_used(&mut self, token_hash: &str, at: &str) -> Result<()> {
+        self.0.execute(
+            "UPDATE enrollment_tokens SET used_at = ?2 WHERE token_hash = ?1",
+            params![token_hash, at],
+        )?;
+        Ok(())
+    }
+
+    fn insert_device(&mut self, d: &NewDevice<'_>) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO devices (id, user_id, name, token_hash, token_expires_at, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![d.id, d.user_id, d.name, d.token_hash, d.token_expires_at, d.enrolled_at],
+        )?;
+        Ok(())
+    }
+
+    fn device_by_token(&mut self, token_hash: &str) -> Result<Option<DeviceRecord>> {
+        type Row = (
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            String,
+            String,
+        );
+        let row: Option<Row> = self
+            .0
+            .prepare_cached(
+                "SELECT d.id, d.token_expires_at, d.revoked_at, d.wipe_requested_at, u.id, u.role, u.areas
+                 FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
+            )?
+            .query_row([token_hash], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })
+            .optional()?;
+        row.map(
+            |(id, token_expires_at, revoked_at, wipe_requested_at, uid, role, areas)| {
+                Ok(DeviceRecord {
+                    id,
+                    token_expires_at,
+                    revoked_at,
+                    wipe_requested_at,
+                    user: to_user(uid, &role, &areas)?,
+                })
+            },
+        )
+        .transpose()
+    }
+
+    fn revoke_device(&mut self, device_id: &str, at: &str) -> Result<bool> {
+        let n = self.0.execute(
+            "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![device_id, at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn order_wipe(&mut self, device_id: &str, at: &str) -> Result<bool> {
+        let n = self.0.execute(
+            "UPDATE devices SET wipe_requested_at = ?2 WHERE id = ?1 AND revoked_at IS NULL AND wipe_requested_at IS NULL",
+            params![device_id, at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn devices(&mut self) -> Result<Vec<DeviceInfo>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id, user_id, name, enrolled_at, token_expires_at, revoked_at, last_seen_at, clock_offset_ms FROM devices ORDER BY enrolled_at",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeviceInfo {
+                id: r.get(0)?,
+                user_id: r.get(1)?,
+                name: r.get(2)?,
+                enrolled_at: r.get(3)?,
+                token_expires_at: r.get(4)?,
+                revoked_at: r.get(5)?,
+                last_seen_at: r.get(6)?,
+                clock_offset_ms: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
+
+impl ServerAuditRepo for SqliteTx<'_, '_> {
+    fn last_server_audit(&mut self) -> Result<Option<(u64, String)>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT seq, hash FROM server_audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| {
+                Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    fn append_server_audit(&mut self, entry: &AuditEntry) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO server_audit (seq, entry, hash) VALUES (?1, ?2, ?3)",
+            params![
+                i64::try_from(entry.seq).unwrap_or(i64::MAX),
+                serde_json::to_string(entry)?,
+                entry.hash
+            ],
+        )?;
+        Ok(())
+    }
+}
