@@ -3,14 +3,16 @@
 //! the data: a service function takes `&mut dyn Tx` and the caller runs it inside one
 //! transaction of the storage. Repositories only read and write; they decide nothing.
 //!
-//! Moving to this shape is under way (issue 11): users, devices, enrolment, authentication and
-//! the server's own audit chain are here; records, the feed, conflicts, device audit trails and
+//! Moving to this shape is under way (issue 11): users, devices, enrolment, authentication,
+//! the server's own audit chain and the catalog are here; records, the feed, conflicts, device audit trails and
 //! attachment contents still live inside `SqliteStorage`.
 
 use zoufang_protocol::audit::AuditEntry;
 use zoufang_protocol::messages::UserInfo;
 
-use crate::storage::{DeviceInfo, Result};
+use zoufang_model::code_list::CodeList;
+
+use crate::storage::{DeviceInfo, Result, Stats};
 
 /// A one-time enrolment token as stored (by its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +76,26 @@ pub trait ServerAuditRepo {
     fn append_server_audit(&mut self, entry: &AuditEntry) -> Result<()>;
 }
 
-/// Everything a service function may touch inside one transaction.
-pub trait Tx: UsersRepo + DevicesRepo + ServerAuditRepo {}
+/// Published forms and code lists (several versions side by side).
+pub trait CatalogRepo {
+    fn form_definition(&mut self, form_id: &str, version: u32) -> Result<Option<String>>;
+    fn insert_form(
+        &mut self,
+        form_id: &str,
+        version: u32,
+        definition: &str,
+        at: &str,
+    ) -> Result<()>;
+    /// Every published form as (id, version, definition JSON), by id and version.
+    fn forms(&mut self) -> Result<Vec<(String, u32, String)>>;
+    fn put_code_list(&mut self, list: &CodeList, at: &str) -> Result<()>;
+    /// The newest version of every code list.
+    fn latest_code_lists(&mut self) -> Result<Vec<CodeList>>;
+    /// The totals `zoufang admin stats` shows.
+    fn stats(&mut self) -> Result<Stats>;
+}
 
-impl<T: UsersRepo + DevicesRepo + ServerAuditRepo> Tx for T {}
+/// Everything a service function may touch inside one transaction.
+pub trait Tx: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo {}
+
+impl<T: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo> Tx for T {}

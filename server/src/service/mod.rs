@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod catalog;
 pub mod server_audit;
 
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -14,7 +14,6 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::{Map, Value as Json};
 use zoufang_model::code_list::CodeList;
 use zoufang_model::domain::check_region_code;
-use zoufang_model::form::Form;
 use zoufang_protocol::audit::{self, AuditEntry, HashAlgorithm};
 use zoufang_protocol::checksum::field_hash;
 use zoufang_protocol::messages::{
@@ -203,6 +202,7 @@ fn area_upper(prefix: &str) -> String {
     format!("{prefix}~")
 }
 
+mod catalog;
 mod devices;
 
 /// A transaction of the SQLite storage, as the repositories (`crate::repo`) see it.
@@ -1187,37 +1187,11 @@ impl Storage for SqliteStorage {
     }
 
     fn publish_form(&self, definition_json: &str, now: DateTime<Utc>) -> Result<(String, u32)> {
-        let form = Form::from_json(definition_json)
-            .map_err(|e| ServerError::bad("form_invalid", e.to_string()))?;
-        let canonical = serde_json::to_string(&form.definition)?;
-        let (id, version) = (form.id().to_owned(), form.version());
-        self.write(|tx| {
-            let existing: Option<String> = tx
-                .query_row("SELECT definition FROM forms WHERE form_id = ?1 AND version = ?2", params![id, version], |r| r.get(0))
-                .optional()?;
-            match existing {
-                Some(e) if e == canonical => Ok(()),
-                Some(_) => Err(ServerError::bad("form_version_conflict", "this form version is published with other content")),
-                None => {
-                    tx.execute(
-                        "INSERT INTO forms (form_id, version, definition, published_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![id, version, canonical, ts(now)],
-                    )?;
-                    Ok(())
-                }
-            }
-        })?;
-        Ok((id, version))
+        self.write(|tx| service::catalog::publish_form(&mut SqliteTx(tx), definition_json, now))
     }
 
     fn publish_code_list(&self, list: &CodeList, now: DateTime<Utc>) -> Result<()> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT OR REPLACE INTO code_lists (name, version, entries, published_at) VALUES (?1, ?2, ?3, ?4)",
-                params![list.name, list.version, serde_json::to_string(&list.entries)?, ts(now)],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| service::catalog::publish_code_list(&mut SqliteTx(tx), list, now))
     }
 
     fn attachment_status(
@@ -1311,23 +1285,7 @@ impl Storage for SqliteStorage {
     }
 
     fn stats(&self) -> Result<Stats> {
-        self.read(|tx| {
-            let n = |sql: &str| {
-                tx.query_row(sql, [], |r| r.get::<_, i64>(0))
-                    .map(|v| v.max(0) as u64)
-            };
-            Ok(Stats {
-                households: n("SELECT count(*) FROM records WHERE entity = 'household'")?,
-                members: n("SELECT count(*) FROM records WHERE entity = 'member'")?,
-                visits: n("SELECT count(*) FROM visits")?,
-                open_conflicts: n("SELECT count(*) FROM conflicts WHERE status = 'open'")?,
-                feed_entries: n("SELECT count(*) FROM feed")?,
-                devices: n("SELECT count(*) FROM devices WHERE revoked_at IS NULL")?,
-                attachment_contents: n("SELECT count(*) FROM contents")?,
-                attachment_bytes: n("SELECT coalesce(sum(size_bytes), 0) FROM contents")?,
-                visits_awaiting_attachments: n(AWAITING_ATTACHMENTS_COUNT)?,
-            })
-        })
+        self.read(|tx| service::catalog::stats(&mut SqliteTx(tx)))
     }
 
     fn enroll(
@@ -1511,46 +1469,7 @@ impl Storage for SqliteStorage {
     }
 
     fn catalog(&self, request: &CatalogRequest) -> Result<(Vec<Json>, Vec<CodeList>)> {
-        self.read(|tx| {
-            let mut forms = Vec::new();
-            let mut stmt = tx.prepare(
-                "SELECT form_id, version, definition FROM forms ORDER BY form_id, version",
-            )?;
-            for row in stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })? {
-                let (id, version, definition) = row?;
-                if !request.forms.iter().any(|(i, v)| *i == id && *v == version) {
-                    forms.push(serde_json::from_str(&definition)?);
-                }
-            }
-            let mut lists = Vec::new();
-            let mut stmt = tx.prepare(
-                "SELECT c.name, c.version, c.entries FROM code_lists c
-                 WHERE c.version = (SELECT max(version) FROM code_lists d WHERE d.name = c.name)",
-            )?;
-            for row in stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })? {
-                let (name, version, entries) = row?;
-                if request.code_lists.get(&name).is_none_or(|v| *v < version) {
-                    lists.push(CodeList {
-                        name,
-                        version,
-                        entries: serde_json::from_str(&entries)?,
-                    });
-                }
-            }
-            Ok((forms, lists))
-        })
+        self.read(|tx| service::catalog::catalog(&mut SqliteTx(tx), request))
     }
 
     fn push(
