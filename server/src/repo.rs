@@ -4,10 +4,10 @@
 //! transaction of the storage. Repositories only read and write; they decide nothing.
 //!
 //! Moving to this shape is under way (issue 11): users, devices, enrolment, authentication,
-//! the server's own audit chain and the catalog are here; records, the feed, conflicts, device audit trails and
-//! attachment contents still live inside `SqliteStorage`.
+//! the audit chains and the catalog are here; records, the feed, conflicts and attachment contents still live
+//! inside `SqliteStorage`.
 
-use zoufang_protocol::audit::AuditEntry;
+use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
 use zoufang_protocol::messages::UserInfo;
 
 use zoufang_model::code_list::CodeList;
@@ -95,7 +95,34 @@ pub trait CatalogRepo {
     fn stats(&mut self) -> Result<Stats>;
 }
 
-/// Everything a service function may touch inside one transaction.
-pub trait Tx: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo {}
+/// Each device's audit chain as uploaded (append-only), and its alerts.
+pub trait AuditRepo {
+    /// The newest entry held for a device: (seq, hash, the chain's hash algorithm).
+    fn device_audit_head(
+        &mut self,
+        device_id: &str,
+    ) -> Result<Option<(u64, String, Option<HashAlgorithm>)>>;
+    /// The hash of one held entry.
+    fn device_audit_hash(&mut self, device_id: &str, seq: u64) -> Result<Option<String>>;
+    fn append_device_audit(
+        &mut self,
+        device_id: &str,
+        algorithm: HashAlgorithm,
+        entry: &AuditEntry,
+        received_at: &str,
+    ) -> Result<()>;
+    fn set_audit_alert(&mut self, device_id: &str, problem: &str) -> Result<()>;
+    /// Marks a device ordered wiped as wiped (and revoked); `false` if no wipe was ordered.
+    fn confirm_wipe(&mut self, device_id: &str, at: &str) -> Result<bool>;
+    fn device_audit(&mut self, device_id: &str) -> Result<Vec<AuditEntry>>;
+    /// Every device's chain: (device, algorithm, entries in order).
+    fn device_chains(&mut self) -> Result<Vec<(String, HashAlgorithm, Vec<AuditEntry>)>>;
+    fn server_audit_entries(&mut self) -> Result<Vec<AuditEntry>>;
+    /// (device, problem) of every refused upload.
+    fn audit_alerts(&mut self) -> Result<Vec<(String, String)>>;
+}
 
-impl<T: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo> Tx for T {}
+/// Everything a service function may touch inside one transaction.
+pub trait Tx: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo + AuditRepo {}
+
+impl<T: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo + AuditRepo> Tx for T {}

@@ -14,7 +14,7 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::{Map, Value as Json};
 use zoufang_model::code_list::CodeList;
 use zoufang_model::domain::check_region_code;
-use zoufang_protocol::audit::{self, AuditEntry, HashAlgorithm};
+use zoufang_protocol::audit::{AuditEntry, HashAlgorithm, is_hex_digest};
 use zoufang_protocol::checksum::field_hash;
 use zoufang_protocol::messages::{
     Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ChangeOp, CompetingValue,
@@ -202,6 +202,7 @@ fn area_upper(prefix: &str) -> String {
     format!("{prefix}~")
 }
 
+mod audit;
 mod catalog;
 mod devices;
 
@@ -1038,7 +1039,7 @@ fn attachments_problem(visit: &VisitRecord) -> Option<&'static str> {
         if !matches!(a.kind.as_str(), "photo" | "signature") {
             return Some("an attachment is a photo or a signature");
         }
-        if !audit::is_hex_digest(&a.content_hash) {
+        if !is_hex_digest(&a.content_hash) {
             return Some("an attachment's content hash must be a lowercase hex digest");
         }
         if a.size_bytes == 0 || a.size_bytes > MAX_CONTENT_BYTES {
@@ -1317,155 +1318,15 @@ impl Storage for SqliteStorage {
         request: &AuditUploadRequest,
         now: DateTime<Utc>,
     ) -> Result<AuditUploadResponse> {
-        if request.device_id != auth.device_id {
-            return Err(ServerError::Forbidden(
-                "the audit upload names another device than the token's".into(),
-            ));
-        }
-        if request.entries.len() > 5000 {
-            return Err(ServerError::bad(
-                "too_many_entries",
-                "at most 5000 audit entries per upload",
-            ));
-        }
-        self.write(|tx| {
-            let device = &auth.device_id;
-            let head: Option<(i64, String, String)> = tx
-                .query_row(
-                    "SELECT seq, hash, chain_hash FROM device_audit WHERE device_id = ?1 ORDER BY seq DESC LIMIT 1",
-                    [device],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let (last_seq, last_hash) = head
-                .as_ref()
-                .map_or((0, String::new()), |(s, h, _)| (*s as u64, h.clone()));
-            let held_alg = head.as_ref().and_then(|(_, _, a)| HashAlgorithm::parse(a));
-            // Entries the server already holds (a lost answer) are skipped if identical.
-            let mut fresh = Vec::new();
-            for e in &request.entries {
-                if e.seq <= last_seq {
-                    let held: Option<String> = tx
-                        .query_row(
-                            "SELECT hash FROM device_audit WHERE device_id = ?1 AND seq = ?2",
-                            params![device, e.seq as i64],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    if held.as_deref() != Some(e.hash.as_str()) {
-                        fresh.clear();
-                        fresh.push(e.clone());
-                        break;
-                    }
-                } else {
-                    fresh.push(e.clone());
-                }
-            }
-            let alg = held_alg.unwrap_or(request.chain_hash);
-            let verdict = if alg == request.chain_hash {
-                audit::verify(alg, last_seq, &last_hash, &fresh).map_err(|b| b.to_string())
-            } else {
-                Err("the chain changed its hash algorithm".to_owned())
-            };
-            if let Err(problem) = verdict {
-                tracing::warn!(device = %device, "audit chain broken: {problem}");
-                tx.execute(
-                    "UPDATE devices SET audit_alert = ?2 WHERE id = ?1",
-                    params![device, problem],
-                )?;
-                service::server_audit::append(&mut SqliteTx(tx), now, &auth.user.id, "audit_chain_broken", Some(("device", device)),
-                    serde_json::json!({"problem": problem}))?;
-                return Ok(AuditUploadResponse {
-                    protocol: PROTOCOL_VERSION,
-                    server_time: ts(now),
-                    accepted_through: last_seq,
-                    chain_break: Some(problem),
-                });
-            }
-            let mut through = last_seq;
-            let mut wiped = false;
-            for e in &fresh {
-                tx.prepare_cached(
-                    "INSERT INTO device_audit (device_id, seq, chain_hash, entry, hash, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![device, e.seq as i64, alg.as_str(), serde_json::to_string(e)?, e.hash, ts(now)])?;
-                through = e.seq;
-                wiped |= e.action == "wipe";
-            }
-            if wiped {
-                let n = tx.execute(
-                    "UPDATE devices SET wiped_at = ?2, revoked_at = coalesce(revoked_at, ?2)
-                     WHERE id = ?1 AND wipe_requested_at IS NOT NULL",
-                    params![device, ts(now)],
-                )?;
-                if n > 0 {
-                    service::server_audit::append(&mut SqliteTx(tx), now, &auth.user.id, "wipe_confirmed", Some(("device", device)), Json::Null)?;
-                }
-            }
-            Ok(AuditUploadResponse {
-                protocol: PROTOCOL_VERSION,
-                server_time: ts(now),
-                accepted_through: through,
-                chain_break: None,
-            })
-        })
+        self.write(|tx| service::audit::upload(&mut SqliteTx(tx), auth, request, now))
     }
 
     fn device_audit(&self, device_id: &str) -> Result<Vec<AuditEntry>> {
-        self.read(|tx| {
-            let mut stmt =
-                tx.prepare("SELECT entry FROM device_audit WHERE device_id = ?1 ORDER BY seq")?;
-            let rows = stmt.query_map([device_id], |r| r.get::<_, String>(0))?;
-            rows.map(|e| Ok(serde_json::from_str(&e?)?)).collect()
-        })
+        self.read(|tx| service::audit::device_audit(&mut SqliteTx(tx), device_id))
     }
 
     fn verify_audit(&self) -> Result<Vec<String>> {
-        self.read(|tx| {
-            let mut problems = Vec::new();
-            let mut chains: BTreeMap<String, (HashAlgorithm, Vec<AuditEntry>)> = BTreeMap::new();
-            let mut stmt = tx.prepare(
-                "SELECT device_id, chain_hash, entry FROM device_audit ORDER BY device_id, seq",
-            )?;
-            for row in stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })? {
-                let (device, alg, entry) = row?;
-                let alg = HashAlgorithm::parse(&alg).unwrap_or_default();
-                let entry: AuditEntry = serde_json::from_str(&entry)?;
-                chains
-                    .entry(device)
-                    .or_insert_with(|| (alg, Vec::new()))
-                    .1
-                    .push(entry);
-            }
-            for (device, (alg, entries)) in &chains {
-                if let Err(b) = audit::verify(*alg, 0, audit::GENESIS, entries) {
-                    problems.push(format!("device {device}: {b}"));
-                }
-            }
-            let mut stmt = tx.prepare("SELECT entry FROM server_audit ORDER BY seq")?;
-            let server: Vec<AuditEntry> = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .map(|e| Ok(serde_json::from_str(&e?)?))
-                .collect::<Result<_>>()?;
-            if let Err(b) = audit::verify(HashAlgorithm::Sha256, 0, audit::GENESIS, &server) {
-                problems.push(format!("server: {b}"));
-            }
-            let mut stmt =
-                tx.prepare("SELECT id, audit_alert FROM devices WHERE audit_alert IS NOT NULL")?;
-            for row in
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-            {
-                let (device, alert) = row?;
-                problems.push(format!("device {device}: refused upload: {alert}"));
-            }
-            Ok(problems)
-        })
+        self.read(|tx| service::audit::verify(&mut SqliteTx(tx)))
     }
 
     fn catalog(&self, request: &CatalogRequest) -> Result<(Vec<Json>, Vec<CodeList>)> {
