@@ -4,14 +4,15 @@
 //! transaction of the storage. Repositories only read and write; they decide nothing.
 //!
 //! Moving to this shape is under way (issue 11): users, devices, enrolment, authentication,
-//! the audit chains and the catalog are here; records, the feed, conflicts and attachment contents still live
-//! inside `SqliteStorage`.
+//! the audit chains, the catalog and attachment contents are here;
+//! records, the feed and conflicts still live inside `SqliteStorage`.
 
 use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
 use zoufang_protocol::messages::UserInfo;
 
 use zoufang_model::code_list::CodeList;
 
+use crate::blobs::ContentKey;
 use crate::storage::{DeviceInfo, Result, Stats};
 
 /// A one-time enrolment token as stored (by its hash).
@@ -122,7 +123,63 @@ pub trait AuditRepo {
     fn audit_alerts(&mut self) -> Result<Vec<(String, String)>>;
 }
 
-/// Everything a service function may touch inside one transaction.
-pub trait Tx: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo + AuditRepo {}
+/// Which visits name which attachment contents, and the contents held whole and verified
+/// (their bytes are in the `BlobStore`).
+pub trait ContentsRepo {
+    /// (village, size) of every visit that names this content.
+    fn naming_visits(&mut self, key: &ContentKey) -> Result<Vec<(String, u64)>>;
+    fn content_recorded(&mut self, key: &ContentKey) -> Result<bool>;
+    fn record_content(&mut self, key: &ContentKey, size: u64, at: &str) -> Result<()>;
+    /// Visits naming a content the server does not hold whole yet.
+    fn visits_awaiting_attachments(&mut self) -> Result<Vec<String>>;
+}
 
-impl<T: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo + AuditRepo> Tx for T {}
+/// Everything a service function may touch inside one transaction.
+pub trait Tx:
+    UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo + AuditRepo + ContentsRepo
+{
+}
+
+impl<T> Tx for T where
+    T: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo + AuditRepo + ContentsRepo
+{
+}
+
+/// A storage's transactions: each runs `f` and commits, or rolls back on an error.
+pub trait Transactions: Send + Sync {
+    /// A consistent snapshot for reading.
+    fn read_tx(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// A transaction that writes, serialised with every other writer of what it touches.
+    fn write_tx(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+}
+
+fn run<T>(
+    db: &dyn Transactions,
+    write: bool,
+    f: impl FnOnce(&mut dyn Tx) -> Result<T>,
+) -> Result<T> {
+    let mut f = Some(f);
+    let mut out = None;
+    let mut body = |tx: &mut dyn Tx| -> Result<()> {
+        if let Some(f) = f.take() {
+            out = Some(f(tx)?);
+        }
+        Ok(())
+    };
+    if write {
+        db.write_tx(&mut body)?;
+    } else {
+        db.read_tx(&mut body)?;
+    }
+    out.ok_or_else(|| crate::storage::ServerError::Storage("a transaction did not run".into()))
+}
+
+/// Runs `f` in a read transaction of `db`.
+pub fn read<T>(db: &dyn Transactions, f: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Result<T> {
+    run(db, false, f)
+}
+
+/// Runs `f` in a write transaction of `db`.
+pub fn write<T>(db: &dyn Transactions, f: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Result<T> {
+    run(db, true, f)
+}

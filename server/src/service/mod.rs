@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod attachments;
 pub mod audit;
 pub mod catalog;
 pub mod server_audit;

@@ -18,12 +18,12 @@ use zoufang_protocol::audit::{AuditEntry, HashAlgorithm, is_hex_digest};
 use zoufang_protocol::checksum::field_hash;
 use zoufang_protocol::messages::{
     Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ChangeOp, CompetingValue,
-    ConflictInfo, ConflictStatus, ContentRef, ContentState, ContentStatus, Entity, FeedEntry,
-    FeedItem, FieldValue, Outcome, PROTOCOL_VERSION, PullRequest, PullResponse, RecordState,
+    ConflictInfo, ConflictStatus, ContentRef, ContentState, Entity, FeedEntry, FeedItem,
+    FieldValue, Outcome, PROTOCOL_VERSION, PullRequest, PullResponse, RecordState,
     SnapshotResponse, UserInfo, VisitRecord,
 };
 
-use crate::blobs::{BlobError, BlobStore, ContentKey, FsBlobStore, Held};
+use crate::blobs::{BlobStore, ContentKey, FsBlobStore};
 use crate::merge::{Decision, Edit, FieldNow, decide};
 use crate::service::{self, ts};
 use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, Result, ServerError, Stats, Storage};
@@ -204,6 +204,7 @@ fn area_upper(prefix: &str) -> String {
 
 mod audit;
 mod catalog;
+mod contents;
 mod devices;
 
 /// A transaction of the SQLite storage, as the repositories (`crate::repo`) see it.
@@ -1049,57 +1050,6 @@ fn attachments_problem(visit: &VisitRecord) -> Option<&'static str> {
     None
 }
 
-/// The size of a content, if a visit inside the caller's areas names it (with that size, when
-/// the caller states one: a visit that lies about a content's size cannot hold up its upload).
-fn referenced_size(
-    tx: &Transaction<'_>,
-    auth: &DeviceAuth,
-    key: &ContentKey,
-    size: Option<u64>,
-) -> Result<Option<u64>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT v.village_code, va.size_bytes FROM visit_attachments va JOIN visits v ON v.id = va.visit_id
-         WHERE va.hash_algorithm = ?1 AND va.content_hash = ?2",
-    )?;
-    let rows = stmt.query_map(params![key.algorithm.as_str(), key.hash()], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-    })?;
-    for row in rows {
-        let (village, named) = row?;
-        let named = named.max(0) as u64;
-        if auth.covers(&village) && size.is_none_or(|s| s == named) {
-            return Ok(Some(named));
-        }
-    }
-    Ok(None)
-}
-
-/// What the server holds of a content of `size` bytes, as the protocol says it.
-fn content_state(key: &ContentKey, held: Held, size: u64) -> ContentState {
-    let (status, received) = match held {
-        Held::Complete => (ContentStatus::Complete, size),
-        Held::Partial(n) => (ContentStatus::Receiving, n),
-    };
-    ContentState {
-        content_hash: key.hash().to_owned(),
-        status,
-        received,
-    }
-}
-
-fn record_content(
-    tx: &Transaction<'_>,
-    key: &ContentKey,
-    size: u64,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO contents (hash_algorithm, content_hash, size_bytes, stored_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![key.algorithm.as_str(), key.hash(), size as i64, ts(now)])?;
-    Ok(())
-}
-
 fn record_states(tx: &Transaction<'_>, village: &str) -> Result<Vec<RecordState>> {
     let mut records: BTreeMap<(Entity, String), RecordState> = BTreeMap::new();
     let mut stmt =
@@ -1155,6 +1105,16 @@ fn record_states(tx: &Transaction<'_>, village: &str) -> Result<Vec<RecordState>
     Ok(records.into_values().collect())
 }
 
+impl crate::repo::Transactions for SqliteStorage {
+    fn read_tx(&self, f: &mut dyn FnMut(&mut dyn crate::repo::Tx) -> Result<()>) -> Result<()> {
+        self.read(|tx| f(&mut SqliteTx(tx)))
+    }
+
+    fn write_tx(&self, f: &mut dyn FnMut(&mut dyn crate::repo::Tx) -> Result<()>) -> Result<()> {
+        self.write(|tx| f(&mut SqliteTx(tx)))
+    }
+}
+
 impl Storage for SqliteStorage {
     fn create_user(&self, user: &UserInfo, now: DateTime<Utc>) -> Result<()> {
         self.write(|tx| service::admin::create_user(&mut SqliteTx(tx), user, now))
@@ -1202,45 +1162,7 @@ impl Storage for SqliteStorage {
         contents: &[ContentRef],
         now: DateTime<Utc>,
     ) -> Result<Vec<ContentState>> {
-        // One read for all: each content's size as a visit in the caller's areas names it, and
-        // whether the server has recorded it complete.
-        let named: Vec<Option<(ContentKey, u64, bool)>> = self.read(|tx| {
-            let mut recorded = tx.prepare_cached(
-                "SELECT 1 FROM contents WHERE hash_algorithm = ?1 AND content_hash = ?2",
-            )?;
-            contents
-                .iter()
-                .map(|c| {
-                    let Some(key) = ContentKey::new(algorithm, &c.content_hash) else {
-                        return Ok(None);
-                    };
-                    let Some(size) = referenced_size(tx, auth, &key, Some(c.size_bytes))? else {
-                        return Ok(None);
-                    };
-                    let done = recorded.exists(params![algorithm.as_str(), key.hash()])?;
-                    Ok(Some((key, size, done)))
-                })
-                .collect()
-        })?;
-        contents
-            .iter()
-            .zip(named)
-            .map(|(c, named)| {
-                let Some((key, size, recorded)) = named else {
-                    return Ok(ContentState {
-                        content_hash: c.content_hash.clone(),
-                        status: ContentStatus::Unknown,
-                        received: 0,
-                    });
-                };
-                let held = self.blobs.held(&key).map_err(BlobError::from)?;
-                if held == Held::Complete && !recorded {
-                    // Repairs a record lost between the file's completion and its row.
-                    self.write(|tx| record_content(tx, &key, size, now))?;
-                }
-                Ok(content_state(&key, held, size))
-            })
-            .collect()
+        service::attachments::status(self, self.blobs.as_ref(), auth, algorithm, contents, now)
     }
 
     fn append_attachment(
@@ -1252,37 +1174,16 @@ impl Storage for SqliteStorage {
         bytes: &[u8],
         now: DateTime<Utc>,
     ) -> Result<ContentState> {
-        let size = self
-            .read(|tx| referenced_size(tx, auth, key, Some(size)))?
-            .ok_or_else(|| ServerError::NotFound("attachment content".into()))?;
-        let held = self.blobs.append(key, offset, size, bytes).inspect_err(|e| {
-            if matches!(e, BlobError::HashMismatch) {
-                tracing::warn!(device = %auth.device_id, content = %key.hash(), "an uploaded content did not match its hash; discarded");
-            }
-        })?;
-        if held == Held::Complete {
-            self.write(|tx| record_content(tx, key, size, now))?;
-            tracing::info!(device = %auth.device_id, content = %key.hash(), bytes = size, "attachment content stored");
-        }
-        Ok(content_state(key, held, size))
+        let blobs = self.blobs.as_ref();
+        service::attachments::append(self, blobs, auth, key, size, offset, bytes, now)
     }
 
     fn attachment_content(&self, auth: &DeviceAuth, key: &ContentKey) -> Result<Vec<u8>> {
-        let not_found = || ServerError::NotFound("attachment content".into());
-        self.read(|tx| referenced_size(tx, auth, key, None))?
-            .ok_or_else(not_found)?;
-        self.blobs
-            .read(key)
-            .map_err(BlobError::from)?
-            .ok_or_else(not_found)
+        service::attachments::content(self, self.blobs.as_ref(), auth, key)
     }
 
     fn visits_awaiting_attachments(&self) -> Result<Vec<String>> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare(AWAITING_ATTACHMENTS)?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
+        service::attachments::awaiting(self)
     }
 
     fn stats(&self) -> Result<Stats> {
