@@ -3,12 +3,14 @@
 //! the data: a service function takes `&mut dyn Tx` and the caller runs it inside one
 //! transaction of the storage. Repositories only read and write; they decide nothing.
 //!
-//! Moving to this shape is under way (issue 11): users, devices, enrolment, authentication,
-//! the audit chains, the catalog and attachment contents are here;
-//! records, the feed and conflicts still live inside `SqliteStorage`.
+//! SQLite implements them in `sqlite/` (one module per repository); a PostgreSQL storage is the
+//! next to come (issue 11).
 
+use serde_json::Value as Json;
 use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
-use zoufang_protocol::messages::UserInfo;
+use zoufang_protocol::messages::{
+    Ack, ConflictInfo, Entity, FeedEntry, FeedItem, RecordState, UserInfo, VisitRecord,
+};
 
 use zoufang_model::code_list::CodeList;
 
@@ -134,14 +136,131 @@ pub trait ContentsRepo {
     fn visits_awaiting_attachments(&mut self) -> Result<Vec<String>>;
 }
 
+/// One field of a household or member as the server holds it, with who wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredField {
+    pub value: Json,
+    pub version: u64,
+    pub writer: StoredWriter,
+    pub conflict_id: Option<String>,
+}
+
+/// Who wrote a value, for the conflict list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWriter {
+    pub device: String,
+    pub seq: u64,
+    pub user: String,
+    pub received_at: String,
+    pub device_time: String,
+    pub skewed: bool,
+}
+
+/// Households and members, field by field, each field with the server sequence number
+/// (version) that set it.
+pub trait RecordsRepo {
+    /// The server sequence number that created the record, if it exists.
+    fn record_created(&mut self, entity: Entity, id: &str) -> Result<Option<u64>>;
+    /// A record's village and household (a member's household; a household's own id).
+    fn locate(&mut self, entity: Entity, id: &str) -> Result<Option<(String, String)>>;
+    fn insert_record(
+        &mut self,
+        entity: Entity,
+        id: &str,
+        household_id: Option<&str>,
+        village: &str,
+        created_seq: u64,
+    ) -> Result<()>;
+    fn field(&mut self, entity: Entity, id: &str, field: &str) -> Result<Option<StoredField>>;
+    fn put_field(
+        &mut self,
+        entity: Entity,
+        id: &str,
+        field: &str,
+        stored: &StoredField,
+    ) -> Result<()>;
+    /// Every record of a village with its fields.
+    fn village_records(&mut self, village: &str) -> Result<Vec<RecordState>>;
+}
+
+/// The feed devices pull, in server receive order, and the per-village checksums.
+pub trait FeedRepo {
+    /// The newest server sequence number (0 for none).
+    fn feed_head(&mut self) -> Result<u64>;
+    fn append_feed(
+        &mut self,
+        seq: u64,
+        village: &str,
+        origin_device: &str,
+        item: &FeedItem,
+    ) -> Result<()>;
+    /// Up to `limit` entries of the villages starting with `area`, after `after` and up to
+    /// `through`, leaving out what `device` itself sent (except conflicts, which it must see).
+    fn feed_page(
+        &mut self,
+        area: &str,
+        after: u64,
+        through: u64,
+        device: &str,
+        limit: usize,
+    ) -> Result<Vec<FeedEntry>>;
+    fn checksum(&mut self, village: &str) -> Result<u64>;
+    fn set_checksum(&mut self, village: &str, sum: u64) -> Result<()>;
+    /// (village, checksum) of every village starting with `area`.
+    fn checksums_in(&mut self, area: &str) -> Result<Vec<(String, u64)>>;
+}
+
+pub trait ConflictsRepo {
+    fn conflict(&mut self, id: &str) -> Result<Option<ConflictInfo>>;
+    fn save_conflict(&mut self, conflict: &ConflictInfo) -> Result<()>;
+    /// Open conflicts of the villages starting with `area`, by id.
+    fn open_conflicts_in(&mut self, area: &str) -> Result<Vec<ConflictInfo>>;
+}
+
+/// Submitted visits (immutable but for their status) and the contents they name.
+pub trait VisitsRepo {
+    /// A visit's village, server sequence number and body.
+    fn visit(&mut self, id: &str) -> Result<Option<(String, u64, VisitRecord)>>;
+    /// Stores a new visit and the attachment contents it names.
+    fn insert_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()>;
+    fn update_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()>;
+}
+
+/// What each device sent, for idempotency: the answer given to each (device, change).
+pub trait DeviceChangesRepo {
+    fn previous_ack(&mut self, device_id: &str, seq: u64) -> Result<Option<Ack>>;
+    fn record_ack(&mut self, device_id: &str, seq: u64, ack: &Ack) -> Result<()>;
+    fn device_seen(&mut self, device_id: &str, at: &str, clock_offset_ms: i64) -> Result<()>;
+}
+
 /// Everything a service function may touch inside one transaction.
 pub trait Tx:
-    UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo + AuditRepo + ContentsRepo
+    UsersRepo
+    + DevicesRepo
+    + ServerAuditRepo
+    + CatalogRepo
+    + AuditRepo
+    + ContentsRepo
+    + RecordsRepo
+    + FeedRepo
+    + ConflictsRepo
+    + VisitsRepo
+    + DeviceChangesRepo
 {
 }
 
 impl<T> Tx for T where
-    T: UsersRepo + DevicesRepo + ServerAuditRepo + CatalogRepo + AuditRepo + ContentsRepo
+    T: UsersRepo
+        + DevicesRepo
+        + ServerAuditRepo
+        + CatalogRepo
+        + AuditRepo
+        + ContentsRepo
+        + RecordsRepo
+        + FeedRepo
+        + ConflictsRepo
+        + VisitsRepo
+        + DeviceChangesRepo
 {
 }
 

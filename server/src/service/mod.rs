@@ -8,6 +8,9 @@ pub mod admin;
 pub mod attachments;
 pub mod audit;
 pub mod catalog;
+pub mod pull;
+pub mod push;
+pub mod records;
 pub mod server_audit;
 
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -1,0 +1,233 @@
+//! A device's push: each change applied once (a re-push after a lost answer gets the same
+//! acknowledgement), each checked against the sender's areas and the rules of its kind.
+
+use chrono::{DateTime, Utc};
+use zoufang_model::domain::check_region_code;
+use zoufang_protocol::audit::is_hex_digest;
+use zoufang_protocol::messages::{Ack, Change, ChangeOp, Entity, FeedItem, Outcome, VisitRecord};
+
+use super::records::{
+    FieldEdit, NewRecord, PushContext, applied, create_record, next_seq, rejected,
+};
+use super::{records, ts};
+use crate::repo::Tx;
+use crate::storage::{DeviceAuth, Result};
+
+/// A device clock further than this from the server's is flagged on its edits.
+pub const CLOCK_SKEW_LIMIT: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// Most attachments one visit may name, and the largest content (the device's own bounds).
+const MAX_VISIT_ATTACHMENTS: usize = 64;
+const MAX_CONTENT_BYTES: u64 = 50 * 1024 * 1024;
+
+pub fn push(
+    tx: &mut dyn Tx,
+    auth: &DeviceAuth,
+    changes: &[Change],
+    device_now: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Ack>> {
+    let offset = device_now - now;
+    let ctx = PushContext {
+        auth,
+        received_at: ts(now),
+        skewed: offset.abs() > CLOCK_SKEW_LIMIT,
+    };
+    let mut acks = Vec::with_capacity(changes.len());
+    for change in changes {
+        if let Some(ack) = tx.previous_ack(&auth.device_id, change.seq)? {
+            // A re-push after a lost acknowledgement: the same answer, nothing applied twice.
+            acks.push(ack);
+            continue;
+        }
+        let ack = apply_change(tx, &ctx, change)?;
+        tx.record_ack(&auth.device_id, change.seq, &ack)?;
+        acks.push(ack);
+    }
+    tx.device_seen(&auth.device_id, &ts(now), offset.num_milliseconds())?;
+    Ok(acks)
+}
+
+fn apply_change(tx: &mut dyn Tx, ctx: &PushContext<'_>, change: &Change) -> Result<Ack> {
+    let seq = change.seq;
+    let from = (seq, change.device_time.as_str());
+    match &change.op {
+        ChangeOp::CreateHousehold {
+            id,
+            village_code,
+            fields,
+        } => {
+            if check_region_code(village_code).is_err() {
+                let m = "the village code is not a valid region code";
+                return Ok(rejected(seq, "invalid_value", m));
+            }
+            if !ctx.auth.covers(village_code) {
+                let m = "the village is outside the user's areas";
+                return Ok(rejected(seq, "out_of_area", m));
+            }
+            let r = NewRecord {
+                entity: Entity::Household,
+                id,
+                household_id: None,
+                village: village_code,
+                fields,
+            };
+            create_record(tx, ctx, from, &r)
+        }
+        ChangeOp::CreateMember {
+            id,
+            household_id,
+            fields,
+        } => {
+            let Some((village, _)) = tx.locate(Entity::Household, household_id)? else {
+                let m = "the member's household does not exist on the server";
+                return Ok(rejected(seq, "not_found", m));
+            };
+            if !ctx.auth.covers(&village) {
+                let m = "the household is outside the user's areas";
+                return Ok(rejected(seq, "out_of_area", m));
+            }
+            let r = NewRecord {
+                entity: Entity::Member,
+                id,
+                household_id: Some(household_id),
+                village: &village,
+                fields,
+            };
+            create_record(tx, ctx, from, &r)
+        }
+        ChangeOp::SetField {
+            entity,
+            id,
+            field,
+            value,
+            base,
+            resolves: _,
+            after,
+        } => {
+            let edit = FieldEdit {
+                device_seq: seq,
+                device_time: &change.device_time,
+                entity: *entity,
+                id,
+                field,
+                value,
+                base: *base,
+                after: *after,
+            };
+            records::set_field(tx, ctx, &edit)
+        }
+        ChangeOp::SubmitVisit { visit } => submit_visit(tx, ctx, seq, visit),
+        ChangeOp::SetVisitStatus {
+            id,
+            status,
+            reason,
+            at,
+        } => set_visit_status(tx, ctx, seq, (id, status, reason.as_deref(), at)),
+    }
+}
+
+/// Signing or voiding a submitted visit (a completed visit may be signed; any may be voided).
+fn set_visit_status(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    seq: u64,
+    (id, status, reason, at): (&str, &str, Option<&str>, &str),
+) -> Result<Ack> {
+    let Some((village, held_seq, mut visit)) = tx.visit(id)? else {
+        let m = "the visit does not exist on the server";
+        return Ok(rejected(seq, "not_found", m));
+    };
+    if !ctx.auth.covers(&village) {
+        let m = "the visit is outside the user's areas";
+        return Ok(rejected(seq, "out_of_area", m));
+    }
+    if visit.status == status {
+        return Ok(applied(seq, Outcome::Unchanged, held_seq, None, None));
+    }
+    let allowed = matches!(
+        (visit.status.as_str(), status),
+        ("completed", "signed") | (_, "void")
+    );
+    if !allowed {
+        let m = "that status change is not allowed";
+        return Ok(rejected(seq, "invalid_transition", m));
+    }
+    visit.status = status.to_owned();
+    if status == "signed" {
+        visit.signed_at = Some(at.to_owned());
+    } else {
+        visit.void_reason = reason.map(str::to_owned);
+    }
+    let server_seq = next_seq(tx)?;
+    tx.update_visit(&visit, server_seq)?;
+    let item = FeedItem::VisitStatus {
+        id: id.to_owned(),
+        status: status.to_owned(),
+        reason: reason.map(str::to_owned),
+        at: at.to_owned(),
+    };
+    tx.append_feed(server_seq, &village, &ctx.auth.device_id, &item)?;
+    Ok(applied(seq, Outcome::Applied, server_seq, None, None))
+}
+
+fn submit_visit(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    seq: u64,
+    visit: &VisitRecord,
+) -> Result<Ack> {
+    if uuid::Uuid::parse_str(&visit.id).is_err() || check_region_code(&visit.village_code).is_err()
+    {
+        let m = "a visit needs a UUID and a valid village code";
+        return Ok(rejected(seq, "invalid_value", m));
+    }
+    if !ctx.auth.covers(&visit.village_code) {
+        let m = "the visit's village is outside the user's areas";
+        return Ok(rejected(seq, "out_of_area", m));
+    }
+    if !matches!(visit.status.as_str(), "completed" | "signed" | "void") {
+        let m = "only completed visits are submitted";
+        return Ok(rejected(seq, "invalid_value", m));
+    }
+    if let Some(problem) = attachments_problem(visit) {
+        return Ok(rejected(seq, "invalid_attachment", problem));
+    }
+    if let Some((_, held_seq, _)) = tx.visit(&visit.id)? {
+        return Ok(applied(seq, Outcome::Unchanged, held_seq, None, None));
+    }
+    if let Some(h) = &visit.household_id
+        && tx.locate(Entity::Household, h)?.is_none()
+    {
+        let m = "the visit's household does not exist on the server";
+        return Ok(rejected(seq, "not_found", m));
+    }
+    let server_seq = next_seq(tx)?;
+    tx.insert_visit(visit, server_seq)?;
+    let item = FeedItem::Visit {
+        visit: Box::new(visit.clone()),
+    };
+    tx.append_feed(server_seq, &visit.village_code, &ctx.auth.device_id, &item)?;
+    Ok(applied(seq, Outcome::Applied, server_seq, None, None))
+}
+
+/// What is wrong with a visit's attachment list, if anything.
+fn attachments_problem(visit: &VisitRecord) -> Option<&'static str> {
+    if visit.attachments.len() > MAX_VISIT_ATTACHMENTS {
+        return Some("a visit names too many attachments");
+    }
+    for a in &visit.attachments {
+        if a.id.is_empty() || a.id.len() > 64 || a.field_path.len() > 256 {
+            return Some("an attachment needs an id and a field");
+        }
+        if !matches!(a.kind.as_str(), "photo" | "signature") {
+            return Some("an attachment is a photo or a signature");
+        }
+        if !is_hex_digest(&a.content_hash) {
+            return Some("an attachment's content hash must be a lowercase hex digest");
+        }
+        if a.size_bytes == 0 || a.size_bytes > MAX_CONTENT_BYTES {
+            return Some("an attachment's size is out of bounds");
+        }
+    }
+    None
+}

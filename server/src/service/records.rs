@@ -1,0 +1,402 @@
+//! Households and members: creating them and applying field edits under the merge rule
+//! (`crate::merge`): an edit on the current version applies; one on an older version whose
+//! value differs keeps both values as a conflict, with a provisional value, sent to every
+//! device in scope; a resolution closes it. Every accepted change gets the next server sequence
+//! number, enters the feed and moves the village's checksum.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value as Json};
+use zoufang_protocol::checksum::field_hash;
+use zoufang_protocol::messages::{
+    Ack, CompetingValue, ConflictInfo, ConflictStatus, Entity, FeedItem, FieldValue, Outcome,
+    RecordState,
+};
+
+use crate::merge::{Decision, Edit, FieldNow, decide};
+use crate::repo::{StoredField, StoredWriter, Tx};
+use crate::storage::{DeviceAuth, Result};
+
+/// Largest value of one field accepted.
+const MAX_FIELD_BYTES: usize = 16 * 1024;
+
+/// Who is writing, as the fields and conflicts record it.
+#[derive(Debug, Clone)]
+pub struct PushContext<'a> {
+    pub auth: &'a DeviceAuth,
+    pub received_at: String,
+    pub skewed: bool,
+}
+
+impl PushContext<'_> {
+    fn writer(&self, seq: u64, device_time: &str) -> StoredWriter {
+        StoredWriter {
+            device: self.auth.device_id.clone(),
+            seq,
+            user: self.auth.user.id.clone(),
+            received_at: self.received_at.clone(),
+            device_time: device_time.to_owned(),
+            skewed: self.skewed,
+        }
+    }
+}
+
+pub fn rejected(seq: u64, code: &str, message: &str) -> Ack {
+    Ack {
+        seq,
+        outcome: Outcome::Rejected,
+        version: None,
+        value: None,
+        conflict: None,
+        code: Some(code.to_owned()),
+        message: Some(message.to_owned()),
+    }
+}
+
+pub fn applied(
+    seq: u64,
+    outcome: Outcome,
+    version: u64,
+    value: Option<Json>,
+    conflict: Option<ConflictInfo>,
+) -> Ack {
+    Ack {
+        seq,
+        outcome,
+        version: Some(version),
+        value,
+        conflict,
+        code: None,
+        message: None,
+    }
+}
+
+pub fn check_fields(fields: &Map<String, Json>) -> std::result::Result<(), &'static str> {
+    if fields.len() > 200 {
+        return Err("too many fields");
+    }
+    for (k, v) in fields {
+        if k.is_empty()
+            || k.len() > 64
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err("a field name is 1 to 64 of [a-z0-9_]");
+        }
+        if v.to_string().len() > MAX_FIELD_BYTES {
+            return Err("a field value is too large");
+        }
+    }
+    Ok(())
+}
+
+/// The next server sequence number.
+pub fn next_seq(tx: &mut dyn Tx) -> Result<u64> {
+    Ok(tx.feed_head()? + 1)
+}
+
+/// Stores a field and keeps its village's checksum in step (wrapping u64 arithmetic: the sum
+/// of per-field hashes, order-independent).
+fn write_field(
+    tx: &mut dyn Tx,
+    (entity, id, village, field): (Entity, &str, &str, &str),
+    stored: &StoredField,
+    old: Option<(&Json, u64)>,
+) -> Result<()> {
+    tx.put_field(entity, id, field, stored)?;
+    let remove = old.map_or(0, |(v, ver)| field_hash(entity, id, field, ver, v));
+    let add = field_hash(entity, id, field, stored.version, &stored.value);
+    let sum = tx.checksum(village)?.wrapping_sub(remove).wrapping_add(add);
+    tx.set_checksum(village, sum)
+}
+
+/// A new household or member, written whole: its fields at one version, one feed entry.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    pub entity: Entity,
+    pub id: &'a str,
+    pub household_id: Option<&'a str>,
+    pub village: &'a str,
+    pub fields: &'a Map<String, Json>,
+}
+
+pub fn create_record(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    (device_seq, device_time): (u64, &str),
+    r: &NewRecord<'_>,
+) -> Result<Ack> {
+    if let Err(why) = check_fields(r.fields) {
+        return Ok(rejected(device_seq, "invalid_value", why));
+    }
+    if uuid::Uuid::parse_str(r.id).is_err() {
+        return Ok(rejected(
+            device_seq,
+            "invalid_value",
+            "record ids are UUIDs",
+        ));
+    }
+    if let Some(created) = tx.record_created(r.entity, r.id)? {
+        return Ok(applied(device_seq, Outcome::Unchanged, created, None, None));
+    }
+    let seq = next_seq(tx)?;
+    tx.insert_record(r.entity, r.id, r.household_id, r.village, seq)?;
+    let mut state = BTreeMap::new();
+    for (field, value) in r.fields {
+        let stored = StoredField {
+            value: value.clone(),
+            version: seq,
+            writer: ctx.writer(device_seq, device_time),
+            conflict_id: None,
+        };
+        write_field(tx, (r.entity, r.id, r.village, field), &stored, None)?;
+        let fv = FieldValue {
+            value: value.clone(),
+            version: seq,
+        };
+        state.insert(field.clone(), fv);
+    }
+    let record = RecordState {
+        entity: r.entity,
+        id: r.id.to_owned(),
+        household_id: r.household_id.map(str::to_owned),
+        village_code: r.village.to_owned(),
+        fields: state,
+    };
+    let item = FeedItem::Record { record };
+    tx.append_feed(seq, r.village, &ctx.auth.device_id, &item)?;
+    Ok(applied(device_seq, Outcome::Applied, seq, None, None))
+}
+
+/// One field edit as a device (or a reviewer, with device sequence 0) sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldEdit<'a> {
+    pub device_seq: u64,
+    pub device_time: &'a str,
+    pub entity: Entity,
+    pub id: &'a str,
+    pub field: &'a str,
+    pub value: &'a Json,
+    pub base: u64,
+    pub after: Option<u64>,
+}
+
+/// Applies one field edit under the merge rule.
+pub fn set_field(tx: &mut dyn Tx, ctx: &PushContext<'_>, e: &FieldEdit<'_>) -> Result<Ack> {
+    let Some((village, household)) = tx.locate(e.entity, e.id)? else {
+        let m = "the record does not exist on the server";
+        return Ok(rejected(e.device_seq, "not_found", m));
+    };
+    if !ctx.auth.covers(&village) {
+        let m = "the record is outside the user's areas";
+        return Ok(rejected(e.device_seq, "out_of_area", m));
+    }
+    let mut one = Map::new();
+    one.insert(e.field.to_owned(), e.value.clone());
+    if let Err(why) = check_fields(&one) {
+        return Ok(rejected(e.device_seq, "invalid_value", why));
+    }
+    let current = tx.field(e.entity, e.id, e.field)?;
+    let conflict = match current.as_ref().and_then(|c| c.conflict_id.as_deref()) {
+        Some(cid) => tx.conflict(cid)?,
+        None => None,
+    };
+    let decision = decision_for(ctx, e, current.as_ref(), conflict.as_ref());
+    let place = Place {
+        village: &village,
+        household: &household,
+    };
+    match decision {
+        Decision::RejectFutureBase => Ok(rejected(
+            e.device_seq,
+            "future_base",
+            "the edit names a field version the server never issued",
+        )),
+        Decision::Unchanged => {
+            let v = current.as_ref().map_or(0, |c| c.version);
+            let value = current.map(|c| c.value);
+            Ok(applied(
+                e.device_seq,
+                Outcome::Unchanged,
+                v,
+                value,
+                conflict,
+            ))
+        }
+        Decision::Apply => apply_edit(tx, ctx, e, &place, current.as_ref()),
+        Decision::OpenConflict => open_conflict(tx, ctx, e, &place, current.as_ref()),
+        Decision::JoinConflict | Decision::Resolve => {
+            let resolve = decision == Decision::Resolve;
+            join_conflict(tx, ctx, e, &place, current.as_ref(), conflict, resolve)
+        }
+    }
+}
+
+/// Where a record lives.
+struct Place<'a> {
+    village: &'a str,
+    household: &'a str,
+}
+
+fn decision_for(
+    ctx: &PushContext<'_>,
+    e: &FieldEdit<'_>,
+    current: Option<&StoredField>,
+    conflict: Option<&ConflictInfo>,
+) -> Decision {
+    let competing: Vec<Json> = conflict
+        .map(|c| c.values.iter().map(|v| v.value.clone()).collect())
+        .unwrap_or_default();
+    let now = FieldNow {
+        value: current.map(|c| &c.value),
+        version: current.map_or(0, |c| c.version),
+        writer: current.map(|c| (c.writer.device.as_str(), c.writer.seq)),
+        conflict: conflict.map(|c| (c.version, competing.as_slice())),
+    };
+    decide(
+        &now,
+        &Edit {
+            value: e.value,
+            base: e.base,
+            device: &ctx.auth.device_id,
+            after: e.after,
+        },
+    )
+}
+
+fn apply_edit(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    e: &FieldEdit<'_>,
+    place: &Place<'_>,
+    current: Option<&StoredField>,
+) -> Result<Ack> {
+    let seq = next_seq(tx)?;
+    let stored = StoredField {
+        value: e.value.clone(),
+        version: seq,
+        writer: ctx.writer(e.device_seq, e.device_time),
+        conflict_id: None,
+    };
+    let old = current.map(|c| (&c.value, c.version));
+    write_field(tx, (e.entity, e.id, place.village, e.field), &stored, old)?;
+    let item = FeedItem::Field {
+        entity: e.entity,
+        id: e.id.to_owned(),
+        field: e.field.to_owned(),
+        value: e.value.clone(),
+        version: seq,
+    };
+    tx.append_feed(seq, place.village, &ctx.auth.device_id, &item)?;
+    let value = Some(e.value.clone());
+    Ok(applied(e.device_seq, Outcome::Applied, seq, value, None))
+}
+
+fn competitor(ctx: &PushContext<'_>, e: &FieldEdit<'_>, seq: u64) -> CompetingValue {
+    CompetingValue {
+        value: e.value.clone(),
+        user: ctx.auth.user.id.clone(),
+        device: ctx.auth.device_id.clone(),
+        received_at: ctx.received_at.clone(),
+        device_time: e.device_time.to_owned(),
+        seq,
+        clock_skewed: ctx.skewed,
+    }
+}
+
+fn open_conflict(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    e: &FieldEdit<'_>,
+    place: &Place<'_>,
+    current: Option<&StoredField>,
+) -> Result<Ack> {
+    let seq = next_seq(tx)?;
+    let Some(cur) = current else {
+        let m = "a conflict needs an existing value";
+        return Ok(rejected(e.device_seq, "invalid_state", m));
+    };
+    let held = CompetingValue {
+        value: cur.value.clone(),
+        user: cur.writer.user.clone(),
+        device: cur.writer.device.clone(),
+        received_at: cur.writer.received_at.clone(),
+        device_time: cur.writer.device_time.clone(),
+        seq: cur.version,
+        clock_skewed: cur.writer.skewed,
+    };
+    let info = ConflictInfo {
+        id: uuid::Uuid::now_v7().to_string(),
+        entity: e.entity,
+        entity_id: e.id.to_owned(),
+        household_id: place.household.to_owned(),
+        village_code: place.village.to_owned(),
+        field: e.field.to_owned(),
+        values: vec![held, competitor(ctx, e, seq)],
+        provisional: e.value.clone(),
+        status: ConflictStatus::Open,
+        resolution: None,
+        resolved_by: None,
+        version: seq,
+    };
+    commit_conflict(tx, ctx, e, place, current, info, seq, Outcome::Conflict)
+}
+
+fn join_conflict(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    e: &FieldEdit<'_>,
+    place: &Place<'_>,
+    current: Option<&StoredField>,
+    conflict: Option<ConflictInfo>,
+    resolve: bool,
+) -> Result<Ack> {
+    let seq = next_seq(tx)?;
+    let Some(mut info) = conflict else {
+        let m = "no open conflict on this field";
+        return Ok(rejected(e.device_seq, "invalid_state", m));
+    };
+    info.provisional = e.value.clone();
+    info.version = seq;
+    if resolve {
+        info.status = ConflictStatus::Resolved;
+        info.resolution = Some(e.value.clone());
+        info.resolved_by = Some(ctx.auth.user.id.clone());
+        commit_conflict(tx, ctx, e, place, current, info, seq, Outcome::Applied)
+    } else {
+        info.values.push(competitor(ctx, e, seq));
+        commit_conflict(tx, ctx, e, place, current, info, seq, Outcome::Conflict)
+    }
+}
+
+/// The last step of every conflict outcome: keep the conflict, set the field (still
+/// conflicted unless resolved), tell every device in scope, and answer.
+#[allow(clippy::too_many_arguments)]
+fn commit_conflict(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    e: &FieldEdit<'_>,
+    place: &Place<'_>,
+    current: Option<&StoredField>,
+    info: ConflictInfo,
+    seq: u64,
+    outcome: Outcome,
+) -> Result<Ack> {
+    tx.save_conflict(&info)?;
+    let open = (info.status == ConflictStatus::Open).then(|| info.id.clone());
+    let stored = StoredField {
+        value: e.value.clone(),
+        version: seq,
+        writer: ctx.writer(e.device_seq, e.device_time),
+        conflict_id: open,
+    };
+    let old = current.map(|c| (&c.value, c.version));
+    write_field(tx, (e.entity, e.id, place.village, e.field), &stored, old)?;
+    let item = FeedItem::Conflict {
+        conflict: info.clone(),
+    };
+    tx.append_feed(seq, place.village, &ctx.auth.device_id, &item)?;
+    let value = Some(e.value.clone());
+    Ok(applied(e.device_seq, outcome, seq, value, Some(info)))
+}
