@@ -14,7 +14,7 @@ use zoufang_protocol::messages::{
 
 use zoufang_model::code_list::CodeList;
 
-use crate::blobs::ContentKey;
+use crate::blobs::{BlobStore, ContentKey};
 use crate::storage::{DeviceInfo, Result, Stats};
 
 /// A one-time enrolment token as stored (by its hash).
@@ -266,6 +266,8 @@ impl<T> Tx for T where
 
 /// A storage's transactions: each runs `f` and commits, or rolls back on an error.
 pub trait Transactions: Send + Sync {
+    /// Where attachment contents live (shared by every node of a deployment).
+    fn blobs(&self) -> &dyn BlobStore;
     /// A consistent snapshot for reading.
     fn read_tx(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
     /// A transaction that writes, serialised with every other writer of what it touches.

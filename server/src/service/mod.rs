@@ -12,6 +12,7 @@ pub mod pull;
 pub mod push;
 pub mod records;
 pub mod server_audit;
+mod storage;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 

@@ -6,21 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
-use serde_json::Value as Json;
-use zoufang_model::code_list::CodeList;
-use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
-use zoufang_protocol::messages::{
-    Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ConflictInfo, ContentRef,
-    ContentState, Entity, PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
-};
 
-use crate::blobs::{BlobStore, ContentKey, FsBlobStore};
-use crate::service;
-use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, Result, ServerError, Stats, Storage};
+use crate::blobs::{BlobStore, FsBlobStore};
+use crate::storage::{Result, ServerError};
 
 /// Remote wipe and the audit trails: each device's chain as uploaded (verified on arrival), and
 /// the server's own chain of administrative events. Both append-only.
@@ -271,179 +262,15 @@ impl SqliteStorage {
 }
 
 impl crate::repo::Transactions for SqliteStorage {
+    fn blobs(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
+    }
+
     fn read_tx(&self, f: &mut dyn FnMut(&mut dyn crate::repo::Tx) -> Result<()>) -> Result<()> {
         self.read(|tx| f(&mut SqliteTx(tx)))
     }
 
     fn write_tx(&self, f: &mut dyn FnMut(&mut dyn crate::repo::Tx) -> Result<()>) -> Result<()> {
         self.write(|tx| f(&mut SqliteTx(tx)))
-    }
-}
-
-impl Storage for SqliteStorage {
-    fn create_user(&self, user: &UserInfo, now: DateTime<Utc>) -> Result<()> {
-        self.write(|tx| service::admin::create_user(&mut SqliteTx(tx), user, now))
-    }
-
-    fn set_areas(&self, user_id: &str, areas: &[String]) -> Result<()> {
-        self.write(|tx| service::admin::set_areas(&mut SqliteTx(tx), user_id, areas))
-    }
-
-    fn users(&self) -> Result<Vec<UserInfo>> {
-        self.read(|tx| service::admin::users(&mut SqliteTx(tx)))
-    }
-
-    fn issue_enrollment(
-        &self,
-        user_id: &str,
-        valid_for: Duration,
-        now: DateTime<Utc>,
-    ) -> Result<String> {
-        self.write(|tx| {
-            service::admin::issue_enrollment(&mut SqliteTx(tx), user_id, valid_for, now)
-        })
-    }
-
-    fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
-        self.write(|tx| service::admin::revoke_device(&mut SqliteTx(tx), device_id, now))
-    }
-
-    fn devices(&self) -> Result<Vec<DeviceInfo>> {
-        self.read(|tx| service::admin::devices(&mut SqliteTx(tx)))
-    }
-
-    fn publish_form(&self, definition_json: &str, now: DateTime<Utc>) -> Result<(String, u32)> {
-        self.write(|tx| service::catalog::publish_form(&mut SqliteTx(tx), definition_json, now))
-    }
-
-    fn publish_code_list(&self, list: &CodeList, now: DateTime<Utc>) -> Result<()> {
-        self.write(|tx| service::catalog::publish_code_list(&mut SqliteTx(tx), list, now))
-    }
-
-    fn attachment_status(
-        &self,
-        auth: &DeviceAuth,
-        algorithm: HashAlgorithm,
-        contents: &[ContentRef],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<ContentState>> {
-        service::attachments::status(self, self.blobs.as_ref(), auth, algorithm, contents, now)
-    }
-
-    fn append_attachment(
-        &self,
-        auth: &DeviceAuth,
-        key: &ContentKey,
-        size: u64,
-        offset: u64,
-        bytes: &[u8],
-        now: DateTime<Utc>,
-    ) -> Result<ContentState> {
-        let blobs = self.blobs.as_ref();
-        service::attachments::append(self, blobs, auth, key, size, offset, bytes, now)
-    }
-
-    fn attachment_content(&self, auth: &DeviceAuth, key: &ContentKey) -> Result<Vec<u8>> {
-        service::attachments::content(self, self.blobs.as_ref(), auth, key)
-    }
-
-    fn visits_awaiting_attachments(&self) -> Result<Vec<String>> {
-        service::attachments::awaiting(self)
-    }
-
-    fn stats(&self) -> Result<Stats> {
-        self.read(|tx| service::catalog::stats(&mut SqliteTx(tx)))
-    }
-
-    fn enroll(
-        &self,
-        enrollment_token: &str,
-        device_name: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Enrolled> {
-        self.write(|tx| {
-            service::access::enroll(&mut SqliteTx(tx), enrollment_token, device_name, now)
-        })
-    }
-
-    fn authenticate(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth> {
-        self.read(|tx| service::access::authenticate(&mut SqliteTx(tx), device_token, now, false))
-    }
-
-    fn authenticate_for_audit(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth> {
-        self.read(|tx| service::access::authenticate(&mut SqliteTx(tx), device_token, now, true))
-    }
-
-    fn request_wipe(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
-        self.write(|tx| service::admin::request_wipe(&mut SqliteTx(tx), device_id, now))
-    }
-
-    fn upload_audit(
-        &self,
-        auth: &DeviceAuth,
-        request: &AuditUploadRequest,
-        now: DateTime<Utc>,
-    ) -> Result<AuditUploadResponse> {
-        self.write(|tx| service::audit::upload(&mut SqliteTx(tx), auth, request, now))
-    }
-
-    fn device_audit(&self, device_id: &str) -> Result<Vec<AuditEntry>> {
-        self.read(|tx| service::audit::device_audit(&mut SqliteTx(tx), device_id))
-    }
-
-    fn verify_audit(&self) -> Result<Vec<String>> {
-        self.read(|tx| service::audit::verify(&mut SqliteTx(tx)))
-    }
-
-    fn catalog(&self, request: &CatalogRequest) -> Result<(Vec<Json>, Vec<CodeList>)> {
-        self.read(|tx| service::catalog::catalog(&mut SqliteTx(tx), request))
-    }
-
-    fn push(
-        &self,
-        auth: &DeviceAuth,
-        changes: &[Change],
-        device_now: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Ack>> {
-        self.write(|tx| service::push::push(&mut SqliteTx(tx), auth, changes, device_now, now))
-    }
-
-    fn pull(
-        &self,
-        auth: &DeviceAuth,
-        request: &PullRequest,
-        now: DateTime<Utc>,
-    ) -> Result<PullResponse> {
-        self.read(|tx| service::pull::pull(&mut SqliteTx(tx), auth, request, now))
-    }
-
-    fn snapshot(
-        &self,
-        auth: &DeviceAuth,
-        village_code: &str,
-        now: DateTime<Utc>,
-    ) -> Result<SnapshotResponse> {
-        self.read(|tx| service::pull::snapshot(&mut SqliteTx(tx), auth, village_code, now))
-    }
-
-    fn conflicts(&self, auth: &DeviceAuth) -> Result<Vec<ConflictInfo>> {
-        self.read(|tx| service::pull::conflicts(&mut SqliteTx(tx), auth))
-    }
-
-    fn resolve_conflict(
-        &self,
-        auth: &DeviceAuth,
-        conflict_id: &str,
-        value: &Json,
-        now: DateTime<Utc>,
-    ) -> Result<ConflictInfo> {
-        self.write(|tx| {
-            service::pull::resolve_conflict(&mut SqliteTx(tx), auth, conflict_id, value, now)
-        })
-    }
-
-    fn record(&self, entity: Entity, id: &str) -> Result<Option<RecordState>> {
-        self.read(|tx| service::pull::record(&mut SqliteTx(tx), entity, id))
     }
 }
