@@ -79,6 +79,10 @@ enum Command {
     Serve {
         #[arg(long, env = "ZOUFANG_DATA")]
         data: Option<PathBuf>,
+        /// PostgreSQL instead of the SQLite file (`postgres://user@host/db`); --data then holds
+        /// only the attachment contents, which every node must share.
+        #[arg(long, env = "ZOUFANG_DATABASE")]
+        database: Option<String>,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
         /// PEM certificate chain: serve HTTPS (rustls) instead of plain HTTP. With --tls-key.
@@ -95,6 +99,9 @@ enum Command {
     Admin {
         #[arg(long, env = "ZOUFANG_DATA", global = true)]
         data: Option<PathBuf>,
+        /// PostgreSQL instead of the SQLite file, as for `serve`.
+        #[arg(long, env = "ZOUFANG_DATABASE", global = true)]
+        database: Option<String>,
         #[command(subcommand)]
         command: net::AdminCommand,
     },
@@ -459,13 +466,13 @@ fn run(cli: Cli) -> CliResult {
             let counts = open(&store)?.counts()?;
             out.emit(&counts, || format!("{counts:#?}"))
         }
-        Command::Serve { data, listen, tls_cert, tls_key, behind_proxy } => {
+        Command::Serve { data, database, listen, tls_cert, tls_key, behind_proxy } => {
             let tls = tls_cert.zip(tls_key).map(|(certificate_chain, private_key)| {
                 zoufang_server::TlsFiles { certificate_chain, private_key }
             });
-            net::serve(&data, &listen, tls, behind_proxy)
+            net::serve(&data, &database, &listen, tls, behind_proxy)
         }
-        Command::Admin { data, command } => net::admin(command, &data, &out),
+        Command::Admin { data, database, command } => net::admin(command, &data, &database, &out),
         Command::Device { server, ca_cert, command } => {
             net::device(command, &open(&store)?, &server, ca_cert.as_deref(), &out)
         }

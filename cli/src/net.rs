@@ -10,7 +10,7 @@ use serde_json::json;
 use zoufang_core::Collector;
 use zoufang_core::protocol::messages::{Role, UserInfo};
 use zoufang_core::sync::{ReqwestTransport, SyncListener, SyncPhase, SyncProgress};
-use zoufang_server::{AppState, SqliteStorage, Storage};
+use zoufang_server::{AppState, PgStorage, SqliteStorage, Storage};
 
 use crate::{CliResult, Failure, Out, fail, parse_json, read_file};
 
@@ -93,11 +93,17 @@ pub enum DeviceCommand {
     },
 }
 
-fn storage(data: &Option<PathBuf>) -> Result<SqliteStorage, Failure> {
+/// The server's storage: SQLite in the data directory, or, with `--database postgres://...`,
+/// PostgreSQL (the data directory then holds only the attachment contents, shared by nodes).
+fn storage(data: &Option<PathBuf>, database: &Option<String>) -> Result<Arc<dyn Storage>, Failure> {
     let dir = data
         .as_ref()
         .ok_or_else(|| fail("no_data_dir", "give --data DIR or set ZOUFANG_DATA"))?;
-    SqliteStorage::open(dir).map_err(|e| fail(e.code(), e.to_string()))
+    let opened: Result<Arc<dyn Storage>, zoufang_server::ServerError> = match database {
+        Some(url) => PgStorage::open(url, dir).map(|s| Arc::new(s) as Arc<dyn Storage>),
+        None => SqliteStorage::open(dir).map(|s| Arc::new(s) as Arc<dyn Storage>),
+    };
+    opened.map_err(|e| fail(e.code(), e.to_string()))
 }
 
 fn server_failure(e: zoufang_server::ServerError) -> Failure {
@@ -116,12 +122,13 @@ pub fn init_logs() {
 
 pub fn serve(
     data: &Option<PathBuf>,
+    database: &Option<String>,
     listen: &str,
     tls: Option<zoufang_server::TlsFiles>,
     behind_proxy: bool,
 ) -> CliResult {
     init_logs();
-    let storage = Arc::new(storage(data)?);
+    let storage = storage(data, database)?;
     if storage
         .catalog(&zoufang_core::protocol::messages::CatalogRequest {
             protocol: zoufang_core::protocol::messages::PROTOCOL_VERSION,
@@ -158,8 +165,13 @@ pub fn serve(
     })
 }
 
-pub fn admin(cmd: AdminCommand, data: &Option<PathBuf>, out: &Out) -> CliResult {
-    let s = storage(data)?;
+pub fn admin(
+    cmd: AdminCommand,
+    data: &Option<PathBuf>,
+    database: &Option<String>,
+    out: &Out,
+) -> CliResult {
+    let s = storage(data, database)?;
     let now = chrono::Utc::now();
     match cmd {
         AdminCommand::UserAdd { id, role, areas } => {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod blobs;
 pub mod merge;
+pub mod pg;
 pub mod repo;
 pub mod service;
 pub mod sqlite;
@@ -28,5 +29,6 @@ pub use api::{
     AppState, BackgroundServer, MAX_BODY_BYTES, RateLimits, TlsFiles, router, serve, serve_tls,
     shutdown_signal,
 };
+pub use pg::PgStorage;
 pub use sqlite::SqliteStorage;
 pub use storage::{DeviceAuth, ServerError, Storage};

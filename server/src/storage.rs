@@ -138,6 +138,16 @@ impl From<rusqlite::Error> for ServerError {
     }
 }
 
+impl From<postgres::Error> for ServerError {
+    fn from(e: postgres::Error) -> Self {
+        // The server's message and code only: a DETAIL line can quote a key's value.
+        match e.as_db_error() {
+            Some(db) => Self::Storage(format!("{} ({})", db.message(), db.code().code())),
+            None => Self::Storage(format!("database connection: {e}")),
+        }
+    }
+}
+
 impl From<BlobError> for ServerError {
     fn from(e: BlobError) -> Self {
         match e {

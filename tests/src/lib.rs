@@ -18,12 +18,112 @@ use chrono::Utc;
 use zoufang_core::protocol::messages::{Role, UserInfo};
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
-use zoufang_server::{AppState, BackgroundServer, SqliteStorage, Storage};
+use zoufang_server::{AppState, BackgroundServer, PgStorage, SqliteStorage, Storage};
+
+/// The environment variable naming a PostgreSQL cluster (a libpq connection string for an
+/// administrative database): set, the server suites run on a fresh database of it instead
+/// of SQLite. `scripts/with-postgres.sh` starts a throwaway cluster and sets it.
+pub const POSTGRES_ENV: &str = "ZOUFANG_TEST_POSTGRES";
+
+/// Which storage the suites run on.
+pub fn backend() -> &'static str {
+    if std::env::var_os(POSTGRES_ENV).is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+/// A new, empty PostgreSQL database of the test cluster, as a connection string.
+pub fn fresh_postgres_database(admin: &str) -> String {
+    let name = format!("zf_{}", uuid::Uuid::new_v4().simple());
+    let mut client = postgres::Client::connect(admin, postgres::NoTls).expect("test cluster");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("test database");
+    format!("{admin} dbname={name}")
+}
+
+/// The server storage of a test: SQLite in `dir`, or a fresh PostgreSQL database (attachment
+/// contents in `dir` either way).
+pub fn open_storage(dir: &std::path::Path) -> Arc<dyn Storage> {
+    match std::env::var(POSTGRES_ENV) {
+        Ok(admin) => {
+            let url = fresh_postgres_database(&admin);
+            Arc::new(PgStorage::open(&url, dir).expect("postgres storage"))
+        }
+        Err(_) => Arc::new(SqliteStorage::open(dir).expect("server storage")),
+    }
+}
+
+/// Where a test's server data lives, so that several server nodes can open the same: a
+/// directory (SQLite, and the attachment contents) and, on PostgreSQL, one database.
+pub struct SharedData {
+    pub dir: tempfile::TempDir,
+    database: Option<String>,
+}
+
+impl SharedData {
+    pub fn new() -> Self {
+        let database = std::env::var(POSTGRES_ENV)
+            .ok()
+            .map(|admin| fresh_postgres_database(&admin));
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            database,
+        }
+    }
+
+    /// One more node's storage over the same data.
+    pub fn open_node(&self) -> Arc<dyn Storage> {
+        match &self.database {
+            Some(url) => Arc::new(PgStorage::open(url, self.dir.path()).expect("postgres storage")),
+            None => Arc::new(SqliteStorage::open(self.dir.path()).expect("server storage")),
+        }
+    }
+}
+
+impl Default for SharedData {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A transport that sends each request to the next server of a list in turn: a device
+/// behind a load balancer that lands on another node every time.
+pub struct RoundRobin {
+    pub nodes: Vec<ReqwestTransport>,
+    next: AtomicU64,
+}
+
+impl RoundRobin {
+    pub fn new(urls: &[&str]) -> Self {
+        Self {
+            nodes: urls
+                .iter()
+                .map(|u| ReqwestTransport::new(u).expect("transport"))
+                .collect(),
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Transport for RoundRobin {
+    fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+        let n = self.next.fetch_add(1, Ordering::SeqCst) as usize;
+        match self.nodes.get(n % self.nodes.len().max(1)) {
+            Some(node) => node.send(request),
+            None => Err(TransportError {
+                message: "no server node".into(),
+            }),
+        }
+    }
+}
 
 /// A server on a loopback port, stopped when dropped.
 pub struct TestServer {
     pub url: String,
-    pub storage: Arc<SqliteStorage>,
+    pub storage: Arc<dyn Storage>,
     pub dir: tempfile::TempDir,
     _server: BackgroundServer,
 }
@@ -31,7 +131,7 @@ pub struct TestServer {
 impl TestServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let storage = Arc::new(SqliteStorage::open(dir.path()).expect("server storage"));
+        let storage = open_storage(dir.path());
         zoufang_server::publish_defaults(storage.as_ref()).expect("publish the default form");
         let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0")
             .expect("server started");

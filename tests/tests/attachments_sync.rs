@@ -21,7 +21,6 @@ use zoufang_core::sync::ReqwestTransport;
 use zoufang_core::sync::engine::{MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
 use zoufang_core::sync::{HttpRequest, HttpResponse, Transport, TransportError};
 use zoufang_core::{Collector, Error, StoreOptions};
-use zoufang_server::Storage;
 use zoufang_tests::fault_proxy::{FaultProxy, Faults};
 use zoufang_tests::{Device, TestServer, noisy_jpeg, survey_with_photo};
 

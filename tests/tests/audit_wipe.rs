@@ -9,7 +9,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use zoufang_core::protocol::messages::Role;
 use zoufang_core::{Collector, StoreOptions};
-use zoufang_server::Storage;
 use zoufang_tests::{Device, TestServer, routine_visit};
 
 const VILLAGE: &str = "513431104201";

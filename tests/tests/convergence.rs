@@ -56,7 +56,6 @@ fn ops(devices: usize) -> impl Strategy<Value = Vec<Op>> {
 }
 
 fn server_fields(server: &TestServer, h: &str) -> Map<String, Json> {
-    use zoufang_server::Storage;
     let r = server
         .storage
         .record(zoufang_core::protocol::messages::Entity::Household, h)
@@ -65,13 +64,41 @@ fn server_fields(server: &TestServer, h: &str) -> Map<String, Json> {
     r.fields.into_iter().map(|(k, v)| (k, v.value)).collect()
 }
 
+/// The server's whole feed, as a reader of every village would pull it (on either storage).
+fn server_feed(server: &TestServer) -> Vec<FeedItem> {
+    let auditor = zoufang_server::DeviceAuth {
+        device_id: "auditor".into(),
+        user: zoufang_core::protocol::messages::UserInfo {
+            id: "auditor".into(),
+            role: Role::Administrator,
+            areas: vec!["5".into()],
+        },
+    };
+    let mut cursors = std::collections::BTreeMap::new();
+    let mut items = Vec::new();
+    loop {
+        let request = zoufang_core::protocol::messages::PullRequest {
+            protocol: zoufang_core::protocol::messages::PROTOCOL_VERSION,
+            cursors: cursors.clone(),
+            limit: 1000,
+        };
+        let page = server
+            .storage
+            .pull(&auditor, &request, chrono::Utc::now())
+            .unwrap();
+        items.extend(page.entries.into_iter().map(|e| e.item));
+        cursors = page.cursors;
+        if !page.more {
+            return items;
+        }
+    }
+}
+
 /// Every (field, value) the server ever accepted or keeps in a conflict.
 fn server_history(server: &TestServer) -> BTreeSet<(String, String)> {
-    let conn = rusqlite::Connection::open(server.dir.path().join("server.db")).unwrap();
-    let mut stmt = conn.prepare("SELECT payload FROM feed").unwrap();
     let mut seen = BTreeSet::new();
-    for payload in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
-        match serde_json::from_str::<FeedItem>(&payload.unwrap()).unwrap() {
+    for item in server_feed(server) {
+        match item {
             FeedItem::Record { record } => {
                 for (f, v) in record.fields {
                     seen.insert((f, v.value.to_string()));

@@ -20,14 +20,14 @@ use zoufang_core::protocol::messages::{
 use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
-use zoufang_server::{AppState, BackgroundServer, DeviceAuth, RateLimits, SqliteStorage, Storage};
+use zoufang_server::{AppState, BackgroundServer, DeviceAuth, RateLimits, Storage};
 
 const VILLAGE: &str = "513431104201";
 const OTHER_VILLAGE: &str = "513431104202";
 
 /// A server whose clock can be moved forward (token expiry).
 struct Server {
-    storage: Arc<SqliteStorage>,
+    storage: Arc<dyn Storage>,
     days_ahead: Arc<AtomicI64>,
     http: BackgroundServer,
     _dir: tempfile::TempDir,
@@ -36,7 +36,7 @@ struct Server {
 impl Server {
     fn start(limits: RateLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+        let storage = zoufang_tests::open_storage(dir.path());
         zoufang_server::publish_defaults(storage.as_ref()).unwrap();
         let days_ahead = Arc::new(AtomicI64::new(0));
         let ahead = days_ahead.clone();

@@ -10,7 +10,7 @@ use serde_json::{Map, Value as Json, json};
 use zoufang_core::Collector;
 use zoufang_core::protocol::messages::{Entity, Role, UserInfo};
 use zoufang_core::records::NewHousehold;
-use zoufang_server::{DeviceAuth, Storage};
+use zoufang_server::DeviceAuth;
 use zoufang_tests::{Device, TestServer, obj, routine_visit};
 
 const VILLAGE: &str = "513431104201";
