@@ -25,7 +25,7 @@ cargo test -p zoufang-core --locked --test store 2>&1 | tee -a target/test.log
 # per test server. One test at a time: the tight byte budget of the 5 MB upload test does not
 # charge per-request headers, and 10 servers on one 2-core machine shrink its chunks.
 echo "== cargo test -p zoufang-tests on PostgreSQL"
-scripts/with-postgres.sh cargo test -p zoufang-tests --locked -- --test-threads=1 2>&1 | tee -a target/test.log
+scripts/with-postgres.sh cargo test -p zoufang-tests --features postgres --locked -- --test-threads=1 2>&1 | tee -a target/test.log
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 set -e
 read -r passed failed < <(awk '/^test result:/ {

@@ -14,6 +14,7 @@ macro_rules! outln {
 mod bench;
 mod bench_attachments;
 mod bench_crypto;
+mod bench_server;
 mod bench_sync;
 mod demo;
 mod net;
@@ -485,14 +486,17 @@ fn run(cli: Cli) -> CliResult {
             if suite == "sync" || suite == "all" {
                 report.extend(bench_sync::run(households, visits, devices, cli.json)?);
             }
+            if suite == "server" || suite == "all" {
+                report.extend(bench_server::run(devices, cli.json)?);
+            }
             if suite == "crypto" || suite == "all" {
                 report.extend(bench_crypto::run(households / 5, rounds, cli.json)?);
             }
             if suite == "attachments" || suite == "all" {
                 report.extend(bench_attachments::run(rounds, cli.json)?);
             }
-            if !matches!(suite.as_str(), "store" | "sync" | "crypto" | "attachments" | "all") {
-                return Err(fail("invalid_input", "--suite is store, sync, crypto, attachments or all"));
+            if !matches!(suite.as_str(), "store" | "sync" | "server" | "crypto" | "attachments" | "all") {
+                return Err(fail("invalid_input", "--suite is store, sync, server, crypto, attachments or all"));
             }
             if cli.json {
                 outln!("{}", serde_json::to_string_pretty(&json!({"benchmarks": report})).unwrap_or_default());

@@ -59,6 +59,14 @@ pub enum AdminCommand {
     Stats,
     /// Visits whose photos or signatures have not all arrived (verified) yet.
     AwaitingAttachments,
+    /// Copy this SQLite data directory's server into an empty PostgreSQL database (devices go
+    /// on syncing without enrolling again; attachment contents stay in the data directory,
+    /// which the PostgreSQL nodes then use as theirs).
+    CopyToPostgres {
+        /// The target, `postgres://user@host/db`.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,14 +114,37 @@ fn storage(data: &Option<PathBuf>, database: &Option<String>) -> Result<Arc<dyn 
     opened.map_err(|e| fail(e.code(), e.to_string()))
 }
 
+fn copy_to_postgres(data: &Option<PathBuf>, to: &str, out: &Out) -> CliResult {
+    let dir = data
+        .as_ref()
+        .ok_or_else(|| fail("no_data_dir", "give --data DIR or set ZOUFANG_DATA"))?;
+    if !dir.join("server.db").exists() {
+        return Err(fail("no_data_dir", "the data directory holds no server.db"));
+    }
+    let target = PgStorage::open(to, dir).map_err(server_failure)?;
+    let report = target.copy_from_sqlite(dir).map_err(server_failure)?;
+    let rows: u64 = report.iter().map(|(_, n)| n).sum();
+    out.emit(&report, || {
+        format!(
+            "copied {rows} rows in {} tables into PostgreSQL",
+            report.len()
+        )
+    })
+}
+
 fn server_failure(e: zoufang_server::ServerError) -> Failure {
     fail(e.code(), e.to_string())
 }
 
 /// Logs go to stderr as structured lines; `RUST_LOG` tunes them. They carry no personal data.
 pub fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The caps come last, so they win over the same targets in RUST_LOG.
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("{spec},{}", zoufang_server::LOG_CAPS))
+            .unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("info,{}", zoufang_server::LOG_CAPS))
+            });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -171,6 +202,9 @@ pub fn admin(
     database: &Option<String>,
     out: &Out,
 ) -> CliResult {
+    if let AdminCommand::CopyToPostgres { to } = &cmd {
+        return copy_to_postgres(data, to, out);
+    }
     let s = storage(data, database)?;
     let now = chrono::Utc::now();
     match cmd {
@@ -287,6 +321,7 @@ pub fn admin(
             let stats = s.stats().map_err(server_failure)?;
             out.emit(&stats, || format!("{stats:#?}"))
         }
+        AdminCommand::CopyToPostgres { .. } => Ok(()),
         AdminCommand::AwaitingAttachments => {
             let visits = s.visits_awaiting_attachments().map_err(server_failure)?;
             out.emit(&visits, || {

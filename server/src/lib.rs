@@ -11,6 +11,12 @@ pub mod sqlite;
 pub mod storage;
 
 use chrono::Utc;
+
+/// Log levels every subscriber of a server process must cap, whatever `RUST_LOG` asks:
+/// tokio-postgres logs each statement with its parameters at DEBUG, and the parameters are
+/// households' names, ID numbers and phones. `zoufang serve` and `admin` append these to their
+/// filter; an app embedding the server with its own subscriber must do the same.
+pub const LOG_CAPS: &str = "tokio_postgres=info,postgres=info";
 use zoufang_model::default_form::{HOUSEHOLD_VISIT_FORM_JSON, default_code_lists};
 
 /// Publishes the shipped household visit form and code lists if the server has no form yet,

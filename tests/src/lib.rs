@@ -47,12 +47,19 @@ pub fn fresh_postgres_database(admin: &str) -> String {
 /// The server storage of a test: SQLite in `dir`, or a fresh PostgreSQL database (attachment
 /// contents in `dir` either way).
 pub fn open_storage(dir: &std::path::Path) -> Arc<dyn Storage> {
-    match std::env::var(POSTGRES_ENV) {
-        Ok(admin) => {
-            let url = fresh_postgres_database(&admin);
-            Arc::new(PgStorage::open(&url, dir).expect("postgres storage"))
-        }
-        Err(_) => Arc::new(SqliteStorage::open(dir).expect("server storage")),
+    open_storage_at(
+        dir,
+        &std::env::var(POSTGRES_ENV)
+            .ok()
+            .map(|a| fresh_postgres_database(&a)),
+    )
+}
+
+/// A storage over `dir` and, when given, that PostgreSQL database.
+fn open_storage_at(dir: &std::path::Path, database: &Option<String>) -> Arc<dyn Storage> {
+    match database {
+        Some(url) => Arc::new(PgStorage::open(url, dir).expect("postgres storage")),
+        None => Arc::new(SqliteStorage::open(dir).expect("server storage")),
     }
 }
 
@@ -76,10 +83,7 @@ impl SharedData {
 
     /// One more node's storage over the same data.
     pub fn open_node(&self) -> Arc<dyn Storage> {
-        match &self.database {
-            Some(url) => Arc::new(PgStorage::open(url, self.dir.path()).expect("postgres storage")),
-            None => Arc::new(SqliteStorage::open(self.dir.path()).expect("server storage")),
-        }
+        open_storage_at(self.dir.path(), &self.database)
     }
 }
 
@@ -125,13 +129,17 @@ pub struct TestServer {
     pub url: String,
     pub storage: Arc<dyn Storage>,
     pub dir: tempfile::TempDir,
+    database: Option<String>,
     _server: BackgroundServer,
 }
 
 impl TestServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let storage = open_storage(dir.path());
+        let database = std::env::var(POSTGRES_ENV)
+            .ok()
+            .map(|admin| fresh_postgres_database(&admin));
+        let storage = open_storage_at(dir.path(), &database);
         zoufang_server::publish_defaults(storage.as_ref()).expect("publish the default form");
         let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0")
             .expect("server started");
@@ -139,8 +147,15 @@ impl TestServer {
             url: server.url.clone(),
             storage,
             dir,
+            database,
             _server: server,
         }
+    }
+
+    /// A second node over the same storage (nodes keep no state of their own).
+    pub fn another_node(&self) -> BackgroundServer {
+        let storage = open_storage_at(self.dir.path(), &self.database);
+        BackgroundServer::start(AppState::new(storage), "127.0.0.1:0").expect("server started")
     }
 
     /// Creates a user with areas and returns a fresh enrolment token for them.

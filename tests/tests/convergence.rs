@@ -1,6 +1,7 @@
 //! Property: devices doing random edits and syncs in random order, with random interruptions,
 //! all converge to the server's state once they sync without faults, and every value anyone
-//! typed was applied at some point or is kept in a conflict. Real server on loopback.
+//! typed was applied at some point or is kept in a conflict. Real server on loopback; in half
+//! the cases two nodes over one storage, every request landing on the other.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,7 +16,7 @@ use serde_json::{Map, Value as Json, json};
 use zoufang_core::protocol::messages::{FeedItem, Role};
 use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::SyncConfig;
-use zoufang_tests::{Device, FlakyTransport, TestServer};
+use zoufang_tests::{Device, FlakyTransport, RoundRobin, TestServer};
 
 const VILLAGE: &str = "513431104201";
 const FIELDS: [&str; 3] = ["phone", "address", "supporters_elsewhere"];
@@ -125,10 +126,16 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     #[test]
-    fn devices_converge_and_nothing_typed_is_lost((n, script) in (2usize..=4).prop_flat_map(|n| (Just(n), ops(n)))) {
+    fn devices_converge_and_nothing_typed_is_lost(
+        (n, script) in (2usize..=4).prop_flat_map(|n| (Just(n), ops(n))),
+        two_nodes in any::<bool>(),
+    ) {
         let server = TestServer::start();
+        // With two nodes over one storage, every request lands on the other node.
+        let second = two_nodes.then(|| server.another_node());
+        let urls: Vec<&str> = std::iter::once(server.url.as_str()).chain(second.as_ref().map(|s| s.url.as_str())).collect();
         let devices: Vec<Device> = (0..n).map(|i| Device::enrolled(&server, &format!("coord-{i}"), Role::Coordinator, &[VILLAGE])).collect();
-        let t = server.transport();
+        let t = RoundRobin::new(&urls);
         let h = devices[0].collector.add_household(NewHousehold {
             village_code: VILLAGE.into(),
             fields: json!({"phone": "13812345678", "address": "三组", "supporters_elsewhere": 0}).as_object().cloned().unwrap(),
@@ -153,7 +160,7 @@ proptest! {
                     match cut {
                         None => { c.sync(&t, None, None).unwrap(); }
                         Some((at, lose_answer)) => {
-                            let mut flaky = FlakyTransport::new(server.transport());
+                            let mut flaky = FlakyTransport::new(RoundRobin::new(&urls));
                             flaky.lose_answer = *lose_answer;
                             flaky.fail.lock().push(*at);
                             // A cut sync may fail; whatever it did is kept.

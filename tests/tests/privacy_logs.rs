@@ -60,8 +60,10 @@ fn household(c: &Collector, village: &str) -> zoufang_core::Result<String> {
 fn the_sync_story_at_trace_level_logs_no_personal_data() {
     let log = Captured::default();
     let writer = log.clone();
+    // Everything at TRACE, with the caps every server process applies (`LOG_CAPS`).
+    let filter = format!("trace,{}", zoufang_server::LOG_CAPS);
     tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();

@@ -10,8 +10,11 @@
 //! snapshot and never wait. Row locks per record would let writes to different villages
 //! proceed side by side, but the feed's single sequence would still need this serialisation.
 
+mod copy;
 mod devices;
 mod records;
+
+pub use copy::CopyReport;
 
 use std::path::Path;
 use std::sync::Arc;
