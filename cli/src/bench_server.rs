@@ -70,7 +70,9 @@ fn push_at_once(nodes: &[Arc<dyn Storage>], devices: usize) -> Result<(f64, Dura
         .map(|s| BackgroundServer::start(AppState::new(s.clone()), "127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| fail("io", e.to_string()))?;
-    let first = nodes.first().ok_or_else(|| fail("bench", "no server node"))?;
+    let first = nodes
+        .first()
+        .ok_or_else(|| fail("bench", "no server node"))?;
     let work = (0..devices)
         .map(|i| device_pushes(first.as_ref(), i))
         .collect::<Result<Vec<_>, _>>()?;

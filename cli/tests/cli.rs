@@ -348,6 +348,7 @@ fn the_benchmark_runs_and_reports_ratios() {
             "pull_township",
             "server_throughput",
             "weak_link",
+            "server_push_sqlite",
             "save_full_visit_aes256",
             "save_full_visit_sm4",
             "search_by_name_aes256",
@@ -358,7 +359,7 @@ fn the_benchmark_runs_and_reports_ratios() {
         ]
     );
     // Encrypted against plaintext: real ratios, measured on stores that hold the households.
-    for b in &report["benchmarks"].as_array().unwrap()[12..16] {
+    for b in &report["benchmarks"].as_array().unwrap()[13..17] {
         assert!(
             b["ratio"].as_f64().unwrap() > 0.0 && b["households"] == json!(60),
             "{b}"
@@ -371,6 +372,11 @@ fn the_benchmark_runs_and_reports_ratios() {
         "the probe pulled every household"
     );
     let weak = &report["benchmarks"][11];
+    let server = &report["benchmarks"][12];
+    assert!(
+        server["per_second"].as_f64().unwrap() > 0.0 && server["changes"] == json!(4 * 5 * 100),
+        "{server}"
+    );
     assert!(
         weak["cuts"].as_u64().unwrap() <= weak["link_seconds"].as_f64().unwrap() as u64 / 2 + 1
     );
@@ -384,11 +390,11 @@ fn the_benchmark_runs_and_reports_ratios() {
             && photo["ratio"].as_f64().unwrap() > 1.0
     );
     // Photos: a real upload, and over links that drop, little more than the photo goes up.
-    let upload = &report["benchmarks"][16];
+    let upload = &report["benchmarks"][17];
     assert!(
         upload["ratio"].as_f64().unwrap() > 0.0 && upload["bytes"].as_u64().unwrap() > 5_000_000
     );
-    for b in &report["benchmarks"].as_array().unwrap()[17..] {
+    for b in &report["benchmarks"].as_array().unwrap()[18..] {
         let ratio = b["ratio"].as_f64().unwrap();
         assert!(
             (1.0..1.3).contains(&ratio) && b["cuts"].as_u64().unwrap() > 50,

@@ -1,6 +1,8 @@
-//! The HTTP API (axum). Handlers authenticate, check the protocol version, run the storage
-//! call on the blocking pool, and answer zstd-compressed JSON. Errors are JSON with a stable
-//! code. Logs carry routes, device ids, counts and timings — never personal data.
+//! The HTTP API (axum). Handlers are thin: extractors give them the authenticated device
+//! (`Device`, `WipedDevice`) and the decoded message (`Msg`, its protocol version checked);
+//! they run the storage call on the blocking pool and answer zstd-compressed JSON. Errors are
+//! JSON with a stable code. Logs carry routes, device ids, counts and timings — never personal
+//! data. Attachment uploads and downloads are in `attachments.rs`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -9,25 +11,25 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use zoufang_protocol::audit::HashAlgorithm;
-use zoufang_protocol::frames::{FrameError, FrameReader};
 use zoufang_protocol::messages::{
-    self, AttachmentStatusRequest, AttachmentStatusResponse, CatalogRequest, CatalogResponse,
-    ChunkResponse, ConflictsResponse, ContentRef, ContentStatus, EnrollRequest, EnrollResponse,
+    self, CatalogRequest, CatalogResponse, ConflictsResponse, EnrollRequest, EnrollResponse,
     ErrorBody, ErrorDetail, PROTOCOL_VERSION, PullRequest, PushRequest, PushResponse,
     ResolveRequest, SnapshotRequest,
 };
 
+mod attachments;
+
 use crate::blobs::ContentKey;
 use crate::storage::{DeviceAuth, ServerError, Storage};
+use attachments::{attachment_status, get_attachment, put_chunk};
 
 /// Largest request body accepted, compressed.
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -256,17 +258,8 @@ fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpAddr 
 }
 
 /// The device of the bearer token. Failures count against the address's budget; past it the
-/// answer is 429 instead of 401.
-async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-) -> Result<DeviceAuth, ServerError> {
-    authenticate_as(state, headers, peer, false).await
-}
-
-/// As [`authenticate`]; with `audit_upload`, a device ordered wiped is let through to hand over
-/// its audit trail (its last words) instead of getting 410.
+/// answer is 429 instead of 401. With `audit_upload`, a device ordered wiped is let through to
+/// hand over its audit trail (its last words) instead of getting 410.
 async fn authenticate_as(
     state: &AppState,
     headers: &HeaderMap,
@@ -290,6 +283,62 @@ async fn authenticate_as(
         RateLimits::check(&state.limits.auth_failures, client_ip(state, headers, peer))?;
     }
     result
+}
+
+/// The device of the bearer token, as a handler argument: failures count against the
+/// address's budget (429 past it, 401 before).
+struct Device(DeviceAuth);
+
+impl FromRequestParts<AppState> for Device {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        device_of(parts, state, false).await.map(Self)
+    }
+}
+
+/// As [`Device`], letting a device ordered wiped through: its audit upload is the wipe's last
+/// words.
+struct WipedDevice(DeviceAuth);
+
+impl FromRequestParts<AppState> for WipedDevice {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        device_of(parts, state, true).await.map(Self)
+    }
+}
+
+async fn device_of(
+    parts: &Parts,
+    state: &AppState,
+    audit_upload: bool,
+) -> Result<DeviceAuth, Response> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .ok_or_else(|| ApiError(ServerError::Storage("no peer address".into())).into_response())?;
+    authenticate_as(state, &parts.headers, peer, audit_upload)
+        .await
+        .map_err(|e| ApiError(e).into_response())
+}
+
+/// A protocol message in the body, decoded after its version is checked; with the body's
+/// compressed size, for the logs.
+struct Msg<T>(T, usize);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Msg<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Response> {
+        // axum's body limit answers 413 from here.
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let value = message(&body).map_err(|e| ApiError(e).into_response())?;
+        Ok(Self(value, body.len()))
+    }
 }
 
 async fn enroll(
@@ -316,12 +365,9 @@ async fn enroll(
 
 async fn catalog(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    Device(auth): Device,
+    Msg(mut req, _): Msg<CatalogRequest>,
 ) -> ApiResult {
-    let auth = authenticate(&state, &headers, peer).await?;
-    let mut req: CatalogRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let (forms, code_lists, audit) = blocking(move || {
         let audit = match req.audit.take() {
@@ -352,13 +398,10 @@ async fn catalog(
 
 async fn push(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    Device(auth): Device,
+    Msg(req, bytes): Msg<PushRequest>,
 ) -> ApiResult {
     let started = Instant::now();
-    let auth = authenticate(&state, &headers, peer).await?;
-    let req: PushRequest = message(&body)?;
     if req.device_id != auth.device_id {
         tracing::warn!(device = %auth.device_id, "push refused: the body names another device");
         return Err(ServerError::Forbidden(
@@ -381,7 +424,7 @@ async fn push(
     let device = auth.device_id.clone();
     let count = req.changes.len();
     let acks = blocking(move || storage.push(&auth, &req.changes, device_now, now)).await?;
-    tracing::info!(device = %device, changes = count, bytes = body.len(), ms = started.elapsed().as_millis() as u64, "push");
+    tracing::info!(device = %device, changes = count, bytes = bytes, ms = started.elapsed().as_millis() as u64, "push");
     reply(&PushResponse {
         protocol: PROTOCOL_VERSION,
         server_time: now.to_rfc3339(),
@@ -391,13 +434,10 @@ async fn push(
 
 async fn pull(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    Device(auth): Device,
+    Msg(req, _): Msg<PullRequest>,
 ) -> ApiResult {
     let started = Instant::now();
-    let auth = authenticate(&state, &headers, peer).await?;
-    let req: PullRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let device = auth.device_id.clone();
     let response = blocking(move || storage.pull(&auth, &req, now)).await?;
@@ -407,12 +447,9 @@ async fn pull(
 
 async fn snapshot(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    Device(auth): Device,
+    Msg(req, _): Msg<SnapshotRequest>,
 ) -> ApiResult {
-    let auth = authenticate(&state, &headers, peer).await?;
-    let req: SnapshotRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let device = auth.device_id.clone();
     let response = blocking(move || storage.snapshot(&auth, &req.village_code, now)).await?;
@@ -420,12 +457,7 @@ async fn snapshot(
     reply(&response)
 }
 
-async fn conflicts(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> ApiResult {
-    let auth = authenticate(&state, &headers, peer).await?;
+async fn conflicts(State(state): State<AppState>, Device(auth): Device) -> ApiResult {
     let storage = state.storage.clone();
     let conflicts = blocking(move || storage.conflicts(&auth)).await?;
     reply(&ConflictsResponse {
@@ -436,13 +468,10 @@ async fn conflicts(
 
 async fn resolve(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Device(auth): Device,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Msg(req, _): Msg<ResolveRequest>,
 ) -> ApiResult {
-    let auth = authenticate(&state, &headers, peer).await?;
-    let req: ResolveRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let user = auth.user.id.clone();
     let resolved = blocking(move || storage.resolve_conflict(&auth, &id, &req.value, now)).await?;
@@ -452,221 +481,15 @@ async fn resolve(
 
 async fn audit(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    WipedDevice(auth): WipedDevice,
+    Msg(req, _): Msg<messages::AuditUploadRequest>,
 ) -> ApiResult {
-    let auth = authenticate_as(&state, &headers, peer, true).await?;
-    let req: messages::AuditUploadRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let device = auth.device_id.clone();
     let count = req.entries.len();
     let response = blocking(move || storage.upload_audit(&auth, &req, now)).await?;
     tracing::info!(device = %device, entries = count, through = response.accepted_through, broken = response.chain_break.is_some(), "audit upload");
     reply(&response)
-}
-
-fn content_key(algorithm: &str, hash: &str) -> Result<ContentKey, ServerError> {
-    HashAlgorithm::parse(algorithm)
-        .and_then(|alg| ContentKey::new(alg, hash))
-        .ok_or_else(|| {
-            ServerError::bad(
-                "bad_content_name",
-                "a content is named by sha256 or sm3 and a lowercase hex digest",
-            )
-        })
-}
-
-async fn attachment_status(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let auth = authenticate(&state, &headers, peer).await?;
-    let req: AttachmentStatusRequest = message(&body)?;
-    if req.contents.len() > MAX_STATUS_CONTENTS {
-        return Err(ServerError::bad(
-            "too_many_contents",
-            format!("at most {MAX_STATUS_CONTENTS} contents per status request"),
-        )
-        .into());
-    }
-    for c in &req.contents {
-        if let Some(key) = ContentKey::new(req.hash_algorithm, &c.content_hash) {
-            state.uploads.settled(&key).await;
-        }
-    }
-    let (storage, now) = (state.storage.clone(), (state.clock)());
-    let contents =
-        blocking(move || storage.attachment_status(&auth, req.hash_algorithm, &req.contents, now))
-            .await?;
-    reply(&AttachmentStatusResponse {
-        protocol: PROTOCOL_VERSION,
-        contents,
-    })
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct ChunkQuery {
-    offset: u64,
-    /// The content's size, as the uploading device's visit names it.
-    size: u64,
-}
-
-/// `PUT /v1/attachments/{algorithm}/{hash}?offset=N&size=S`, a framed body
-/// (`core::sync::frames`).
-/// Every whole frame that arrives with a sound checksum is kept, even when the connection
-/// drops mid-chunk or a later frame is corrupt; the device then asks how far the server got.
-async fn put_chunk(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((algorithm, hash)): Path<(String, String)>,
-    Query(query): Query<ChunkQuery>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> ApiResult {
-    let auth = authenticate(&state, &headers, peer).await?;
-    let key = content_key(&algorithm, &hash)?;
-    let (storage, now) = (state.storage.clone(), (state.clock)());
-    let receiving = tokio::time::timeout(STATUS_WAIT, state.uploads.lock_of(&key).lock_owned())
-        .await
-        .map_err(|_| ServerError::Conflict {
-            code: "upload_busy",
-            message: "another chunk of this content is being received".into(),
-        })?;
-    // A wrong offset is refused before a byte of the body is read.
-    let held = {
-        let (storage, auth, key) = (storage.clone(), auth.clone(), key.clone());
-        let asked = [ContentRef {
-            content_hash: key.hash().to_owned(),
-            size_bytes: query.size,
-        }];
-        blocking(move || storage.attachment_status(&auth, key.algorithm, &asked, now))
-            .await?
-            .pop()
-            .ok_or_else(|| ServerError::Storage("no status for a content".into()))?
-    };
-    match held.status {
-        ContentStatus::Unknown => {
-            return Err(ServerError::NotFound("attachment content".into()).into());
-        }
-        ContentStatus::Complete => {
-            return reply(&ChunkResponse {
-                protocol: PROTOCOL_VERSION,
-                received: held.received,
-                complete: true,
-            });
-        }
-        ContentStatus::Receiving if held.received != query.offset => {
-            return Err(ServerError::Conflict {
-                code: "offset_mismatch",
-                message: format!(
-                    "the chunk starts at {} but the server holds {} bytes",
-                    query.offset, held.received
-                ),
-            }
-            .into());
-        }
-        ContentStatus::Receiving => {}
-    }
-    let device = auth.device_id.clone();
-    // Its own task: when the connection drops, axum drops this handler, but what arrived
-    // before the cut must still be written.
-    let task = tokio::spawn(async move {
-        let _receiving = receiving;
-        let mut frames = FrameReader::new();
-        let mut stream = body.into_data_stream();
-        let mut cut = false;
-        loop {
-            let Ok(piece) = tokio::time::timeout(CHUNK_IDLE, stream.next()).await else {
-                cut = true;
-                break;
-            };
-            let Some(piece) = piece else { break };
-            match piece {
-                Ok(bytes) => {
-                    if frames.push(&bytes).is_err() {
-                        break;
-                    }
-                    if frames.content().len() > MAX_CHUNK_CONTENT {
-                        return Err(ServerError::bad(
-                            "chunk_too_long",
-                            format!("at most {MAX_CHUNK_CONTENT} bytes per chunk"),
-                        ));
-                    }
-                }
-                Err(_) => {
-                    cut = true;
-                    break;
-                }
-            }
-        }
-        let (content, outcome) = frames.finish();
-        let stored = if content.is_empty() {
-            held
-        } else {
-            let (offset, size) = (query.offset, query.size);
-            blocking(move || storage.append_attachment(&auth, &key, size, offset, &content, now))
-                .await?
-        };
-        Ok((stored, outcome, cut))
-    });
-    let (stored, outcome, cut) = task
-        .await
-        .map_err(|_| ServerError::Storage("an upload task failed".into()))??;
-    tracing::debug!(device = %device, received = stored.received, cut, "attachment chunk");
-    match outcome {
-        Err(FrameError::Checksum | FrameError::Length) => {
-            tracing::warn!(device = %device, "a corrupt attachment chunk was refused after its sound frames");
-            Err(ServerError::Unprocessable {
-                code: "chunk_corrupt",
-                message: format!(
-                    "a frame of the chunk was damaged on the way; the server holds {} bytes",
-                    stored.received
-                ),
-            }
-            .into())
-        }
-        Err(FrameError::Truncated) => Err(ServerError::bad(
-            "chunk_truncated",
-            format!(
-                "the chunk ended inside a frame; the server holds {} bytes",
-                stored.received
-            ),
-        )
-        .into()),
-        Ok(()) => reply(&ChunkResponse {
-            protocol: PROTOCOL_VERSION,
-            received: stored.received,
-            complete: stored.status == ContentStatus::Complete,
-        }),
-    }
-}
-
-/// `GET /v1/attachments/{algorithm}/{hash}`: a complete content, to a user whose areas cover a
-/// visit that names it (404 to anyone else, as if it did not exist).
-async fn get_attachment(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((algorithm, hash)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> ApiResult {
-    let auth = authenticate(&state, &headers, peer).await?;
-    let key = content_key(&algorithm, &hash)?;
-    let storage = state.storage.clone();
-    let device = auth.device_id.clone();
-    let bytes = blocking(move || storage.attachment_content(&auth, &key)).await?;
-    tracing::info!(device = %device, bytes = bytes.len(), "attachment served");
-    Ok((
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        )],
-        bytes,
-    )
-        .into_response())
 }
 
 async fn health() -> &'static str {
