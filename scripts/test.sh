@@ -22,8 +22,8 @@ echo "== cargo test -p zoufang-core (built without the sqlcipher feature)"
 cargo test -p zoufang-core --locked --test store 2>&1 | tee -a target/test.log
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # The end-to-end server suites once more, on PostgreSQL: a throwaway cluster, a fresh database
-# per test server. One test at a time: the tight byte budget of the 5 MB upload test does not
-# charge per-request headers, and 10 servers on one 2-core machine shrink its chunks.
+# per test server. One test at a time: ten servers with their connection pools on a 2-core
+# machine would measure the machine, not the server.
 echo "== cargo test -p zoufang-tests on PostgreSQL"
 scripts/with-postgres.sh cargo test -p zoufang-tests --features postgres --locked -- --test-threads=1 2>&1 | tee -a target/test.log
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

@@ -13,8 +13,6 @@ use rusqlite_migration::{M, Migrations};
 use crate::blobs::{BlobStore, FsBlobStore};
 use crate::storage::{Result, ServerError};
 
-/// Remote wipe and the audit trails: each device's chain as uploaded (verified on arrival), and
-/// the server's own chain of administrative events. Both append-only.
 /// Attachments: which contents each visit names, and the contents held whole and verified (the
 /// bytes themselves are in the blob store).
 const SCHEMA_V3: &str = r#"
@@ -45,6 +43,8 @@ const AWAITING_ATTACHMENTS_COUNT: &str = "SELECT count(DISTINCT va.visit_id) FRO
      WHERE NOT EXISTS (SELECT 1 FROM contents c
                        WHERE c.hash_algorithm = va.hash_algorithm AND c.content_hash = va.content_hash)";
 
+/// Remote wipe and the audit trails: each device's chain as uploaded (verified on arrival), and
+/// the server's own chain of administrative events. Both append-only.
 const SCHEMA_V2: &str = r#"
 ALTER TABLE devices ADD COLUMN wipe_requested_at TEXT;
 ALTER TABLE devices ADD COLUMN wiped_at TEXT;
