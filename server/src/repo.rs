@@ -304,3 +304,78 @@ pub fn read<T>(db: &dyn Transactions, f: impl FnOnce(&mut dyn Tx) -> Result<T>) 
 pub fn write<T>(db: &dyn Transactions, f: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Result<T> {
     run(db, true, f)
 }
+
+// ----- what every storage needs the same way ----------------------------------------------
+
+/// A stored sequence number or count as the databases' signed 64-bit integer.
+pub(crate) fn to_db(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored sequence number or count back (never negative as written).
+pub(crate) fn from_db(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// The upper bound of an area's range: codes are ASCII digits compared bytewise, so every code
+/// starting with `prefix` sorts in [prefix, prefix + '~').
+pub(crate) fn area_upper(prefix: &str) -> String {
+    format!("{prefix}~")
+}
+
+/// A user row (id, role, areas as JSON).
+pub(crate) fn user_from_row(id: String, role: &str, areas: &str) -> Result<UserInfo> {
+    Ok(UserInfo {
+        id,
+        role: zoufang_protocol::messages::Role::parse(role)
+            .ok_or_else(|| crate::storage::ServerError::Storage("unknown role stored".into()))?,
+        areas: serde_json::from_str(areas)?,
+    })
+}
+
+/// The kind column of a feed entry.
+pub(crate) fn feed_kind(item: &FeedItem) -> &'static str {
+    match item {
+        FeedItem::Record { .. } => "record",
+        FeedItem::Field { .. } => "field",
+        FeedItem::Conflict { .. } => "conflict",
+        FeedItem::Visit { .. } => "visit",
+        FeedItem::VisitStatus { .. } => "visit_status",
+    }
+}
+
+/// A village's records from its record rows (entity, id, household) and field rows (entity,
+/// id, field, value JSON, version); fields of records not listed are left out.
+pub(crate) fn assemble_records(
+    village: &str,
+    records: Vec<(String, String, Option<String>)>,
+    fields: Vec<(String, String, String, String, u64)>,
+) -> Result<Vec<RecordState>> {
+    let mut out: std::collections::BTreeMap<(Entity, String), RecordState> =
+        std::collections::BTreeMap::new();
+    for (entity, id, household_id) in records {
+        let entity = Entity::parse(&entity)
+            .ok_or_else(|| crate::storage::ServerError::Storage("unknown entity stored".into()))?;
+        let record = RecordState {
+            entity,
+            id: id.clone(),
+            household_id,
+            village_code: village.to_owned(),
+            fields: std::collections::BTreeMap::new(),
+        };
+        out.insert((entity, id), record);
+    }
+    for (entity, id, field, value, version) in fields {
+        let Some(entity) = Entity::parse(&entity) else {
+            continue;
+        };
+        if let Some(rec) = out.get_mut(&(entity, id)) {
+            let fv = zoufang_protocol::messages::FieldValue {
+                value: serde_json::from_str(&value)?,
+                version,
+            };
+            rec.fields.insert(field, fv);
+        }
+    }
+    Ok(out.into_values().collect())
+}

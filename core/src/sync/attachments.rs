@@ -30,9 +30,8 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
                 }
                 if !up.checked {
                     if !self.local.content_intact(&up.content.content_hash)? {
-                        let hash = up.content.content_hash.clone();
                         self.uploads.current = None;
-                        self.content_damaged(&hash);
+                        self.content_damaged();
                         continue;
                     }
                     up.checked = true;
@@ -258,16 +257,17 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
             // sends it again.
             self.report.attachments_waiting += 1;
         } else {
-            self.content_damaged(&up.content.content_hash);
+            self.content_damaged();
         }
         self.upload_progress();
         Ok(())
     }
 
     /// Its stored bytes no longer match their name (storage gone bad): kept, reported, not sent.
-    fn content_damaged(&mut self, content_hash: &str) {
-        // Ids only: the content itself is personal data.
-        tracing::error!(content = %content_hash, "a stored attachment no longer matches its hash; kept, not sent");
+    fn content_damaged(&mut self) {
+        // No hash in the log: a photo's content hash identifies the photo (it names it on the
+        // server and in every device of the village).
+        tracing::error!("a stored attachment no longer matches its hash; kept, not sent");
         self.report.attachments_damaged += 1;
     }
 }

@@ -3,24 +3,15 @@
 
 use zoufang_model::code_list::CodeList;
 use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
-use zoufang_protocol::messages::{Role, UserInfo};
+use zoufang_protocol::messages::UserInfo;
 
-use super::{PgTx, int, nat};
+use super::PgTx;
 use crate::blobs::ContentKey;
 use crate::repo::{
     AuditRepo, CatalogRepo, ContentsRepo, DeviceRecord, DevicesRepo, EnrollmentToken, NewDevice,
-    ServerAuditRepo, UsersRepo,
+    ServerAuditRepo, UsersRepo, from_db, to_db, user_from_row,
 };
-use crate::storage::{DeviceInfo, Result, ServerError, Stats};
-
-fn to_user(id: String, role: &str, areas: &str) -> Result<UserInfo> {
-    Ok(UserInfo {
-        id,
-        role: Role::parse(role)
-            .ok_or_else(|| ServerError::Storage("unknown role stored".into()))?,
-        areas: serde_json::from_str(areas)?,
-    })
-}
+use crate::storage::{DeviceInfo, Result, Stats};
 
 impl UsersRepo for PgTx<'_, '_> {
     fn insert_user(&mut self, user: &UserInfo, created_at: &str) -> Result<bool> {
@@ -43,7 +34,7 @@ impl UsersRepo for PgTx<'_, '_> {
         self.0
             .query("SELECT id, role, areas FROM users ORDER BY id", &[])?
             .iter()
-            .map(|r| to_user(r.get(0), r.get(1), r.get(2)))
+            .map(|r| user_from_row(r.get(0), r.get(1), r.get(2)))
             .collect()
     }
 
@@ -53,7 +44,7 @@ impl UsersRepo for PgTx<'_, '_> {
                 "SELECT id, role, areas FROM users WHERE id = $1",
                 &[&user_id],
             )?
-            .map(|r| to_user(r.get(0), r.get(1), r.get(2)))
+            .map(|r| user_from_row(r.get(0), r.get(1), r.get(2)))
             .transpose()
     }
 }
@@ -115,7 +106,7 @@ impl DevicesRepo for PgTx<'_, '_> {
                     token_expires_at: r.get(1),
                     revoked_at: r.get(2),
                     wipe_requested_at: r.get(3),
-                    user: to_user(r.get(4), r.get(5), r.get(6))?,
+                    user: user_from_row(r.get(4), r.get(5), r.get(6))?,
                 })
             })
             .transpose()
@@ -167,13 +158,13 @@ impl ServerAuditRepo for PgTx<'_, '_> {
                 "SELECT seq, hash FROM server_audit ORDER BY seq DESC LIMIT 1",
                 &[],
             )?
-            .map(|r| (nat(r.get(0)), r.get(1))))
+            .map(|r| (from_db(r.get(0)), r.get(1))))
     }
 
     fn append_server_audit(&mut self, e: &AuditEntry) -> Result<()> {
         self.0.execute(
             "INSERT INTO server_audit (seq, entry, hash) VALUES ($1, $2, $3)",
-            &[&int(e.seq), &serde_json::to_string(e)?, &e.hash],
+            &[&to_db(e.seq), &serde_json::to_string(e)?, &e.hash],
         )?;
         Ok(())
     }
@@ -269,7 +260,7 @@ impl CatalogRepo for PgTx<'_, '_> {
                                         WHERE c.hash_algorithm = va.hash_algorithm AND c.content_hash = va.content_hash))",
             &[],
         )?;
-        let n = |i: usize| nat(row.get(i));
+        let n = |i: usize| from_db(row.get(i));
         Ok(Stats {
             households: n(0),
             members: n(1),
@@ -295,7 +286,7 @@ impl AuditRepo for PgTx<'_, '_> {
                 "SELECT seq, hash, chain_hash FROM device_audit WHERE device_id = $1 ORDER BY seq DESC LIMIT 1",
                 &[&device_id],
             )?
-            .map(|r| (nat(r.get(0)), r.get(1), HashAlgorithm::parse(r.get(2)))))
+            .map(|r| (from_db(r.get(0)), r.get(1), HashAlgorithm::parse(r.get(2)))))
     }
 
     fn device_audit_hash(&mut self, device_id: &str, seq: u64) -> Result<Option<String>> {
@@ -303,7 +294,7 @@ impl AuditRepo for PgTx<'_, '_> {
             .0
             .query_opt(
                 "SELECT hash FROM device_audit WHERE device_id = $1 AND seq = $2",
-                &[&device_id, &int(seq)],
+                &[&device_id, &to_db(seq)],
             )?
             .map(|r| r.get(0)))
     }
@@ -317,7 +308,7 @@ impl AuditRepo for PgTx<'_, '_> {
     ) -> Result<()> {
         self.0.execute(
             "INSERT INTO device_audit (device_id, seq, chain_hash, entry, hash, received_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&device_id, &int(e.seq), &algorithm.as_str(), &serde_json::to_string(e)?, &e.hash, &received_at],
+            &[&device_id, &to_db(e.seq), &algorithm.as_str(), &serde_json::to_string(e)?, &e.hash, &received_at],
         )?;
         Ok(())
     }
@@ -401,7 +392,7 @@ impl ContentsRepo for PgTx<'_, '_> {
                 &[&key.algorithm.as_str(), &key.hash()],
             )?
             .iter()
-            .map(|r| (r.get(0), nat(r.get(1))))
+            .map(|r| (r.get(0), from_db(r.get(1))))
             .collect())
     }
 
@@ -419,7 +410,7 @@ impl ContentsRepo for PgTx<'_, '_> {
         self.0.execute(
             "INSERT INTO contents (hash_algorithm, content_hash, size_bytes, stored_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",
-            &[&key.algorithm.as_str(), &key.hash(), &int(size), &at],
+            &[&key.algorithm.as_str(), &key.hash(), &to_db(size), &at],
         )?;
         Ok(())
     }

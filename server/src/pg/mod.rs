@@ -157,11 +157,3 @@ impl Transactions for PgStorage {
         Ok(())
     }
 }
-
-fn int(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn nat(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}

@@ -1,24 +1,16 @@
 //! Records and their fields, the feed and checksums, conflicts, visits and the devices'
 //! acknowledged changes, in PostgreSQL.
 
-use std::collections::BTreeMap;
-
 use zoufang_protocol::messages::{
-    Ack, ConflictInfo, ConflictStatus, Entity, FeedEntry, FeedItem, FieldValue, RecordState,
-    VisitRecord,
+    Ack, ConflictInfo, ConflictStatus, Entity, FeedEntry, FeedItem, RecordState, VisitRecord,
 };
 
-use super::{PgTx, int, nat};
+use super::PgTx;
 use crate::repo::{
     ConflictsRepo, DeviceChangesRepo, FeedRepo, RecordsRepo, StoredField, StoredWriter, VisitsRepo,
+    area_upper, assemble_records, feed_kind, from_db, to_db,
 };
-use crate::storage::{Result, ServerError};
-
-/// Codes are ASCII digits and compare bytewise (COLLATE "C"): every code starting with
-/// `prefix` sorts in [prefix, prefix + '~').
-fn area_upper(prefix: &str) -> String {
-    format!("{prefix}~")
-}
+use crate::storage::Result;
 
 impl RecordsRepo for PgTx<'_, '_> {
     fn record_created(&mut self, entity: Entity, id: &str) -> Result<Option<u64>> {
@@ -28,7 +20,7 @@ impl RecordsRepo for PgTx<'_, '_> {
                 "SELECT created_seq FROM records WHERE entity = $1 AND id = $2",
                 &[&entity.as_str(), &id],
             )?
-            .map(|r| nat(r.get(0))))
+            .map(|r| from_db(r.get(0))))
     }
 
     fn locate(&mut self, entity: Entity, id: &str) -> Result<Option<(String, String)>> {
@@ -51,7 +43,7 @@ impl RecordsRepo for PgTx<'_, '_> {
     ) -> Result<()> {
         self.0.execute(
             "INSERT INTO records (entity, id, household_id, village_code, created_seq) VALUES ($1, $2, $3, $4, $5)",
-            &[&entity.as_str(), &id, &household_id, &village, &int(created_seq)],
+            &[&entity.as_str(), &id, &household_id, &village, &to_db(created_seq)],
         )?;
         Ok(())
     }
@@ -66,10 +58,10 @@ impl RecordsRepo for PgTx<'_, '_> {
             .map(|r| {
                 Ok(StoredField {
                     value: serde_json::from_str(r.get(0))?,
-                    version: nat(r.get(1)),
+                    version: from_db(r.get(1)),
                     writer: StoredWriter {
                         device: r.get(2),
-                        seq: nat(r.get(3)),
+                        seq: from_db(r.get(3)),
                         user: r.get(4),
                         received_at: r.get(5),
                         device_time: r.get(6),
@@ -93,9 +85,9 @@ impl RecordsRepo for PgTx<'_, '_> {
                 &id,
                 &field,
                 &f.value.to_string(),
-                &int(f.version),
+                &to_db(f.version),
                 &w.device,
-                &int(w.seq),
+                &to_db(w.seq),
                 &w.user,
                 &w.received_at,
                 &w.device_time,
@@ -107,42 +99,26 @@ impl RecordsRepo for PgTx<'_, '_> {
     }
 
     fn village_records(&mut self, village: &str) -> Result<Vec<RecordState>> {
-        let mut records: BTreeMap<(Entity, String), RecordState> = BTreeMap::new();
-        let rows = self.0.query(
-            "SELECT entity, id, household_id FROM records WHERE village_code = $1",
-            &[&village],
-        )?;
-        for r in &rows {
-            let entity = Entity::parse(r.get(0))
-                .ok_or_else(|| ServerError::Storage("unknown entity stored".into()))?;
-            let id: String = r.get(1);
-            let record = RecordState {
-                entity,
-                id: id.clone(),
-                household_id: r.get(2),
-                village_code: village.to_owned(),
-                fields: BTreeMap::new(),
-            };
-            records.insert((entity, id), record);
-        }
-        let rows = self.0.query(
-            "SELECT f.entity, f.id, f.field, f.value, f.version FROM fields f
-             JOIN records r ON r.entity = f.entity AND r.id = f.id WHERE r.village_code = $1",
-            &[&village],
-        )?;
-        for r in &rows {
-            let Some(entity) = Entity::parse(r.get(0)) else {
-                continue;
-            };
-            if let Some(rec) = records.get_mut(&(entity, r.get::<_, String>(1))) {
-                let fv = FieldValue {
-                    value: serde_json::from_str(r.get(3))?,
-                    version: nat(r.get(4)),
-                };
-                rec.fields.insert(r.get(2), fv);
-            }
-        }
-        Ok(records.into_values().collect())
+        let records = self
+            .0
+            .query(
+                "SELECT entity, id, household_id FROM records WHERE village_code = $1",
+                &[&village],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let fields = self
+            .0
+            .query(
+                "SELECT f.entity, f.id, f.field, f.value, f.version FROM fields f
+                 JOIN records r ON r.entity = f.entity AND r.id = f.id WHERE r.village_code = $1",
+                &[&village],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), from_db(r.get(4))))
+            .collect();
+        assemble_records(village, records, fields)
     }
 }
 
@@ -151,7 +127,7 @@ impl FeedRepo for PgTx<'_, '_> {
         let row = self
             .0
             .query_one("SELECT coalesce(max(seq), 0)::BIGINT FROM feed", &[])?;
-        Ok(nat(row.get(0)))
+        Ok(from_db(row.get(0)))
     }
 
     fn append_feed(
@@ -161,16 +137,10 @@ impl FeedRepo for PgTx<'_, '_> {
         origin: &str,
         item: &FeedItem,
     ) -> Result<()> {
-        let kind = match item {
-            FeedItem::Record { .. } => "record",
-            FeedItem::Field { .. } => "field",
-            FeedItem::Conflict { .. } => "conflict",
-            FeedItem::Visit { .. } => "visit",
-            FeedItem::VisitStatus { .. } => "visit_status",
-        };
+        let kind = feed_kind(item);
         self.0.execute(
             "INSERT INTO feed (seq, village_code, origin_device, kind, payload) VALUES ($1, $2, $3, $4, $5)",
-            &[&int(seq), &village, &origin, &kind, &serde_json::to_string(item)?],
+            &[&to_db(seq), &village, &origin, &kind, &serde_json::to_string(item)?],
         )?;
         Ok(())
     }
@@ -190,18 +160,18 @@ impl FeedRepo for PgTx<'_, '_> {
                    AND (origin_device != $5 OR kind = 'conflict')
                  ORDER BY seq LIMIT $6",
                 &[
-                    &int(after),
-                    &int(through),
+                    &to_db(after),
+                    &to_db(through),
                     &area,
                     &area_upper(area),
                     &device,
-                    &int(limit as u64),
+                    &to_db(limit as u64),
                 ],
             )?
             .iter()
             .map(|r| {
                 Ok(FeedEntry {
-                    seq: nat(r.get(0)),
+                    seq: from_db(r.get(0)),
                     village_code: r.get(1),
                     item: serde_json::from_str(r.get(2))?,
                 })
@@ -282,7 +252,7 @@ impl VisitsRepo for PgTx<'_, '_> {
                 "SELECT village_code, seq, body FROM visits WHERE id = $1",
                 &[&id],
             )?
-            .map(|r| Ok((r.get(0), nat(r.get(1)), serde_json::from_str(r.get(2))?)))
+            .map(|r| Ok((r.get(0), from_db(r.get(1)), serde_json::from_str(r.get(2))?)))
             .transpose()
     }
 
@@ -292,7 +262,7 @@ impl VisitsRepo for PgTx<'_, '_> {
             &[
                 &visit.id,
                 &visit.village_code,
-                &int(seq),
+                &to_db(seq),
                 &serde_json::to_string(visit)?,
             ],
         )?;
@@ -300,7 +270,7 @@ impl VisitsRepo for PgTx<'_, '_> {
             self.0.execute(
                 "INSERT INTO visit_attachments (visit_id, attachment_id, hash_algorithm, content_hash, size_bytes)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[&visit.id, &a.id, &a.hash_algorithm.as_str(), &a.content_hash, &int(a.size_bytes)],
+                &[&visit.id, &a.id, &a.hash_algorithm.as_str(), &a.content_hash, &to_db(a.size_bytes)],
             )?;
         }
         Ok(())
@@ -309,7 +279,7 @@ impl VisitsRepo for PgTx<'_, '_> {
     fn update_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()> {
         self.0.execute(
             "UPDATE visits SET body = $2, seq = $3 WHERE id = $1",
-            &[&visit.id, &serde_json::to_string(visit)?, &int(seq)],
+            &[&visit.id, &serde_json::to_string(visit)?, &to_db(seq)],
         )?;
         Ok(())
     }
@@ -320,7 +290,7 @@ impl DeviceChangesRepo for PgTx<'_, '_> {
         self.0
             .query_opt(
                 "SELECT ack FROM device_changes WHERE device_id = $1 AND seq = $2",
-                &[&device_id, &int(seq)],
+                &[&device_id, &to_db(seq)],
             )?
             .map(|r| Ok(serde_json::from_str(r.get(0))?))
             .transpose()
@@ -329,7 +299,7 @@ impl DeviceChangesRepo for PgTx<'_, '_> {
     fn record_ack(&mut self, device_id: &str, seq: u64, ack: &Ack) -> Result<()> {
         self.0.execute(
             "INSERT INTO device_changes (device_id, seq, ack) VALUES ($1, $2, $3)",
-            &[&device_id, &int(seq), &serde_json::to_string(ack)?],
+            &[&device_id, &to_db(seq), &serde_json::to_string(ack)?],
         )?;
         Ok(())
     }

@@ -4,12 +4,8 @@ use rusqlite::{OptionalExtension, params};
 use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
 
 use super::SqliteTx;
-use crate::repo::AuditRepo;
+use crate::repo::{AuditRepo, to_db};
 use crate::storage::Result;
-
-fn seq(s: u64) -> i64 {
-    i64::try_from(s).unwrap_or(i64::MAX)
-}
 
 impl AuditRepo for SqliteTx<'_, '_> {
     fn device_audit_head(
@@ -30,7 +26,7 @@ impl AuditRepo for SqliteTx<'_, '_> {
         Ok(self
             .0
             .prepare_cached("SELECT hash FROM device_audit WHERE device_id = ?1 AND seq = ?2")?
-            .query_row(params![device_id, seq(s)], |r| r.get(0))
+            .query_row(params![device_id, to_db(s)], |r| r.get(0))
             .optional()?)
     }
 
@@ -47,7 +43,7 @@ impl AuditRepo for SqliteTx<'_, '_> {
             )?
             .execute(params![
                 device_id,
-                seq(e.seq),
+                to_db(e.seq),
                 algorithm.as_str(),
                 serde_json::to_string(e)?,
                 e.hash,

@@ -2,22 +2,14 @@
 
 use rusqlite::{OptionalExtension, params};
 use zoufang_protocol::audit::AuditEntry;
-use zoufang_protocol::messages::{Role, UserInfo};
+use zoufang_protocol::messages::UserInfo;
 
 use super::SqliteTx;
 use crate::repo::{
     DeviceRecord, DevicesRepo, EnrollmentToken, NewDevice, ServerAuditRepo, UsersRepo,
+    user_from_row,
 };
-use crate::storage::{DeviceInfo, Result, ServerError};
-
-pub(super) fn to_user(id: String, role: &str, areas: &str) -> Result<UserInfo> {
-    Ok(UserInfo {
-        id,
-        role: Role::parse(role)
-            .ok_or_else(|| ServerError::Storage("unknown role stored".into()))?,
-        areas: serde_json::from_str(areas)?,
-    })
-}
+use crate::storage::{DeviceInfo, Result};
 
 impl UsersRepo for SqliteTx<'_, '_> {
     fn insert_user(&mut self, user: &UserInfo, created_at: &str) -> Result<bool> {
@@ -46,7 +38,7 @@ impl UsersRepo for SqliteTx<'_, '_> {
             })?
             .collect::<rusqlite::Result<Vec<(String, String, String)>>>()?;
         rows.into_iter()
-            .map(|(id, role, areas)| to_user(id, &role, &areas))
+            .map(|(id, role, areas)| user_from_row(id, &role, &areas))
             .collect()
     }
 
@@ -56,7 +48,7 @@ impl UsersRepo for SqliteTx<'_, '_> {
             .prepare_cached("SELECT id, role, areas FROM users WHERE id = ?1")?
             .query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        row.map(|(id, role, areas)| to_user(id, &role, &areas))
+        row.map(|(id, role, areas)| user_from_row(id, &role, &areas))
             .transpose()
     }
 }
@@ -134,7 +126,7 @@ impl DevicesRepo for SqliteTx<'_, '_> {
                     token_expires_at,
                     revoked_at,
                     wipe_requested_at,
-                    user: to_user(uid, &role, &areas)?,
+                    user: user_from_row(uid, &role, &areas)?,
                 })
             },
         )

@@ -1,32 +1,17 @@
 //! Records and their fields, the feed and checksums, conflicts, visits and the devices'
 //! acknowledged changes, in SQLite.
 
-use std::collections::BTreeMap;
-
 use rusqlite::{OptionalExtension, params};
 use zoufang_protocol::messages::{
-    Ack, ConflictInfo, ConflictStatus, Entity, FeedEntry, FeedItem, FieldValue, RecordState,
-    VisitRecord,
+    Ack, ConflictInfo, ConflictStatus, Entity, FeedEntry, FeedItem, RecordState, VisitRecord,
 };
 
 use super::SqliteTx;
 use crate::repo::{
     ConflictsRepo, DeviceChangesRepo, FeedRepo, RecordsRepo, StoredField, StoredWriter, VisitsRepo,
+    area_upper, assemble_records, feed_kind, from_db, to_db,
 };
-use crate::storage::{Result, ServerError};
-
-fn int(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn nat(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-/// Codes are ASCII digits: every code starting with `prefix` sorts in [prefix, prefix + '~').
-fn area_upper(prefix: &str) -> String {
-    format!("{prefix}~")
-}
+use crate::storage::Result;
 
 impl RecordsRepo for SqliteTx<'_, '_> {
     fn record_created(&mut self, entity: Entity, id: &str) -> Result<Option<u64>> {
@@ -35,7 +20,7 @@ impl RecordsRepo for SqliteTx<'_, '_> {
             .prepare_cached("SELECT created_seq FROM records WHERE entity = ?1 AND id = ?2")?
             .query_row(params![entity.as_str(), id], |r| r.get(0))
             .optional()?;
-        Ok(created.map(nat))
+        Ok(created.map(from_db))
     }
 
     fn locate(&mut self, entity: Entity, id: &str) -> Result<Option<(String, String)>> {
@@ -60,7 +45,7 @@ impl RecordsRepo for SqliteTx<'_, '_> {
             .prepare_cached(
                 "INSERT INTO records (entity, id, household_id, village_code, created_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![entity.as_str(), id, household_id, village, int(created_seq)])?;
+            .execute(params![entity.as_str(), id, household_id, village, to_db(created_seq)])?;
         Ok(())
     }
 
@@ -74,10 +59,10 @@ impl RecordsRepo for SqliteTx<'_, '_> {
             .query_row(params![entity.as_str(), id, field], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
-                    nat(r.get(1)?),
+                    from_db(r.get(1)?),
                     StoredWriter {
                         device: r.get(2)?,
-                        seq: nat(r.get(3)?),
+                        seq: from_db(r.get(3)?),
                         user: r.get(4)?,
                         received_at: r.get(5)?,
                         device_time: r.get(6)?,
@@ -112,9 +97,9 @@ impl RecordsRepo for SqliteTx<'_, '_> {
                 id,
                 field,
                 f.value.to_string(),
-                int(f.version),
+                to_db(f.version),
                 w.device,
-                int(w.seq),
+                to_db(w.seq),
                 w.user,
                 w.received_at,
                 w.device_time,
@@ -125,59 +110,28 @@ impl RecordsRepo for SqliteTx<'_, '_> {
     }
 
     fn village_records(&mut self, village: &str) -> Result<Vec<RecordState>> {
-        let mut records: BTreeMap<(Entity, String), RecordState> = BTreeMap::new();
-        let mut stmt = self.0.prepare_cached(
-            "SELECT entity, id, household_id FROM records WHERE village_code = ?1",
-        )?;
-        let rows = stmt
+        let records = self
+            .0
+            .prepare_cached("SELECT entity, id, household_id FROM records WHERE village_code = ?1")?
+            .query_map([village], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let fields = self
+            .0
+            .prepare_cached(
+                "SELECT f.entity, f.id, f.field, f.value, f.version FROM fields f
+                 JOIN records r ON r.entity = f.entity AND r.id = f.id WHERE r.village_code = ?1",
+            )?
             .query_map([village], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    from_db(r.get(4)?),
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        for (entity, id, household_id) in rows {
-            let entity = Entity::parse(&entity)
-                .ok_or_else(|| ServerError::Storage("unknown entity stored".into()))?;
-            let record = RecordState {
-                entity,
-                id: id.clone(),
-                household_id,
-                village_code: village.to_owned(),
-                fields: BTreeMap::new(),
-            };
-            records.insert((entity, id), record);
-        }
-        let mut stmt = self.0.prepare_cached(
-            "SELECT f.entity, f.id, f.field, f.value, f.version FROM fields f
-             JOIN records r ON r.entity = f.entity AND r.id = f.id WHERE r.village_code = ?1",
-        )?;
-        let rows = stmt
-            .query_map([village], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for (entity, id, field, value, version) in rows {
-            let Some(entity) = Entity::parse(&entity) else {
-                continue;
-            };
-            if let Some(rec) = records.get_mut(&(entity, id)) {
-                let fv = FieldValue {
-                    value: serde_json::from_str(&value)?,
-                    version: nat(version),
-                };
-                rec.fields.insert(field, fv);
-            }
-        }
-        Ok(records.into_values().collect())
+        assemble_records(village, records, fields)
     }
 }
 
@@ -187,7 +141,7 @@ impl FeedRepo for SqliteTx<'_, '_> {
             .0
             .prepare_cached("SELECT coalesce(max(seq), 0) FROM feed")?
             .query_row([], |r| r.get(0))?;
-        Ok(nat(max))
+        Ok(from_db(max))
     }
 
     fn append_feed(
@@ -197,18 +151,12 @@ impl FeedRepo for SqliteTx<'_, '_> {
         origin: &str,
         item: &FeedItem,
     ) -> Result<()> {
-        let kind = match item {
-            FeedItem::Record { .. } => "record",
-            FeedItem::Field { .. } => "field",
-            FeedItem::Conflict { .. } => "conflict",
-            FeedItem::Visit { .. } => "visit",
-            FeedItem::VisitStatus { .. } => "visit_status",
-        };
+        let kind = feed_kind(item);
         self.0
             .prepare_cached(
                 "INSERT INTO feed (seq, village_code, origin_device, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![int(seq), village, origin, kind, serde_json::to_string(item)?])?;
+            .execute(params![to_db(seq), village, origin, kind, serde_json::to_string(item)?])?;
         Ok(())
     }
 
@@ -229,12 +177,12 @@ impl FeedRepo for SqliteTx<'_, '_> {
         let rows = stmt
             .query_map(
                 params![
-                    int(after),
-                    int(through),
+                    to_db(after),
+                    to_db(through),
                     area,
                     area_upper(area),
                     device,
-                    int(limit as u64)
+                    to_db(limit as u64)
                 ],
                 |r| {
                     Ok((
@@ -248,7 +196,7 @@ impl FeedRepo for SqliteTx<'_, '_> {
         rows.into_iter()
             .map(|(seq, village_code, payload)| {
                 Ok(FeedEntry {
-                    seq: nat(seq),
+                    seq: from_db(seq),
                     village_code,
                     item: serde_json::from_str(&payload)?,
                 })
@@ -331,7 +279,7 @@ impl VisitsRepo for SqliteTx<'_, '_> {
             .prepare_cached("SELECT village_code, seq, body FROM visits WHERE id = ?1")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        row.map(|(village, seq, body)| Ok((village, nat(seq), serde_json::from_str(&body)?)))
+        row.map(|(village, seq, body)| Ok((village, from_db(seq), serde_json::from_str(&body)?)))
             .transpose()
     }
 
@@ -343,7 +291,7 @@ impl VisitsRepo for SqliteTx<'_, '_> {
             .execute(params![
                 visit.id,
                 visit.village_code,
-                int(seq),
+                to_db(seq),
                 serde_json::to_string(visit)?
             ])?;
         for a in &visit.attachments {
@@ -357,7 +305,7 @@ impl VisitsRepo for SqliteTx<'_, '_> {
                     a.id,
                     a.hash_algorithm.as_str(),
                     a.content_hash,
-                    int(a.size_bytes)
+                    to_db(a.size_bytes)
                 ])?;
         }
         Ok(())
@@ -366,7 +314,7 @@ impl VisitsRepo for SqliteTx<'_, '_> {
     fn update_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()> {
         self.0.execute(
             "UPDATE visits SET body = ?2, seq = ?3 WHERE id = ?1",
-            params![visit.id, serde_json::to_string(visit)?, int(seq)],
+            params![visit.id, serde_json::to_string(visit)?, to_db(seq)],
         )?;
         Ok(())
     }
@@ -377,7 +325,7 @@ impl DeviceChangesRepo for SqliteTx<'_, '_> {
         let ack: Option<String> = self
             .0
             .prepare_cached("SELECT ack FROM device_changes WHERE device_id = ?1 AND seq = ?2")?
-            .query_row(params![device_id, int(seq)], |r| r.get(0))
+            .query_row(params![device_id, to_db(seq)], |r| r.get(0))
             .optional()?;
         Ok(ack.map(|a| serde_json::from_str(&a)).transpose()?)
     }
@@ -385,7 +333,7 @@ impl DeviceChangesRepo for SqliteTx<'_, '_> {
     fn record_ack(&mut self, device_id: &str, seq: u64, ack: &Ack) -> Result<()> {
         self.0
             .prepare_cached("INSERT INTO device_changes (device_id, seq, ack) VALUES (?1, ?2, ?3)")?
-            .execute(params![device_id, int(seq), serde_json::to_string(ack)?])?;
+            .execute(params![device_id, to_db(seq), serde_json::to_string(ack)?])?;
         Ok(())
     }
 
