@@ -60,7 +60,7 @@ impl PgStorage {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
         let mut conn = self.connection()?;
-        let mut tx = conn.transaction()?;
+        let mut tx = conn.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&super::WRITE_LOCK])?;
         let held: i64 = tx
             .query_one(

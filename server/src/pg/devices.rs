@@ -15,7 +15,7 @@ use crate::storage::{DeviceInfo, Result, Stats};
 
 impl UsersRepo for PgTx<'_, '_> {
     fn insert_user(&mut self, user: &UserInfo, created_at: &str) -> Result<bool> {
-        let n = self.0.execute(
+        let n = self.execute(
             "INSERT INTO users (id, role, areas, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
             &[&user.id, &user.role.as_str(), &serde_json::to_string(&user.areas)?, &created_at],
         )?;
@@ -23,7 +23,7 @@ impl UsersRepo for PgTx<'_, '_> {
     }
 
     fn set_areas(&mut self, user_id: &str, areas: &[String]) -> Result<bool> {
-        let n = self.0.execute(
+        let n = self.execute(
             "UPDATE users SET areas = $2 WHERE id = $1",
             &[&user_id, &serde_json::to_string(areas)?],
         )?;
@@ -31,21 +31,19 @@ impl UsersRepo for PgTx<'_, '_> {
     }
 
     fn users(&mut self) -> Result<Vec<UserInfo>> {
-        self.0
-            .query("SELECT id, role, areas FROM users ORDER BY id", &[])?
+        self.query("SELECT id, role, areas FROM users ORDER BY id", &[])?
             .iter()
             .map(|r| user_from_row(r.get(0), r.get(1), r.get(2)))
             .collect()
     }
 
     fn user(&mut self, user_id: &str) -> Result<Option<UserInfo>> {
-        self.0
-            .query_opt(
-                "SELECT id, role, areas FROM users WHERE id = $1",
-                &[&user_id],
-            )?
-            .map(|r| user_from_row(r.get(0), r.get(1), r.get(2)))
-            .transpose()
+        self.query_opt(
+            "SELECT id, role, areas FROM users WHERE id = $1",
+            &[&user_id],
+        )?
+        .map(|r| user_from_row(r.get(0), r.get(1), r.get(2)))
+        .transpose()
     }
 }
 
@@ -56,7 +54,7 @@ impl DevicesRepo for PgTx<'_, '_> {
         user_id: &str,
         expires_at: &str,
     ) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO enrollment_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
             &[&token_hash, &user_id, &expires_at],
         )?;
@@ -65,7 +63,6 @@ impl DevicesRepo for PgTx<'_, '_> {
 
     fn enrollment_token(&mut self, token_hash: &str) -> Result<Option<EnrollmentToken>> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT user_id, expires_at, used_at FROM enrollment_tokens WHERE token_hash = $1",
                 &[&token_hash],
@@ -78,7 +75,7 @@ impl DevicesRepo for PgTx<'_, '_> {
     }
 
     fn mark_enrollment_token_used(&mut self, token_hash: &str, at: &str) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "UPDATE enrollment_tokens SET used_at = $2 WHERE token_hash = $1",
             &[&token_hash, &at],
         )?;
@@ -86,7 +83,7 @@ impl DevicesRepo for PgTx<'_, '_> {
     }
 
     fn insert_device(&mut self, d: &NewDevice<'_>) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO devices (id, user_id, name, token_hash, token_expires_at, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6)",
             &[&d.id, &d.user_id, &d.name, &d.token_hash, &d.token_expires_at, &d.enrolled_at],
         )?;
@@ -94,7 +91,7 @@ impl DevicesRepo for PgTx<'_, '_> {
     }
 
     fn device_by_token(&mut self, token_hash: &str) -> Result<Option<DeviceRecord>> {
-        self.0
+        self
             .query_opt(
                 "SELECT d.id, d.token_expires_at, d.revoked_at, d.wipe_requested_at, u.id, u.role, u.areas
                  FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = $1",
@@ -113,7 +110,7 @@ impl DevicesRepo for PgTx<'_, '_> {
     }
 
     fn revoke_device(&mut self, device_id: &str, at: &str) -> Result<bool> {
-        let n = self.0.execute(
+        let n = self.execute(
             "UPDATE devices SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
             &[&device_id, &at],
         )?;
@@ -121,7 +118,7 @@ impl DevicesRepo for PgTx<'_, '_> {
     }
 
     fn order_wipe(&mut self, device_id: &str, at: &str) -> Result<bool> {
-        let n = self.0.execute(
+        let n = self.execute(
             "UPDATE devices SET wipe_requested_at = $2 WHERE id = $1 AND revoked_at IS NULL AND wipe_requested_at IS NULL",
             &[&device_id, &at],
         )?;
@@ -130,7 +127,6 @@ impl DevicesRepo for PgTx<'_, '_> {
 
     fn devices(&mut self) -> Result<Vec<DeviceInfo>> {
         Ok(self
-            .0
             .query(
                 "SELECT id, user_id, name, enrolled_at, token_expires_at, revoked_at, last_seen_at, clock_offset_ms FROM devices ORDER BY enrolled_at",
                 &[],
@@ -153,7 +149,6 @@ impl DevicesRepo for PgTx<'_, '_> {
 impl ServerAuditRepo for PgTx<'_, '_> {
     fn last_server_audit(&mut self) -> Result<Option<(u64, String)>> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT seq, hash FROM server_audit ORDER BY seq DESC LIMIT 1",
                 &[],
@@ -162,7 +157,7 @@ impl ServerAuditRepo for PgTx<'_, '_> {
     }
 
     fn append_server_audit(&mut self, e: &AuditEntry) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO server_audit (seq, entry, hash) VALUES ($1, $2, $3)",
             &[&to_db(e.seq), &serde_json::to_string(e)?, &e.hash],
         )?;
@@ -173,7 +168,6 @@ impl ServerAuditRepo for PgTx<'_, '_> {
 impl CatalogRepo for PgTx<'_, '_> {
     fn form_definition(&mut self, form_id: &str, version: u32) -> Result<Option<String>> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT definition FROM forms WHERE form_id = $1 AND version = $2",
                 &[&form_id, &i64::from(version)],
@@ -188,7 +182,7 @@ impl CatalogRepo for PgTx<'_, '_> {
         definition: &str,
         at: &str,
     ) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO forms (form_id, version, definition, published_at) VALUES ($1, $2, $3, $4)",
             &[&form_id, &i64::from(version), &definition, &at],
         )?;
@@ -197,7 +191,6 @@ impl CatalogRepo for PgTx<'_, '_> {
 
     fn forms(&mut self) -> Result<Vec<(String, u32, String)>> {
         Ok(self
-            .0
             .query(
                 "SELECT form_id, version, definition FROM forms ORDER BY form_id, version",
                 &[],
@@ -214,7 +207,7 @@ impl CatalogRepo for PgTx<'_, '_> {
     }
 
     fn put_code_list(&mut self, list: &CodeList, at: &str) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO code_lists (name, version, entries, published_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name, version) DO UPDATE SET entries = $3, published_at = $4",
             &[
@@ -228,25 +221,24 @@ impl CatalogRepo for PgTx<'_, '_> {
     }
 
     fn latest_code_lists(&mut self) -> Result<Vec<CodeList>> {
-        self.0
-            .query(
-                "SELECT c.name, c.version, c.entries FROM code_lists c
+        self.query(
+            "SELECT c.name, c.version, c.entries FROM code_lists c
                  WHERE c.version = (SELECT max(version) FROM code_lists d WHERE d.name = c.name)",
-                &[],
-            )?
-            .iter()
-            .map(|r| {
-                Ok(CodeList {
-                    name: r.get(0),
-                    version: u32::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-                    entries: serde_json::from_str(r.get(2))?,
-                })
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(CodeList {
+                name: r.get(0),
+                version: u32::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                entries: serde_json::from_str(r.get(2))?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     fn stats(&mut self) -> Result<Stats> {
-        let row = self.0.query_one(
+        let row = self.query_one(
             "SELECT (SELECT count(*) FROM records WHERE entity = 'household'),
                     (SELECT count(*) FROM records WHERE entity = 'member'),
                     (SELECT count(*) FROM visits),
@@ -281,7 +273,6 @@ impl AuditRepo for PgTx<'_, '_> {
         device_id: &str,
     ) -> Result<Option<(u64, String, Option<HashAlgorithm>)>> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT seq, hash, chain_hash FROM device_audit WHERE device_id = $1 ORDER BY seq DESC LIMIT 1",
                 &[&device_id],
@@ -291,7 +282,6 @@ impl AuditRepo for PgTx<'_, '_> {
 
     fn device_audit_hash(&mut self, device_id: &str, seq: u64) -> Result<Option<String>> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT hash FROM device_audit WHERE device_id = $1 AND seq = $2",
                 &[&device_id, &to_db(seq)],
@@ -306,7 +296,7 @@ impl AuditRepo for PgTx<'_, '_> {
         e: &AuditEntry,
         received_at: &str,
     ) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO device_audit (device_id, seq, chain_hash, entry, hash, received_at) VALUES ($1, $2, $3, $4, $5, $6)",
             &[&device_id, &to_db(e.seq), &algorithm.as_str(), &serde_json::to_string(e)?, &e.hash, &received_at],
         )?;
@@ -314,7 +304,7 @@ impl AuditRepo for PgTx<'_, '_> {
     }
 
     fn set_audit_alert(&mut self, device_id: &str, problem: &str) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "UPDATE devices SET audit_alert = $2 WHERE id = $1",
             &[&device_id, &problem],
         )?;
@@ -322,7 +312,7 @@ impl AuditRepo for PgTx<'_, '_> {
     }
 
     fn confirm_wipe(&mut self, device_id: &str, at: &str) -> Result<bool> {
-        let n = self.0.execute(
+        let n = self.execute(
             "UPDATE devices SET wiped_at = $2, revoked_at = coalesce(revoked_at, $2)
              WHERE id = $1 AND wipe_requested_at IS NOT NULL",
             &[&device_id, &at],
@@ -331,18 +321,17 @@ impl AuditRepo for PgTx<'_, '_> {
     }
 
     fn device_audit(&mut self, device_id: &str) -> Result<Vec<AuditEntry>> {
-        self.0
-            .query(
-                "SELECT entry FROM device_audit WHERE device_id = $1 ORDER BY seq",
-                &[&device_id],
-            )?
-            .iter()
-            .map(|r| Ok(serde_json::from_str(r.get(0))?))
-            .collect()
+        self.query(
+            "SELECT entry FROM device_audit WHERE device_id = $1 ORDER BY seq",
+            &[&device_id],
+        )?
+        .iter()
+        .map(|r| Ok(serde_json::from_str(r.get(0))?))
+        .collect()
     }
 
     fn device_chains(&mut self) -> Result<Vec<(String, HashAlgorithm, Vec<AuditEntry>)>> {
-        let rows = self.0.query(
+        let rows = self.query(
             "SELECT device_id, chain_hash, entry FROM device_audit ORDER BY device_id, seq",
             &[],
         )?;
@@ -362,8 +351,7 @@ impl AuditRepo for PgTx<'_, '_> {
     }
 
     fn server_audit_entries(&mut self) -> Result<Vec<AuditEntry>> {
-        self.0
-            .query("SELECT entry FROM server_audit ORDER BY seq", &[])?
+        self.query("SELECT entry FROM server_audit ORDER BY seq", &[])?
             .iter()
             .map(|r| Ok(serde_json::from_str(r.get(0))?))
             .collect()
@@ -371,7 +359,6 @@ impl AuditRepo for PgTx<'_, '_> {
 
     fn audit_alerts(&mut self) -> Result<Vec<(String, String)>> {
         Ok(self
-            .0
             .query(
                 "SELECT id, audit_alert FROM devices WHERE audit_alert IS NOT NULL",
                 &[],
@@ -385,7 +372,6 @@ impl AuditRepo for PgTx<'_, '_> {
 impl ContentsRepo for PgTx<'_, '_> {
     fn naming_visits(&mut self, key: &ContentKey) -> Result<Vec<(String, u64)>> {
         Ok(self
-            .0
             .query(
                 "SELECT v.village_code, va.size_bytes FROM visit_attachments va JOIN visits v ON v.id = va.visit_id
                  WHERE va.hash_algorithm = $1 AND va.content_hash = $2",
@@ -398,7 +384,6 @@ impl ContentsRepo for PgTx<'_, '_> {
 
     fn content_recorded(&mut self, key: &ContentKey) -> Result<bool> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT 1 FROM contents WHERE hash_algorithm = $1 AND content_hash = $2",
                 &[&key.algorithm.as_str(), &key.hash()],
@@ -407,7 +392,7 @@ impl ContentsRepo for PgTx<'_, '_> {
     }
 
     fn record_content(&mut self, key: &ContentKey, size: u64, at: &str) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO contents (hash_algorithm, content_hash, size_bytes, stored_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",
             &[&key.algorithm.as_str(), &key.hash(), &to_db(size), &at],
@@ -417,7 +402,6 @@ impl ContentsRepo for PgTx<'_, '_> {
 
     fn visits_awaiting_attachments(&mut self) -> Result<Vec<String>> {
         Ok(self
-            .0
             .query(
                 "SELECT DISTINCT va.visit_id FROM visit_attachments va
                  WHERE NOT EXISTS (SELECT 1 FROM contents c

@@ -10,6 +10,7 @@
 //! snapshot and never wait. Row locks per record would let writes to different villages
 //! proceed side by side, but the feed's single sequence would still need this serialisation.
 
+mod conn;
 mod copy;
 mod devices;
 mod records;
@@ -34,10 +35,9 @@ const MIGRATIONS: &[(i64, &str)] =
 /// The advisory lock every write transaction holds (any constant; ours spells "zf").
 const WRITE_LOCK: i64 = 0x7a66;
 
-/// A transaction of the PostgreSQL storage, as the repositories see it.
-pub(crate) struct PgTx<'a, 't>(pub(crate) &'a mut postgres::Transaction<'t>);
+pub(crate) use conn::PgTx;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<conn::Manager>;
 
 /// The PostgreSQL storage of a deployment.
 pub struct PgStorage {
@@ -80,7 +80,7 @@ impl PgStorage {
         let config: postgres::Config = url
             .parse()
             .map_err(|_| ServerError::bad("invalid_database", "not a postgres:// URL"))?;
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = conn::Manager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
             .max_size(16)
             .connection_timeout(Duration::from_secs(30))
@@ -96,7 +96,7 @@ impl PgStorage {
 
     /// Applies the migrations not yet applied, under a lock so two nodes starting together do
     /// not both apply one.
-    fn connection(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    fn connection(&self) -> Result<r2d2::PooledConnection<conn::Manager>> {
         let pool = self
             .pool
             .as_ref()
@@ -106,7 +106,7 @@ impl PgStorage {
 
     fn migrate(&self) -> Result<()> {
         let mut conn = self.connection()?;
-        let mut tx = conn.transaction()?;
+        let mut tx = conn.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
@@ -137,22 +137,25 @@ impl Transactions for PgStorage {
     }
 
     fn read_tx(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
-        let mut conn = self.connection()?;
+        let conn = &mut *self.connection()?;
         let mut tx = conn
+            .client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()?;
-        f(&mut PgTx(&mut tx))?;
+        f(&mut PgTx::new(&mut tx, &mut conn.statements))?;
         tx.commit()?;
         Ok(())
     }
 
     fn write_tx(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
-        let mut conn = self.connection()?;
-        let mut tx = conn.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
-        f(&mut PgTx(&mut tx))?;
+        let conn = &mut *self.connection()?;
+        let mut tx = conn.client.transaction()?;
+        let mut repos = PgTx::new(&mut tx, &mut conn.statements);
+        repos.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+        f(&mut repos)?;
+        repos.flush()?;
         tx.commit()?;
         Ok(())
     }

@@ -15,7 +15,6 @@ use crate::storage::Result;
 impl RecordsRepo for PgTx<'_, '_> {
     fn record_created(&mut self, entity: Entity, id: &str) -> Result<Option<u64>> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT created_seq FROM records WHERE entity = $1 AND id = $2",
                 &[&entity.as_str(), &id],
@@ -25,7 +24,6 @@ impl RecordsRepo for PgTx<'_, '_> {
 
     fn locate(&mut self, entity: Entity, id: &str) -> Result<Option<(String, String)>> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT village_code, coalesce(household_id, id) FROM records WHERE entity = $1 AND id = $2",
                 &[&entity.as_str(), &id],
@@ -41,7 +39,7 @@ impl RecordsRepo for PgTx<'_, '_> {
         village: &str,
         created_seq: u64,
     ) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO records (entity, id, household_id, village_code, created_seq) VALUES ($1, $2, $3, $4, $5)",
             &[&entity.as_str(), &id, &household_id, &village, &to_db(created_seq)],
         )?;
@@ -49,7 +47,7 @@ impl RecordsRepo for PgTx<'_, '_> {
     }
 
     fn field(&mut self, entity: Entity, id: &str, field: &str) -> Result<Option<StoredField>> {
-        self.0
+        self
             .query_opt(
                 "SELECT value, version, writer_device, writer_seq, writer_user, received_at, device_time, skewed, conflict_id
                  FROM fields WHERE entity = $1 AND id = $2 AND field = $3",
@@ -75,7 +73,7 @@ impl RecordsRepo for PgTx<'_, '_> {
 
     fn put_field(&mut self, entity: Entity, id: &str, field: &str, f: &StoredField) -> Result<()> {
         let w = &f.writer;
-        self.0.execute(
+        self.execute(
             "INSERT INTO fields (entity, id, field, value, version, writer_device, writer_seq, writer_user, received_at, device_time, skewed, conflict_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (entity, id, field) DO UPDATE SET value = $4, version = $5, writer_device = $6, writer_seq = $7,
@@ -100,7 +98,6 @@ impl RecordsRepo for PgTx<'_, '_> {
 
     fn village_records(&mut self, village: &str) -> Result<Vec<RecordState>> {
         let records = self
-            .0
             .query(
                 "SELECT entity, id, household_id FROM records WHERE village_code = $1",
                 &[&village],
@@ -109,7 +106,6 @@ impl RecordsRepo for PgTx<'_, '_> {
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
         let fields = self
-            .0
             .query(
                 "SELECT f.entity, f.id, f.field, f.value, f.version FROM fields f
                  JOIN records r ON r.entity = f.entity AND r.id = f.id WHERE r.village_code = $1",
@@ -124,10 +120,13 @@ impl RecordsRepo for PgTx<'_, '_> {
 
 impl FeedRepo for PgTx<'_, '_> {
     fn feed_head(&mut self) -> Result<u64> {
-        let row = self
-            .0
-            .query_one("SELECT coalesce(max(seq), 0)::BIGINT FROM feed", &[])?;
-        Ok(from_db(row.get(0)))
+        if let Some(head) = self.held.feed_head {
+            return Ok(head);
+        }
+        let row = self.query_one("SELECT coalesce(max(seq), 0)::BIGINT FROM feed", &[])?;
+        let head = from_db(row.get(0));
+        self.held.feed_head = Some(head);
+        Ok(head)
     }
 
     fn append_feed(
@@ -138,10 +137,11 @@ impl FeedRepo for PgTx<'_, '_> {
         item: &FeedItem,
     ) -> Result<()> {
         let kind = feed_kind(item);
-        self.0.execute(
+        self.execute(
             "INSERT INTO feed (seq, village_code, origin_device, kind, payload) VALUES ($1, $2, $3, $4, $5)",
             &[&to_db(seq), &village, &origin, &kind, &serde_json::to_string(item)?],
         )?;
+        self.held.feed_head = Some(seq);
         Ok(())
     }
 
@@ -153,55 +153,55 @@ impl FeedRepo for PgTx<'_, '_> {
         device: &str,
         limit: usize,
     ) -> Result<Vec<FeedEntry>> {
-        self.0
-            .query(
-                "SELECT seq, village_code, payload FROM feed
+        self.query(
+            "SELECT seq, village_code, payload FROM feed
                  WHERE seq > $1 AND seq <= $2 AND village_code >= $3 AND village_code < $4
                    AND (origin_device != $5 OR kind = 'conflict')
                  ORDER BY seq LIMIT $6",
-                &[
-                    &to_db(after),
-                    &to_db(through),
-                    &area,
-                    &area_upper(area),
-                    &device,
-                    &to_db(limit as u64),
-                ],
-            )?
-            .iter()
-            .map(|r| {
-                Ok(FeedEntry {
-                    seq: from_db(r.get(0)),
-                    village_code: r.get(1),
-                    item: serde_json::from_str(r.get(2))?,
-                })
+            &[
+                &to_db(after),
+                &to_db(through),
+                &area,
+                &area_upper(area),
+                &device,
+                &to_db(limit as u64),
+            ],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(FeedEntry {
+                seq: from_db(r.get(0)),
+                village_code: r.get(1),
+                item: serde_json::from_str(r.get(2))?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     fn checksum(&mut self, village: &str) -> Result<u64> {
+        if let Some(sum) = self.held.checksums.get(village) {
+            return Ok(*sum);
+        }
         // Stored as the i64 with the same bits: the sum wraps.
-        Ok(self
-            .0
+        let sum = self
             .query_opt(
                 "SELECT sum FROM checksums WHERE village_code = $1",
                 &[&village],
             )?
-            .map_or(0, |r| r.get::<_, i64>(0) as u64))
+            .map_or(0, |r| r.get::<_, i64>(0) as u64);
+        self.held.checksums.insert(village.to_owned(), sum);
+        Ok(sum)
     }
 
     fn set_checksum(&mut self, village: &str, sum: u64) -> Result<()> {
-        self.0.execute(
-            "INSERT INTO checksums (village_code, sum) VALUES ($1, $2)
-             ON CONFLICT (village_code) DO UPDATE SET sum = $2",
-            &[&village, &(sum as i64)],
-        )?;
+        self.held.checksums.insert(village.to_owned(), sum);
+        self.held.changed.insert(village.to_owned());
         Ok(())
     }
 
     fn checksums_in(&mut self, area: &str) -> Result<Vec<(String, u64)>> {
+        self.flush()?;
         Ok(self
-            .0
             .query(
                 "SELECT village_code, sum FROM checksums WHERE village_code >= $1 AND village_code < $2",
                 &[&area, &area_upper(area)],
@@ -214,8 +214,7 @@ impl FeedRepo for PgTx<'_, '_> {
 
 impl ConflictsRepo for PgTx<'_, '_> {
     fn conflict(&mut self, id: &str) -> Result<Option<ConflictInfo>> {
-        self.0
-            .query_opt("SELECT info FROM conflicts WHERE id = $1", &[&id])?
+        self.query_opt("SELECT info FROM conflicts WHERE id = $1", &[&id])?
             .map(|r| Ok(serde_json::from_str(r.get(0))?))
             .transpose()
     }
@@ -225,7 +224,7 @@ impl ConflictsRepo for PgTx<'_, '_> {
             ConflictStatus::Open => "open",
             ConflictStatus::Resolved => "resolved",
         };
-        self.0.execute(
+        self.execute(
             "INSERT INTO conflicts (id, village_code, status, info) VALUES ($1, $2, $3, $4)
              ON CONFLICT (id) DO UPDATE SET status = $3, info = $4",
             &[&c.id, &c.village_code, &status, &serde_json::to_string(c)?],
@@ -234,7 +233,7 @@ impl ConflictsRepo for PgTx<'_, '_> {
     }
 
     fn open_conflicts_in(&mut self, area: &str) -> Result<Vec<ConflictInfo>> {
-        self.0
+        self
             .query(
                 "SELECT info FROM conflicts WHERE status = 'open' AND village_code >= $1 AND village_code < $2 ORDER BY id",
                 &[&area, &area_upper(area)],
@@ -247,17 +246,16 @@ impl ConflictsRepo for PgTx<'_, '_> {
 
 impl VisitsRepo for PgTx<'_, '_> {
     fn visit(&mut self, id: &str) -> Result<Option<(String, u64, VisitRecord)>> {
-        self.0
-            .query_opt(
-                "SELECT village_code, seq, body FROM visits WHERE id = $1",
-                &[&id],
-            )?
-            .map(|r| Ok((r.get(0), from_db(r.get(1)), serde_json::from_str(r.get(2))?)))
-            .transpose()
+        self.query_opt(
+            "SELECT village_code, seq, body FROM visits WHERE id = $1",
+            &[&id],
+        )?
+        .map(|r| Ok((r.get(0), from_db(r.get(1)), serde_json::from_str(r.get(2))?)))
+        .transpose()
     }
 
     fn insert_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO visits (id, village_code, seq, body) VALUES ($1, $2, $3, $4)",
             &[
                 &visit.id,
@@ -267,7 +265,7 @@ impl VisitsRepo for PgTx<'_, '_> {
             ],
         )?;
         for a in &visit.attachments {
-            self.0.execute(
+            self.execute(
                 "INSERT INTO visit_attachments (visit_id, attachment_id, hash_algorithm, content_hash, size_bytes)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[&visit.id, &a.id, &a.hash_algorithm.as_str(), &a.content_hash, &to_db(a.size_bytes)],
@@ -277,7 +275,7 @@ impl VisitsRepo for PgTx<'_, '_> {
     }
 
     fn update_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "UPDATE visits SET body = $2, seq = $3 WHERE id = $1",
             &[&visit.id, &serde_json::to_string(visit)?, &to_db(seq)],
         )?;
@@ -287,17 +285,16 @@ impl VisitsRepo for PgTx<'_, '_> {
 
 impl DeviceChangesRepo for PgTx<'_, '_> {
     fn previous_ack(&mut self, device_id: &str, seq: u64) -> Result<Option<Ack>> {
-        self.0
-            .query_opt(
-                "SELECT ack FROM device_changes WHERE device_id = $1 AND seq = $2",
-                &[&device_id, &to_db(seq)],
-            )?
-            .map(|r| Ok(serde_json::from_str(r.get(0))?))
-            .transpose()
+        self.query_opt(
+            "SELECT ack FROM device_changes WHERE device_id = $1 AND seq = $2",
+            &[&device_id, &to_db(seq)],
+        )?
+        .map(|r| Ok(serde_json::from_str(r.get(0))?))
+        .transpose()
     }
 
     fn record_ack(&mut self, device_id: &str, seq: u64, ack: &Ack) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO device_changes (device_id, seq, ack) VALUES ($1, $2, $3)",
             &[&device_id, &to_db(seq), &serde_json::to_string(ack)?],
         )?;
@@ -305,7 +302,7 @@ impl DeviceChangesRepo for PgTx<'_, '_> {
     }
 
     fn device_seen(&mut self, device_id: &str, at: &str, clock_offset_ms: i64) -> Result<()> {
-        self.0.execute(
+        self.execute(
             "UPDATE devices SET last_seen_at = $2, clock_offset_ms = $3 WHERE id = $1",
             &[&device_id, &at, &clock_offset_ms],
         )?;
