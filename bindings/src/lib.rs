@@ -350,6 +350,8 @@ pub enum SyncPhase {
     Audit,
     /// Uploading photos and signatures; `done`/`total` count bytes.
     Attachments,
+    /// Downloading one attachment content that was opened; `done` counts bytes.
+    Download,
     /// The server ordered this device wiped: the audit trail goes up, then the store is
     /// destroyed and the sync fails with `device_wiped`.
     Wipe,
@@ -555,6 +557,7 @@ impl core_sync::SyncListener for ForeignListener {
             core_sync::SyncPhase::Verify => SyncPhase::Verify,
             core_sync::SyncPhase::Audit => SyncPhase::Audit,
             core_sync::SyncPhase::Attachments => SyncPhase::Attachments,
+            core_sync::SyncPhase::Download => SyncPhase::Download,
             core_sync::SyncPhase::Wipe => SyncPhase::Wipe,
             core_sync::SyncPhase::Done => SyncPhase::Done,
         };

@@ -347,6 +347,7 @@ impl SyncListener for Bar {
             SyncPhase::Verify => "checking",
             SyncPhase::Audit => "audit trail",
             SyncPhase::Attachments => "photos",
+            SyncPhase::Download => "downloading",
             SyncPhase::Wipe => "wiping (ordered by the server)",
             SyncPhase::Done => "done",
         };

@@ -120,3 +120,114 @@ fn a_second_sync_is_refused_and_a_cancelled_one_stops_at_the_next_step() {
         Some("/v1/catalog")
     );
 }
+
+/// Enrols, then serves contents by hash: `good` after one 503, `tampered` with other bytes
+/// than its hash says, and orders a wipe for anything else (taking the trail's last entries first).
+struct ContentServer {
+    good: (String, Vec<u8>),
+    tampered: String,
+    failed_once: Mutex<bool>,
+    flushed: Mutex<bool>,
+}
+
+impl Transport for ContentServer {
+    fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+        let answer = |status, body: Vec<u8>| Ok(HttpResponse { status, body });
+        if request.path == "/v1/enroll" {
+            let enrolled = m::EnrollResponse {
+                protocol: m::PROTOCOL_VERSION,
+                device_id: "device-1".into(),
+                device_token: "token-1".into(),
+                token_expires_at: "2027-06-01T00:00:00Z".into(),
+                user: UserInfo {
+                    id: "reviewer-1".into(),
+                    role: Role::TownshipStaff,
+                    areas: vec!["513431104".into()],
+                },
+                server_time: NOW.into(),
+            };
+            return answer(200, m::encode(&enrolled).unwrap());
+        }
+        if request.path == "/v1/audit" {
+            let trail: m::AuditUploadRequest = m::decode(&request.body).unwrap();
+            *self.flushed.lock().unwrap() = true;
+            let held = m::AuditUploadResponse {
+                protocol: m::PROTOCOL_VERSION,
+                server_time: NOW.into(),
+                accepted_through: trail.entries.last().map_or(0, |e| e.seq),
+                chain_break: None,
+            };
+            return answer(200, m::encode(&held).unwrap());
+        }
+        assert_eq!(request.method, "GET", "{}", request.path);
+        let authorised = request
+            .headers
+            .iter()
+            .any(|(k, v)| k == "Authorization" && v == "Bearer token-1");
+        assert!(authorised, "a download carries the device's token");
+        let hash = request.path.rsplit('/').next().unwrap();
+        if hash == self.good.0 {
+            let mut failed = self.failed_once.lock().unwrap();
+            if !*failed {
+                *failed = true;
+                return answer(503, Vec::new());
+            }
+            return answer(200, self.good.1.clone());
+        }
+        if hash == self.tampered {
+            return answer(200, b"not the photo that was hashed".to_vec());
+        }
+        let wipe = m::ErrorBody {
+            protocol: m::PROTOCOL_VERSION,
+            error: m::ErrorDetail {
+                code: "device_wiped".into(),
+                message: "this device was ordered wiped".into(),
+            },
+        };
+        answer(410, m::encode(&wipe).unwrap())
+    }
+}
+
+#[test]
+fn a_download_is_retried_checked_against_its_hash_and_honours_a_wipe_order() {
+    use zoufang_core::Error;
+    use zoufang_core::protocol::audit::HashAlgorithm::Sha256;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let c = Collector::open(&path, &StoreOptions::default()).unwrap();
+    let photo = b"\xff\xd8\xff\xe0 a photo of the house".to_vec();
+    let server = ContentServer {
+        good: (Sha256.digest(&photo), photo.clone()),
+        tampered: Sha256.digest(b"the photo that was hashed"),
+        failed_once: Mutex::new(false),
+        flushed: Mutex::new(false),
+    };
+    let not_enrolled = c.fetch_attachment_content(&server, Sha256, &server.good.0);
+    assert!(
+        matches!(not_enrolled, Err(Error::NotEnrolled)),
+        "{not_enrolled:?}"
+    );
+    c.enroll(&server, "enrol-token", "reviewer's phone")
+        .unwrap();
+
+    let bad = c.fetch_attachment_content(&server, Sha256, "../../etc/passwd");
+    assert!(matches!(bad, Err(Error::InvalidInput(_))), "{bad:?}");
+    let got = c
+        .fetch_attachment_content(&server, Sha256, &server.good.0)
+        .unwrap();
+    assert_eq!(got, photo);
+    assert!(*server.failed_once.lock().unwrap(), "the 503 was retried");
+    let tampered = c.fetch_attachment_content(&server, Sha256, &server.tampered);
+    assert!(
+        matches!(&tampered, Err(Error::Server { code, .. }) if code == "hash_mismatch"),
+        "{tampered:?}"
+    );
+
+    let wiped = c.fetch_attachment_content(&server, Sha256, &Sha256.digest(b"other"));
+    assert!(matches!(wiped, Err(Error::DeviceWiped)), "{wiped:?}");
+    assert!(
+        *server.flushed.lock().unwrap(),
+        "the audit trail went up first"
+    );
+    assert!(!path.exists(), "the store is destroyed on a wipe order");
+}

@@ -19,8 +19,8 @@ use crate::sync::hlc::Hlc;
 use crate::sync::settings::SyncSettings;
 use crate::sync::status::{PendingAttachments, RejectedChange, SyncStatus};
 use crate::sync::transport::{RetryPolicy, Transport};
-use crate::sync::wire::{request, server_error};
-use zoufang_protocol::audit::{HashAlgorithm, is_hex_digest};
+
+use zoufang_protocol::audit::HashAlgorithm;
 use zoufang_protocol::messages::{
     Ack, AttachmentRecord, ChangeOp, ConflictInfo, ContentRef, Entity, Outcome, PullResponse,
     SnapshotResponse, UserInfo, VisitRecord,
@@ -397,54 +397,41 @@ impl Collector {
     ) -> Result<SyncReport> {
         let _running = self.sync_lock.try_lock().ok_or(Error::SyncRunning)?;
         let mut engine = SyncEngine::new(self, config)?;
-        let clock = || self.now();
-        driver::drive(
-            &mut engine,
-            transport,
-            &config.retry,
-            &clock,
-            listener,
-            cancel,
-        )?;
-        if engine.wiped() {
-            drop(engine);
-            self.db.destroy()?;
-            return Err(Error::DeviceWiped);
-        }
+        self.run(&mut engine, transport, &config.retry, listener, cancel)?;
         engine.finish()
     }
 
     /// Downloads a complete attachment content from the server (a reviewer opening a visit's
-    /// photo) and checks it against its hash.
+    /// photo), checked against its hash. A wipe order met on the way is carried out.
     pub fn fetch_attachment_content(
         &self,
         transport: &dyn Transport,
         algorithm: HashAlgorithm,
         content_hash: &str,
     ) -> Result<Vec<u8>> {
-        if !is_hex_digest(content_hash) {
-            return Err(Error::InvalidInput(
-                "a content hash is a lowercase hex digest".into(),
-            ));
+        let _running = self.sync_lock.try_lock().ok_or(Error::SyncRunning)?;
+        let mut engine = SyncEngine::download(self, algorithm, content_hash)?;
+        self.run(&mut engine, transport, &RetryPolicy::default(), None, None)?;
+        engine
+            .take_download()
+            .ok_or_else(|| Error::Transport("the download got no answer".into()))
+    }
+
+    /// Drives `engine` to its end, and destroys the store if the server ordered a wipe.
+    fn run(
+        &self,
+        engine: &mut SyncEngine<'_, Self>,
+        transport: &dyn Transport,
+        retry: &RetryPolicy,
+        listener: Option<&dyn SyncListener>,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<()> {
+        let clock = || self.now();
+        driver::drive(engine, transport, retry, &clock, listener, cancel)?;
+        if engine.wiped() {
+            self.db.destroy()?;
+            return Err(Error::DeviceWiped);
         }
-        let (_, token) =
-            crate::sync::local::LocalState::credentials(self)?.ok_or(Error::NotEnrolled)?;
-        let path = format!("/v1/attachments/{}/{content_hash}", algorithm.as_str());
-        let mut request = request("GET", &path, Some(&token), Vec::new());
-        request
-            .headers
-            .retain(|(k, _)| k.eq_ignore_ascii_case("authorization"));
-        let response = driver::send_with_retry(transport, &request, &RetryPolicy::default(), None)?;
-        if response.status != 200 {
-            return Err(server_error(&response));
-        }
-        if algorithm.digest(&response.body) != content_hash {
-            return Err(Error::Server {
-                status: 200,
-                code: "hash_mismatch".into(),
-                message: "the downloaded content does not match its hash".into(),
-            });
-        }
-        Ok(response.body)
+        Ok(())
     }
 }

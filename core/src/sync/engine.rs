@@ -8,8 +8,9 @@
 //! One sync: catalog (new forms and code lists, and the first audit batch) → push the outbox in
 //! batches → pull the feed in batches per area → compare per-village checksums and repair any
 //! diverged village from a snapshot → upload the rest of the audit trail → upload attachment
-//! contents. Enrolment is the machine's first state when the device has no credentials yet;
-//! a wipe order from the server, in any state, leads to [`SyncPhase::Wipe`]. Each answer is
+//! contents. Enrolment is the machine's first state when the device has no credentials yet,
+//! downloading one attachment content a machine of its own ([`SyncEngine::download`]); a wipe
+//! order from the server, in any state, leads to [`SyncPhase::Wipe`]. Each answer is
 //! applied in its own transaction, so a cut link loses at most the batch in flight, and the
 //! next sync resumes from there.
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::download::Download;
 use super::local::LocalState;
 use super::transport::{HttpRequest, HttpResponse, RetryPolicy};
 use super::wire::{decode, encode, is_wipe_order, request};
@@ -70,6 +72,8 @@ pub enum SyncPhase {
     Audit,
     /// Uploading photos and signatures, after all the data (`done`/`total` count bytes).
     Attachments,
+    /// Downloading one attachment content someone opened (`done` counts its bytes).
+    Download,
     /// The server ordered this device wiped: what is left of the audit trail goes up (best
     /// effort), then the driver destroys the store.
     Wipe,
@@ -170,6 +174,7 @@ pub(super) enum InFlight {
         len: usize,
         started: Duration,
     },
+    Download,
 }
 
 /// One content being uploaded.
@@ -216,6 +221,7 @@ pub struct SyncEngine<'a, L: LocalState + ?Sized> {
     phase_total: u64,
     pub(super) report: SyncReport,
     wiped: bool,
+    pub(super) download: Option<Download>,
 }
 
 impl<L: LocalState + ?Sized> std::fmt::Debug for SyncEngine<'_, L> {
@@ -251,6 +257,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             phase_total: 0,
             report: SyncReport::default(),
             wiped: false,
+            download: None,
         }
     }
 
@@ -305,7 +312,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         self.wiped
     }
 
-    fn enter(&mut self, phase: SyncPhase, total: u64) {
+    pub(super) fn enter(&mut self, phase: SyncPhase, total: u64) {
         self.phase = phase;
         self.phase_done = 0;
         self.phase_total = total;
@@ -385,6 +392,13 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                     }
                 },
                 SyncPhase::Attachments => match self.next_upload_request(now)? {
+                    Some(req) => return Ok(Some(req)),
+                    None => {
+                        self.enter(SyncPhase::Done, 0);
+                        continue;
+                    }
+                },
+                SyncPhase::Download => match self.download_request(now) {
                     Some(req) => return Ok(Some(req)),
                     None => {
                         self.enter(SyncPhase::Done, 0);
@@ -535,6 +549,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 len,
                 started,
             } => self.handle_chunk(offset, len, now.elapsed.saturating_sub(started), response)?,
+            InFlight::Download => self.handle_download(response)?,
             InFlight::Snapshot(village) => {
                 let snapshot: SnapshotResponse = decode(response)?;
                 self.local.apply_snapshot(&village, &snapshot)?;

@@ -1,5 +1,5 @@
 //! Sync with the provincial backend (the wire protocol itself is `zoufang_protocol`): the
-//! sans-I/O engine (`engine`, `attachments`) and the narrow view of the device it works through
+//! sans-I/O engine (`engine`, `attachments`, `download`) and the narrow view of the device it works through
 //! (`local`), the driver that does its I/O (`driver`), applying the server's answers to the
 //! store (`apply`), the sync settings and status, the hybrid logical clock and the transports
 //! that carry the bytes. Nothing here imports the `Collector` facade: it implements
@@ -7,6 +7,7 @@
 
 pub(crate) mod apply;
 mod attachments;
+mod download;
 pub(crate) mod driver;
 pub mod engine;
 pub mod hlc;
