@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use zoufang_protocol::audit::HashAlgorithm;
 use zoufang_protocol::frames::{FrameError, FrameReader};
 use zoufang_protocol::messages::{
-    AttachmentStatusRequest, AttachmentStatusResponse, ChunkResponse, ContentRef, ContentStatus,
-    PROTOCOL_VERSION,
+    AttachmentStatusRequest, AttachmentStatusResponse, ChunkResponse, ContentRef, ContentState,
+    ContentStatus, PROTOCOL_VERSION,
 };
 
 use super::{
@@ -96,61 +96,15 @@ pub(super) async fn put_chunk(
             .pop()
             .ok_or_else(|| ServerError::Storage("no status for a content".into()))?
     };
-    match held.status {
-        ContentStatus::Unknown => {
-            return Err(ServerError::NotFound("attachment content".into()).into());
-        }
-        ContentStatus::Complete => {
-            return reply(&ChunkResponse {
-                protocol: PROTOCOL_VERSION,
-                received: held.received,
-                complete: true,
-            });
-        }
-        ContentStatus::Receiving if held.received != query.offset => {
-            return Err(ServerError::Conflict {
-                code: "offset_mismatch",
-                message: format!(
-                    "the chunk starts at {} but the server holds {} bytes",
-                    query.offset, held.received
-                ),
-            }
-            .into());
-        }
-        ContentStatus::Receiving => {}
+    if let Some(answer) = before_receiving(&held, query.offset) {
+        return answer;
     }
     let device = auth.device_id.clone();
     // Its own task: when the connection drops, axum drops this handler, but what arrived
     // before the cut must still be written.
     let task = tokio::spawn(async move {
         let _receiving = receiving;
-        let mut frames = FrameReader::new();
-        let mut stream = body.into_data_stream();
-        let mut cut = false;
-        loop {
-            let Ok(piece) = tokio::time::timeout(CHUNK_IDLE, stream.next()).await else {
-                cut = true;
-                break;
-            };
-            let Some(piece) = piece else { break };
-            match piece {
-                Ok(bytes) => {
-                    if frames.push(&bytes).is_err() {
-                        break;
-                    }
-                    if frames.content().len() > MAX_CHUNK_CONTENT {
-                        return Err(ServerError::bad(
-                            "chunk_too_long",
-                            format!("at most {MAX_CHUNK_CONTENT} bytes per chunk"),
-                        ));
-                    }
-                }
-                Err(_) => {
-                    cut = true;
-                    break;
-                }
-            }
-        }
+        let (frames, cut) = receive_frames(body).await?;
         let (content, outcome) = frames.finish();
         let stored = if content.is_empty() {
             held
@@ -159,12 +113,69 @@ pub(super) async fn put_chunk(
             blocking(move || storage.append_attachment(&auth, &key, size, offset, &content, now))
                 .await?
         };
-        Ok((stored, outcome, cut))
+        Ok::<_, ServerError>((stored, outcome, cut))
     });
     let (stored, outcome, cut) = task
         .await
         .map_err(|_| ServerError::Storage("an upload task failed".into()))??;
     tracing::debug!(device = %device, received = stored.received, cut, "attachment chunk");
+    chunk_answer(&device, &stored, outcome)
+}
+
+/// The answer to a chunk that is not to be read: the content is unknown to the sender, already
+/// complete, or held up to another offset than the chunk's.
+fn before_receiving(held: &ContentState, offset: u64) -> Option<ApiResult> {
+    match held.status {
+        ContentStatus::Unknown => Some(Err(
+            ServerError::NotFound("attachment content".into()).into()
+        )),
+        ContentStatus::Complete => Some(reply(&ChunkResponse {
+            protocol: PROTOCOL_VERSION,
+            received: held.received,
+            complete: true,
+        })),
+        ContentStatus::Receiving if held.received != offset => Some(Err(ServerError::Conflict {
+            code: "offset_mismatch",
+            message: format!(
+                "the chunk starts at {offset} but the server holds {} bytes",
+                held.received
+            ),
+        }
+        .into())),
+        ContentStatus::Receiving => None,
+    }
+}
+
+/// Reads a chunk's frames until the body ends, breaks, or idles past `CHUNK_IDLE` (`true`:
+/// cut); a chunk with more content than allowed is refused.
+async fn receive_frames(body: axum::body::Body) -> Result<(FrameReader, bool), ServerError> {
+    let mut frames = FrameReader::new();
+    let mut stream = body.into_data_stream();
+    loop {
+        let Ok(piece) = tokio::time::timeout(CHUNK_IDLE, stream.next()).await else {
+            return Ok((frames, true));
+        };
+        match piece {
+            None => return Ok((frames, false)),
+            Some(Err(_)) => return Ok((frames, true)),
+            Some(Ok(bytes)) => {
+                if frames.push(&bytes).is_err() {
+                    return Ok((frames, false));
+                }
+                if frames.content().len() > MAX_CHUNK_CONTENT {
+                    return Err(ServerError::bad(
+                        "chunk_too_long",
+                        format!("at most {MAX_CHUNK_CONTENT} bytes per chunk"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// What the device hears after its chunk: how much the server now holds, or why the rest of
+/// the chunk was refused.
+fn chunk_answer(device: &str, stored: &ContentState, outcome: Result<(), FrameError>) -> ApiResult {
     match outcome {
         Err(FrameError::Checksum | FrameError::Length) => {
             tracing::warn!(device = %device, "a corrupt attachment chunk was refused after its sound frames");
