@@ -56,6 +56,7 @@ impl From<zoufang_core::Error> for ZoufangError {
             | E::NotEnrolled
             | E::VisitNotEditable { .. }
             | E::VisitWrongStatus { .. }
+            | E::VisitUnsigned { .. }
             | E::Cancelled
             | E::SyncRunning => Self::InvalidState { code, detail },
             E::Transport(_) | E::Server { .. } => Self::Network { code, detail },

@@ -225,6 +225,17 @@ fn tell(story: &mut Story, path: &std::path::Path) -> Result<(), Failure> {
     );
 
     c.set_answer(&survey.id, "members[2].id_number", json!(child1))?;
+    // Two investigators and the family sign the survey on the screen before it is completed.
+    for (hand, field) in [
+        "investigator_1_signature",
+        "investigator_2_signature",
+        "interviewee_signature",
+    ]
+    .iter()
+    .enumerate()
+    {
+        c.add_signature(&survey.id, field, &signature_png(hand as i64 + 2)?)?;
+    }
     let done = c.complete_visit(&survey.id)?;
     c.sign_visit(&survey.id)?;
     let derived = [
@@ -331,7 +342,14 @@ fn record_routine_visit(c: &Collector, household: &str, hand: i64) -> Result<Str
             "next_visit_due": "2027-03-01", "investigator_1_name": "马海木呷", "consent_privacy": "yes"
         })),
     )?;
-    // The investigator signs on the screen (each hand its own strokes): kept lossless.
+    // The investigator signs on the screen: kept lossless.
+    c.add_signature(&v.id, "investigator_1_signature", &signature_png(hand)?)?;
+    c.complete_visit(&v.id)?;
+    Ok(v.id)
+}
+
+/// A signature pad's PNG, each hand its own strokes.
+fn signature_png(hand: i64) -> Result<Vec<u8>, Failure> {
     let strokes = image::GrayAlphaImage::from_fn(480, 160, |x, y| {
         let on = (y as i64 - 80 - ((x as i64 / hand) % 30 - 15)).abs() < 3;
         image::LumaA([0, if on { 255 } else { 0 }])
@@ -340,9 +358,7 @@ fn record_routine_visit(c: &Collector, household: &str, hand: i64) -> Result<Str
     strokes
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| fail("demo_failed", e.to_string()))?;
-    c.add_signature(&v.id, "investigator_1_signature", &png)?;
-    c.complete_visit(&v.id)?;
-    Ok(v.id)
+    Ok(png)
 }
 
 fn tell_sync(story: &mut Story, dir: &std::path::Path) -> Result<(), Failure> {

@@ -272,6 +272,13 @@ enum VisitCommand {
         #[arg(long, default_value_t = 500)]
         max_kb: usize,
     },
+    /// Add a signature or thumbprint image (PNG) to a draft's signature field; it signs what
+    /// the draft holds at that moment.
+    AddSignature {
+        visit: String,
+        field: String,
+        file: PathBuf,
+    },
     /// A visit's photos and signatures.
     Attachments {
         visit: String,
@@ -307,6 +314,24 @@ pub(crate) fn fail(code: &str, message: impl Into<String>) -> Failure {
 }
 
 pub(crate) type CliResult = Result<(), Failure>;
+
+/// Largest signature image file read (a signature pad's PNG is tens of KB).
+const MAX_SIGNATURE_FILE: u64 = 8 * 1024 * 1024;
+
+/// Reads at most `limit` bytes of a file: a larger one (or `/dev/zero`) is refused, not read
+/// until memory runs out.
+pub(crate) fn read_bounded(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, Failure> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(|e| fail("io", format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() as u64 > limit {
+        let m = format!("{} is larger than {} KB", path.display(), limit / 1024);
+        return Err(fail("file_too_large", m));
+    }
+    Ok(bytes)
+}
 
 pub(crate) struct Out {
     pub(crate) json: bool,
@@ -696,6 +721,11 @@ fn visit(cmd: VisitCommand, c: &Collector, out: &Out) -> CliResult {
                     a.id, a.size_bytes, a.content_hash
                 )
             })
+        }
+        VisitCommand::AddSignature { visit, field, file } => {
+            let image = read_bounded(&file, MAX_SIGNATURE_FILE)?;
+            let a = c.add_signature(&visit, &field, &image)?;
+            out.emit(&a, || format!("signature {} stored", a.id))
         }
         VisitCommand::Attachments { visit } => {
             let list = c.attachments_of_visit(&visit)?;

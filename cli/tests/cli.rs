@@ -190,6 +190,23 @@ fn a_desk_user_records_a_visit_end_to_end() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // The interviewee signs on the draft (a PNG from the signature pad).
+    let png = dir.path().join("signature.png");
+    image::GrayAlphaImage::from_fn(400, 120, |x, y| {
+        image::LumaA([0, if (x + 3 * y) % 11 == 0 { 255 } else { 0 }])
+    })
+    .save(&png)
+    .unwrap();
+    ok_json(
+        s,
+        &[
+            "visit",
+            "add-signature",
+            &visit,
+            "interviewee_signature",
+            png.to_str().unwrap(),
+        ],
+    );
     let done = ok_json(s, &["visit", "complete", &visit]);
     assert_eq!(done["status"], json!("completed"));
     let shown = ok_json(s, &["household", "show", &hid]);

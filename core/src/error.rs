@@ -32,8 +32,12 @@ pub enum Error {
     Answer(#[from] AnswerError),
     #[error("the value for '{field}' is not valid ({code})")]
     InvalidValue { field: String, code: &'static str },
+    #[error("'{field}' cannot be changed here: {reason}")]
+    ServerOwnedField { field: String, reason: &'static str },
     #[error("visit {id} is {status} and can no longer be edited; start a revision instead")]
     VisitNotEditable { id: String, status: &'static str },
+    #[error("visit {id} holds no signature; sign it on the draft before marking it signed")]
+    VisitUnsigned { id: String },
     #[error("visit {id} cannot be {action}: it is {status}")]
     VisitWrongStatus {
         id: String,
@@ -81,8 +85,10 @@ impl Error {
             Self::NotFound { .. } => "not_found",
             Self::Answer(e) => e.code(),
             Self::InvalidValue { .. } => "invalid_value",
+            Self::ServerOwnedField { .. } => "server_owned_field",
             Self::VisitNotEditable { .. } => "visit_not_editable",
             Self::VisitWrongStatus { .. } => "visit_wrong_status",
+            Self::VisitUnsigned { .. } => "visit_unsigned",
             Self::VisitHasProblems { .. } => "visit_has_problems",
             Self::NotSignedIn => "not_signed_in",
             Self::WrongUser => "wrong_user",

@@ -6,6 +6,7 @@ use std::io::Cursor;
 
 use serde_json::json;
 use zoufang_core::media::PhotoLimits;
+use zoufang_core::records::VisitStatus;
 use zoufang_core::{Collector, StoreOptions};
 
 fn camera_jpeg(w: u32, h: u32, shade: u8) -> Vec<u8> {
@@ -279,6 +280,13 @@ fn completing_a_visit_keeps_its_signatures_valid() {
     assert!(
         states[0].valid,
         "completion (end time, calculated values, defaults) is not a change"
+    );
+    // Holding its signature, the completed visit can be marked signed, once.
+    c.sign_visit(&v.id).unwrap();
+    assert_eq!(c.visit(&v.id).unwrap().status, VisitStatus::Signed);
+    assert_eq!(
+        c.sign_visit(&v.id).unwrap_err().code(),
+        "visit_wrong_status"
     );
 }
 

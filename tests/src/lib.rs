@@ -290,6 +290,29 @@ pub fn routine_visit(c: &Collector, household: &str) -> String {
     v.id
 }
 
+/// A routine visit signed by its interviewee on the draft, completed, then marked signed.
+pub fn signed_routine_visit(c: &Collector, household: &str) -> String {
+    use serde_json::json;
+    let v = c
+        .start_visit(Some(household), "routine")
+        .expect("visit started");
+    c.set_answers(
+        &v.id,
+        &obj(json!({
+            "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
+            "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
+            "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
+            "investigator_1_name": "马海木呷", "consent_privacy": "yes"
+        })),
+    )
+    .expect("answers saved");
+    c.add_signature(&v.id, "interviewee_signature", &signature_png(7))
+        .expect("signature added");
+    c.complete_visit(&v.id).expect("visit completed");
+    c.sign_visit(&v.id).expect("visit signed");
+    v.id
+}
+
 /// A camera JPEG of `w`×`h` pixels of noise: noise hardly compresses, so a test gets the size
 /// it asks for.
 pub fn noisy_jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {

@@ -712,6 +712,7 @@ fn a_visit_that_misstates_a_contents_size_cannot_hold_up_its_upload() {
     // An id that sorts first, so the server meets the lie before the truth.
     lie.id = "00000000-0000-7000-8000-000000000001".into();
     lie.household_id = None;
+    lie.author = "coord-b".into();
     lie.attachments
         .retain(|a| a.content_hash == photo.content_hash);
     lie.attachments[0].size_bytes += 10_000;

@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use zoufang_core::protocol::messages::Role;
 use zoufang_core::{Collector, StoreOptions};
-use zoufang_tests::{Device, TestServer, routine_visit};
+use zoufang_tests::{Device, TestServer, routine_visit, signed_routine_visit};
 
 const VILLAGE: &str = "513431104201";
 
@@ -38,8 +38,7 @@ fn the_audit_trail_is_recorded_uploaded_and_verified() {
     c.household(&h).unwrap();
     c.edit_household_field(&h, "address", json!("三组8号"))
         .unwrap();
-    let v = routine_visit(c, &h);
-    c.sign_visit(&v).unwrap();
+    let v = signed_routine_visit(c, &h);
     c.visit(&v).unwrap();
     let report = c.sync(&t, None, None).unwrap();
     assert!(!report.audit_chain_broken);

@@ -299,7 +299,8 @@ fn a_coordinator_never_receives_nor_writes_another_villages_households() {
         .storage
         .push(&auth, &[change], chrono::Utc::now(), chrono::Utc::now())
         .unwrap();
-    assert_eq!(acks[0].code.as_deref(), Some("out_of_area"));
+    // It reads as a record that does not exist: nothing tells the sender it is there.
+    assert_eq!(acks[0].code.as_deref(), Some("not_found"));
     let unchanged = server
         .storage
         .record(Entity::Household, &theirs)

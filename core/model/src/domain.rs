@@ -358,6 +358,23 @@ pub fn check_person_name(name: &str) -> Result<(), PersonNameError> {
     }
 }
 
+/// Household fields that only the server side writes (reviewers, administrators, imports) and
+/// that flow down to devices: a coordinator's edit of one is refused (`server_owned_field`).
+pub const SERVER_OWNED_HOUSEHOLD_FIELDS: &[&str] = &["assistance_status", "assistance_category"];
+
+/// Whether `field` of a household may be written by a user of `role` through a field edit.
+/// The village is never edited: a household moves between villages only by a reviewer's
+/// explicit operation on the server.
+pub fn household_field_writable(field: &str, is_coordinator: bool) -> Result<(), &'static str> {
+    if field == "village_code" {
+        return Err("a household moves to another village only by a reviewer's operation");
+    }
+    if is_coordinator && SERVER_OWNED_HOUSEHOLD_FIELDS.contains(&field) {
+        return Err("this field is set by the township or county, not on a coordinator's phone");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

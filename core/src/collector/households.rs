@@ -11,10 +11,11 @@ use super::{Collector, HOUSEHOLD_VISIT_FORM_ID, MAX_PAGE};
 use crate::error::{Error, Result};
 use crate::records::{Household, HouseholdSummary, NewHousehold, new_id, timestamp};
 use crate::store::{self, households::MemberKey};
+use zoufang_model::domain::household_field_writable;
 use zoufang_model::engine::{self, Evaluation};
 use zoufang_model::form::{Form, ItemRef};
 use zoufang_protocol::audit::AuditAction;
-use zoufang_protocol::messages::{ChangeOp, Entity};
+use zoufang_protocol::messages::{ChangeOp, Entity, Role};
 
 /// Which form fields a completed visit writes into the household and member records.
 pub(crate) struct RecordBindings {
@@ -47,6 +48,14 @@ impl RecordBindings {
         }
         b
     }
+}
+
+/// A household field edit this user may make (`server_owned_field` otherwise).
+fn writable(field: &str, coordinator: bool) -> Result<()> {
+    household_field_writable(field, coordinator).map_err(|reason| Error::ServerOwnedField {
+        field: field.to_owned(),
+        reason,
+    })
 }
 
 impl Collector {
@@ -128,8 +137,12 @@ impl Collector {
         )?;
         let village_code = village.as_str().unwrap_or_default().to_owned();
         fields.insert("village_code".into(), village);
+        let coordinator = self.is_coordinator()?;
         for (k, v) in new.fields {
             if k != "village_code" {
+                if !v.is_null() {
+                    writable(&k, coordinator)?;
+                }
                 let v = self.check_record_value(form, &b.household, &k, v)?;
                 fields.insert(k, v);
             }
@@ -211,17 +224,20 @@ impl Collector {
         })
     }
 
-    /// Sets one household field (`phone`, `address`, `next_visit_due`...), or clears it with null.
+    /// Whether the signed-in user is a coordinator (as enrolment said; a store never enrolled
+    /// is held to a coordinator's rules).
+    pub(crate) fn is_coordinator(&self) -> Result<bool> {
+        let role = self.sync_settings()?.user.map(|u| u.role);
+        Ok(role.is_none_or(|r| r == Role::Coordinator))
+    }
+
+    /// Sets one household field (`phone`, `address`...), or clears it with null. The village and
+    /// server-owned fields (assistance status and category) are refused: `server_owned_field`.
     pub fn edit_household_field(&self, household_id: &str, field: &str, value: Json) -> Result<()> {
         self.require_user()?;
+        writable(field, self.is_coordinator()?)?;
         let (form, b) = self.household_form()?;
         let value = self.check_record_value(&form, &b.household, field, value)?;
-        if field == "village_code" && value.is_null() {
-            return Err(Error::InvalidValue {
-                field: field.to_owned(),
-                code: "required",
-            });
-        }
         let at = timestamp(self.now());
         self.write(|tx| {
             self.set_record_field(tx, Entity::Household, household_id, field, &value, &at)

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::records::{NewHousehold, Visit, VisitStatus, VisitSummary, new_id, timestamp};
 use crate::store::{self, parse_object};
 use zoufang_model::engine::{self, Evaluation, Problem};
-use zoufang_model::form::{Form, ItemRef};
+use zoufang_model::form::{Form, ItemRef, Severity};
 use zoufang_protocol::audit::AuditAction;
 use zoufang_protocol::messages::{ChangeOp, Entity};
 
@@ -91,6 +91,26 @@ fn prefill(
         }
     }
     answers
+}
+
+/// A visit of a known household is filed under that household's village: a different village
+/// code in the answers blocks completion (moving a household is a reviewer's operation).
+fn village_problem(conn: &rusqlite::Connection, visit: &Visit) -> Result<Option<Problem>> {
+    let Some(household) = &visit.household_id else {
+        return Ok(None);
+    };
+    let answer = visit.answers.get("village_code").filter(|v| !v.is_null());
+    let held = store::households::fields(conn, household)?;
+    if answer.is_none_or(|a| held.get("village_code") == Some(a)) {
+        return Ok(None);
+    }
+    Ok(Some(Problem {
+        path: "village_code".into(),
+        code: "household_village".into(),
+        severity: Severity::Error,
+        message_zh: "村代码与该户所在村不一致；迁户须由乡镇办理".into(),
+        message_en: "The village differs from the household's; moving a household is the township's operation".into(),
+    }))
 }
 
 impl Collector {
@@ -263,9 +283,11 @@ impl Collector {
         let form = self.form(&visit.form_id, visit.form_version)?;
         let lists = self.code_lists();
         let mut problems = Evaluation::new(&form, &visit.answers, &lists, self.now()).validate();
-        let stale =
-            self.read(|c| self.stale_signature_problems(c, &form, visit_id, &visit.answers))?;
-        problems.extend(stale);
+        self.read(|c| {
+            problems.extend(self.stale_signature_problems(c, &form, visit_id, &visit.answers)?);
+            problems.extend(village_problem(c, &visit)?);
+            Ok(())
+        })?;
         Ok(problems)
     }
 
@@ -323,6 +345,7 @@ impl Collector {
         let ev = Evaluation::new(&form, &visit.answers, &lists, now);
         let mut problems = ev.validate();
         problems.extend(self.stale_signature_problems(tx, &form, visit_id, &visit.answers)?);
+        problems.extend(village_problem(tx, &visit)?);
         if problems.iter().any(Problem::blocks_completion) {
             return Err(Error::VisitHasProblems { problems });
         }
@@ -401,7 +424,8 @@ impl Collector {
             let Some(info) = form.fields.get(*id) else {
                 continue;
             };
-            if read_only(*id) || !info.chain.is_empty() {
+            // The village is the household's, never moved by a visit (checked at completion).
+            if read_only(*id) || !info.chain.is_empty() || record == "village_code" {
                 continue;
             }
             if let Some(v) = answers.get(&info.name).filter(|v| !v.is_null())
@@ -477,9 +501,15 @@ impl Collector {
         Ok(())
     }
 
-    /// Marks a completed visit as signed.
+    /// Marks a completed visit as signed: it must hold a signature (added on the draft, still
+    /// matching what was completed), or it is refused with `visit_unsigned`.
     pub fn sign_visit(&self, visit_id: &str) -> Result<()> {
         self.require_user()?;
+        if !self.signatures(visit_id)?.iter().any(|s| s.valid) {
+            return Err(Error::VisitUnsigned {
+                id: visit_id.to_owned(),
+            });
+        }
         self.transition(
             visit_id,
             &[VisitStatus::Completed],

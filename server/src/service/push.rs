@@ -7,7 +7,7 @@ use zoufang_protocol::audit::is_hex_digest;
 use zoufang_protocol::messages::{Ack, Change, ChangeOp, Entity, FeedItem, Outcome, VisitRecord};
 
 use super::records::{
-    FieldEdit, NewRecord, PushContext, applied, create_record, next_seq, rejected,
+    FieldEdit, NewRecord, PushContext, applied, create_record, id_in_use, next_seq, rejected,
 };
 use super::{records, ts};
 use crate::repo::Tx;
@@ -78,14 +78,12 @@ fn apply_change(tx: &mut dyn Tx, ctx: &PushContext<'_>, change: &Change) -> Resu
             household_id,
             fields,
         } => {
-            let Some((village, _)) = tx.locate(Entity::Household, household_id)? else {
+            // A household outside the sender's areas reads as one that does not exist.
+            let located = tx.locate(Entity::Household, household_id)?;
+            let Some((village, _)) = located.filter(|(v, _)| ctx.auth.covers(v)) else {
                 let m = "the member's household does not exist on the server";
                 return Ok(rejected(seq, "not_found", m));
             };
-            if !ctx.auth.covers(&village) {
-                let m = "the household is outside the user's areas";
-                return Ok(rejected(seq, "out_of_area", m));
-            }
             let r = NewRecord {
                 entity: Entity::Member,
                 id,
@@ -133,14 +131,11 @@ fn set_visit_status(
     seq: u64,
     (id, status, reason, at): (&str, &str, Option<&str>, &str),
 ) -> Result<Ack> {
-    let Some((village, held_seq, mut visit)) = tx.visit(id)? else {
+    let held = tx.visit(id)?;
+    let Some((village, held_seq, mut visit)) = held.filter(|(v, _, _)| ctx.auth.covers(v)) else {
         let m = "the visit does not exist on the server";
         return Ok(rejected(seq, "not_found", m));
     };
-    if !ctx.auth.covers(&village) {
-        let m = "the visit is outside the user's areas";
-        return Ok(rejected(seq, "out_of_area", m));
-    }
     if visit.status == status {
         return Ok(applied(seq, Outcome::Unchanged, held_seq, None, None));
     }
@@ -151,6 +146,10 @@ fn set_visit_status(
     if !allowed {
         let m = "that status change is not allowed";
         return Ok(rejected(seq, "invalid_transition", m));
+    }
+    if status == "signed" && !has_signature(&visit) {
+        let m = "a signed visit carries its signatures";
+        return Ok(rejected(seq, "unsigned", m));
     }
     visit.status = status.to_owned();
     if status == "signed" {
@@ -192,14 +191,24 @@ fn submit_visit(
     if let Some(problem) = attachments_problem(visit) {
         return Ok(rejected(seq, "invalid_attachment", problem));
     }
-    if let Some((_, held_seq, _)) = tx.visit(&visit.id)? {
-        return Ok(applied(seq, Outcome::Unchanged, held_seq, None, None));
+    if visit.author != ctx.auth.user.id {
+        let m = "a visit's author is the user signed in on the device that sends it";
+        return Ok(rejected(seq, "author_mismatch", m));
     }
-    if let Some(h) = &visit.household_id
-        && tx.locate(Entity::Household, h)?.is_none()
-    {
-        let m = "the visit's household does not exist on the server";
-        return Ok(rejected(seq, "not_found", m));
+    if visit.status == "signed" && !has_signature(visit) {
+        let m = "a signed visit carries its signatures";
+        return Ok(rejected(seq, "unsigned", m));
+    }
+    if let Some((village, held_seq, held)) = tx.visit(&visit.id)? {
+        // Sent again (its acknowledgement lost, the phone restored): unchanged. Any other
+        // visit's id is refused without saying where that visit is.
+        if village == visit.village_code && held.author == visit.author {
+            return Ok(applied(seq, Outcome::Unchanged, held_seq, None, None));
+        }
+        return Ok(id_in_use(seq));
+    }
+    if let Some(refusal) = links_refusal(tx, ctx, seq, visit)? {
+        return Ok(refusal);
     }
     let server_seq = next_seq(tx)?;
     tx.insert_visit(visit, server_seq)?;
@@ -208,6 +217,41 @@ fn submit_visit(
     };
     tx.append_feed(server_seq, &visit.village_code, &ctx.auth.device_id, &item)?;
     Ok(applied(seq, Outcome::Applied, server_seq, None, None))
+}
+
+/// The records a visit points to must be where it claims: its household in its village, the
+/// visit it revises in the sender's areas. Outside the areas reads as not existing.
+fn links_refusal(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    seq: u64,
+    visit: &VisitRecord,
+) -> Result<Option<Ack>> {
+    if let Some(h) = &visit.household_id {
+        match tx.locate(Entity::Household, h)? {
+            Some((village, _)) if village == visit.village_code => {}
+            Some((village, _)) if ctx.auth.covers(&village) => {
+                let m = "the visit's household is in another village than the visit";
+                return Ok(Some(rejected(seq, "invalid_value", m)));
+            }
+            _ => {
+                let m = "the visit's household does not exist on the server";
+                return Ok(Some(rejected(seq, "not_found", m)));
+            }
+        }
+    }
+    if let Some(original) = &visit.revision_of {
+        let held = tx.visit(original)?;
+        if !held.is_some_and(|(village, _, _)| ctx.auth.covers(&village)) {
+            let m = "the visit it revises does not exist on the server";
+            return Ok(Some(rejected(seq, "not_found", m)));
+        }
+    }
+    Ok(None)
+}
+
+fn has_signature(visit: &VisitRecord) -> bool {
+    visit.attachments.iter().any(|a| a.kind == "signature")
 }
 
 /// What is wrong with a visit's attachment list, if anything.

@@ -13,6 +13,9 @@ use zoufang_protocol::messages::{
     RecordState,
 };
 
+use zoufang_model::domain::household_field_writable;
+use zoufang_protocol::messages::Role;
+
 use crate::merge::{Decision, Edit, FieldNow, decide};
 use crate::repo::{StoredField, StoredWriter, Tx};
 use crate::storage::{DeviceAuth, Result};
@@ -51,6 +54,11 @@ pub fn rejected(seq: u64, code: &str, message: &str) -> Ack {
         code: Some(code.to_owned()),
         message: Some(message.to_owned()),
     }
+}
+
+/// The refusal of an id another record holds: it says nothing of that record.
+pub fn id_in_use(seq: u64) -> Ack {
+    rejected(seq, "id_in_use", "the id is already used by another record")
 }
 
 pub fn applied(
@@ -130,6 +138,11 @@ pub fn create_record(
     if let Err(why) = check_fields(r.fields) {
         return Ok(rejected(device_seq, "invalid_value", why));
     }
+    if r.entity == Entity::Household
+        && let Some(refusal) = household_fields_refusal(ctx, device_seq, r)
+    {
+        return Ok(refusal);
+    }
     if uuid::Uuid::parse_str(r.id).is_err() {
         return Ok(rejected(
             device_seq,
@@ -138,7 +151,17 @@ pub fn create_record(
         ));
     }
     if let Some(created) = tx.record_created(r.entity, r.id)? {
-        return Ok(applied(device_seq, Outcome::Unchanged, created, None, None));
+        // The same record sent again is unchanged; an id taken by another record (in another
+        // village, perhaps outside the sender's areas) is refused without saying where.
+        let same = tx
+            .locate(r.entity, r.id)?
+            .is_some_and(|(village, household)| {
+                village == r.village && r.household_id.is_none_or(|h| h == household)
+            });
+        if same {
+            return Ok(applied(device_seq, Outcome::Unchanged, created, None, None));
+        }
+        return Ok(id_in_use(device_seq));
     }
     let seq = next_seq(tx)?;
     tx.insert_record(r.entity, r.id, r.household_id, r.village, seq)?;
@@ -169,6 +192,24 @@ pub fn create_record(
     Ok(applied(device_seq, Outcome::Applied, seq, None, None))
 }
 
+/// A new household whose village field names another village than the one it is filed under,
+/// or that a coordinator sends with a server-owned field set.
+fn household_fields_refusal(ctx: &PushContext<'_>, seq: u64, r: &NewRecord<'_>) -> Option<Ack> {
+    if r.fields
+        .get("village_code")
+        .is_some_and(|v| v.as_str() != Some(r.village))
+    {
+        let m = "the household's village field differs from the village it is filed under";
+        return Some(rejected(seq, "invalid_value", m));
+    }
+    let coordinator = ctx.auth.user.role == Role::Coordinator;
+    r.fields
+        .iter()
+        .filter(|(field, value)| field.as_str() != "village_code" && !value.is_null())
+        .find_map(|(field, _)| household_field_writable(field, coordinator).err())
+        .map(|why| rejected(seq, "server_owned_field", why))
+}
+
 /// One field edit as a device (or a reviewer, with device sequence 0) sent it.
 #[derive(Debug, Clone, Copy)]
 pub struct FieldEdit<'a> {
@@ -184,13 +225,16 @@ pub struct FieldEdit<'a> {
 
 /// Applies one field edit under the merge rule.
 pub fn set_field(tx: &mut dyn Tx, ctx: &PushContext<'_>, e: &FieldEdit<'_>) -> Result<Ack> {
-    let Some((village, household)) = tx.locate(e.entity, e.id)? else {
+    // A record outside the sender's areas reads as one that does not exist.
+    let located = tx.locate(e.entity, e.id)?;
+    let Some((village, household)) = located.filter(|(v, _)| ctx.auth.covers(v)) else {
         let m = "the record does not exist on the server";
         return Ok(rejected(e.device_seq, "not_found", m));
     };
-    if !ctx.auth.covers(&village) {
-        let m = "the record is outside the user's areas";
-        return Ok(rejected(e.device_seq, "out_of_area", m));
+    if e.entity == Entity::Household
+        && let Err(why) = household_field_writable(e.field, ctx.auth.user.role == Role::Coordinator)
+    {
+        return Ok(rejected(e.device_seq, "server_owned_field", why));
     }
     let mut one = Map::new();
     one.insert(e.field.to_owned(), e.value.clone());

@@ -150,6 +150,8 @@ final class CollectorTests: XCTestCase {
              "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
              "investigator_1_name": "马海木呷", "consent_privacy": "yes"}
             """#)
+        // The interviewee signs the draft; only a visit holding a signature can be marked signed.
+        _ = try c.addSignature(visitId: v.id, fieldPath: "interviewee_signature", image: cameraJpeg)
         XCTAssertEqual(try c.completeVisit(visitId: v.id).status, .completed)
         try c.signVisit(visitId: v.id)
         XCTAssertEqual(try c.visit(visitId: v.id).status, .signed)

@@ -36,6 +36,13 @@ fun Collector.newHousehold(phone: String = "13812345678"): String = addHousehold
     listOf("""{"name": "吉克阿呷", "id_type": "resident_id", "id_number": "11010519491231002X", "relationship": "02", "lives_together": "yes", "health": "healthy"}"""),
 )
 
+/** A signature pad's strokes, as the PNG the app hands the core. */
+fun signaturePng(): ByteArray {
+    val strokes = java.awt.image.BufferedImage(500, 160, java.awt.image.BufferedImage.TYPE_BYTE_GRAY)
+    for (x in 0 until 500) strokes.setRGB(x, 80 + (x % 40) - 20, 0xFFFFFF)
+    return java.io.ByteArrayOutputStream().also { javax.imageio.ImageIO.write(strokes, "png", it) }.toByteArray()
+}
+
 fun Collector.routineVisit(household: String): String {
     val v = startVisit(household, "routine")
     setAnswers(
@@ -112,6 +119,8 @@ class CollectorTest {
                 "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
                 "investigator_1_name": "马海木呷", "consent_privacy": "yes"}""",
         )
+        // The interviewee signs the draft; only a visit holding a signature can be marked signed.
+        c.addSignature(v.id, "interviewee_signature", signaturePng())
         assertEquals(VisitStatus.COMPLETED, c.completeVisit(v.id).status)
         c.signVisit(v.id)
         assertEquals(VisitStatus.SIGNED, c.visit(v.id).status)
@@ -258,10 +267,7 @@ class CollectorTest {
                 "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
                 "investigator_1_name": "马海木呷", "consent_privacy": "yes"}""",
         )
-        val strokes = java.awt.image.BufferedImage(500, 160, java.awt.image.BufferedImage.TYPE_BYTE_GRAY)
-        for (x in 0 until 500) strokes.setRGB(x, 80 + (x % 40) - 20, 0xFFFFFF)
-        val png = java.io.ByteArrayOutputStream().also { javax.imageio.ImageIO.write(strokes, "png", it) }.toByteArray()
-        a.addSignature(v.id, "investigator_1_signature", png)
+        a.addSignature(v.id, "investigator_1_signature", signaturePng())
         a.completeVisit(v.id)
         val waiting = a.visitsWithPendingAttachments().single()
         assertEquals(v.id, waiting.visitId)
