@@ -248,6 +248,15 @@ impl From<records::VisitStatus> for VisitStatus {
     }
 }
 
+/// A prefilled value someone else changed after the draft was opened.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ChangedSinceOpened {
+    /// The answer's path (`members[1].id_number`).
+    pub path: String,
+    pub opened_with_json: String,
+    pub now_json: String,
+}
+
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct Visit {
     pub id: String,
@@ -909,6 +918,26 @@ impl Collector {
             .into_iter()
             .map(Into::into)
             .collect())
+    }
+
+    /// Prefilled values someone else changed since the draft was opened (values as JSON).
+    pub fn changes_since_opened(&self, visit_id: String) -> Result<Vec<ChangedSinceOpened>> {
+        Ok(self
+            .inner
+            .changes_since_opened(&visit_id)?
+            .into_iter()
+            .map(|c| ChangedSinceOpened {
+                path: c.path,
+                opened_with_json: c.opened_with.to_string(),
+                now_json: c.now.to_string(),
+            })
+            .collect())
+    }
+
+    /// Starts a correction of a completed or signed visit: a new draft naming the one it
+    /// replaces.
+    pub fn revise_visit(&self, visit_id: String) -> Result<Visit> {
+        Ok(self.inner.revise_visit(&visit_id)?.into())
     }
 
     pub fn complete_visit(&self, visit_id: String) -> Result<Visit> {

@@ -239,6 +239,14 @@ enum VisitCommand {
         value: Option<String>,
     },
     /// Every problem of the visit's answers.
+    /// Prefilled values someone else changed since the draft was opened, with both values.
+    Changes {
+        visit: String,
+    },
+    /// Start a correction of a completed or signed visit (a new draft naming it).
+    Revise {
+        visit: String,
+    },
     Validate {
         visit: String,
         #[arg(long, default_value = "zh")]
@@ -664,6 +672,25 @@ fn visit(cmd: VisitCommand, c: &Collector, out: &Out) -> CliResult {
                 }
             }
             out.emit(&json!({"ok": true}), || "saved".to_owned())
+        }
+        VisitCommand::Changes { visit } => {
+            let changed = c.changes_since_opened(&visit)?;
+            out.emit(&changed, || {
+                changed
+                    .iter()
+                    .map(|ch| {
+                        format!(
+                            "{}: opened with {}, now {}",
+                            ch.path, ch.opened_with, ch.now
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        VisitCommand::Revise { visit } => {
+            let v = c.revise_visit(&visit)?;
+            out.emit(&v, || format!("revision {} of {visit} started", v.id))
         }
         VisitCommand::Validate { visit, lang: l } => {
             let problems = c.validate_visit(&visit)?;

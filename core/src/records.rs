@@ -107,6 +107,18 @@ pub struct Visit {
     pub signed_at: Option<String>,
 }
 
+/// A prefilled value someone else changed after the draft was opened: completing leaves it as
+/// they set it unless the coordinator changed it too (then the server keeps both, a conflict).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangedSinceOpened {
+    /// The answer's path in the draft (`household_phone`, `members[1].id_number`).
+    pub path: String,
+    /// The record's value the draft was opened with (its prefilled answer).
+    pub opened_with: Json,
+    /// The record's value now (a colleague's correction, a reviewer's resolution).
+    pub now: Json,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VisitSummary {
     pub id: String,

@@ -274,6 +274,19 @@ impl Collector {
         value: &Json,
         at: &str,
     ) -> Result<()> {
+        self.set_record_field_on(tx, (entity, id, field), value, at, None)
+    }
+
+    /// Sets a record field, the edit based on `seen` (the server version its editor saw) or,
+    /// with `None`, on the version the phone knows now.
+    pub(super) fn set_record_field_on(
+        &self,
+        tx: &Transaction<'_>,
+        (entity, id, field): (Entity, &str, &str),
+        value: &Json,
+        at: &str,
+        seen: Option<u64>,
+    ) -> Result<()> {
         store::households::store_field(tx, entity, id, field, value, at)?;
         let action = Action {
             entity: entity.as_str(),
@@ -282,7 +295,7 @@ impl Collector {
             field: Some(field),
         };
         self.audit_action(tx, action)?;
-        self.enqueue_field_edit(tx, at, entity, id, field, value, None)
+        self.enqueue_field_edit(tx, at, (entity, id, field), value, None, seen)
     }
 
     /// A household with its members, for display: the view is recorded in the audit trail.

@@ -8,6 +8,7 @@ mod forms;
 mod households;
 mod local_state;
 mod retention;
+mod seen;
 pub mod signing;
 mod sync;
 mod visits;

@@ -75,19 +75,21 @@ impl Collector {
         outbox::push(tx, key, &hlc, at, &op)
     }
 
-    /// Queues an edit of one field with the server version its editor saw.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues an edit of one field with the server version its editor saw: `seen`, or the one
+    /// the phone knows now.
     pub(crate) fn enqueue_field_edit(
         &self,
         tx: &Transaction<'_>,
         at: &str,
-        entity: Entity,
-        id: &str,
-        field: &str,
+        (entity, id, field): (Entity, &str, &str),
         value: &Json,
         resolves: Option<(&str, u64)>,
+        seen: Option<u64>,
     ) -> Result<()> {
-        let seen = apply::server_field(tx, entity, id, field)?.map_or(0, |f| f.version);
+        let seen = match seen {
+            Some(v) => v,
+            None => apply::server_field(tx, entity, id, field)?.map_or(0, |f| f.version),
+        };
         let base = resolves.map_or(seen, |(_, v)| v.max(seen));
         let after = outbox::pending_for_field(tx, entity, id, field)?;
         let op = ChangeOp::SetField {
@@ -256,15 +258,8 @@ impl Collector {
             };
             self.audit_action(tx, action)?;
             let resolves = Some((info.id.as_str(), info.version));
-            self.enqueue_field_edit(
-                tx,
-                &at,
-                info.entity,
-                &info.entity_id,
-                &info.field,
-                &value,
-                resolves,
-            )
+            let target = (info.entity, info.entity_id.as_str(), info.field.as_str());
+            self.enqueue_field_edit(tx, &at, target, &value, resolves, None)
         })
     }
 

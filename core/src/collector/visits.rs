@@ -5,9 +5,12 @@ use rusqlite::Transaction;
 use serde_json::{Map, Value as Json, json};
 
 use super::Action;
+use super::seen;
 use super::{Collector, FieldState, HOUSEHOLD_VISIT_FORM_ID, NEW_DISCOVERY, RecordBindings};
 use crate::error::{Error, Result};
-use crate::records::{NewHousehold, Visit, VisitStatus, VisitSummary, new_id, timestamp};
+use crate::records::{
+    ChangedSinceOpened, NewHousehold, Visit, VisitStatus, VisitSummary, new_id, timestamp,
+};
 use crate::store::{self, parse_object};
 use zoufang_model::engine::{self, Evaluation, Problem};
 use zoufang_model::form::{Form, ItemRef, Severity};
@@ -113,6 +116,35 @@ fn village_problem(conn: &rusqlite::Connection, visit: &Visit) -> Result<Option<
     }))
 }
 
+/// What of a draft's prefilled values changed on the phone since it was opened.
+fn changed_since_opened(
+    conn: &rusqlite::Connection,
+    form: &Form,
+    visit: &Visit,
+) -> Result<Vec<ChangedSinceOpened>> {
+    let (Some(household), VisitStatus::Draft) = (&visit.household_id, visit.status) else {
+        return Ok(Vec::new());
+    };
+    let Some(opened) = store::visits::seen(conn, &visit.id)? else {
+        return Ok(Vec::new());
+    };
+    let slots = seen::slots(form, &RecordBindings::of(form), household, &visit.answers);
+    Ok(seen::changed_since_opened(conn, &opened, slots, household)?
+        .into_iter()
+        .map(|(slot, opened_with, now)| ChangedSinceOpened {
+            path: slot.path,
+            opened_with,
+            now,
+        })
+        .collect())
+}
+
+/// How a completion files answers into records: its time and what the draft was opened with.
+struct Filing<'a> {
+    at: &'a str,
+    seen: Option<&'a Map<String, Json>>,
+}
+
 impl Collector {
     /// Starts a draft visit of `visit_type` for a household (or, with `None`, for a household
     /// being discovered), prefilled with what the store knows of the household.
@@ -147,13 +179,28 @@ impl Collector {
             completed_at: None,
             signed_at: None,
         };
-        self.store_new_visit(&visit, "create", Some(&visit.visit_type))?;
+        self.store_new_visit(&visit, ("create", Some(&visit.visit_type)), None)?;
         Ok(visit)
     }
 
-    fn store_new_visit(&self, visit: &Visit, op: &'static str, field: Option<&str>) -> Result<()> {
+    /// Stores a new draft with what it was prefilled from (`seen.rs`); a revision passes the
+    /// visit it revises, whose versions it keeps.
+    fn store_new_visit(
+        &self,
+        visit: &Visit,
+        (op, field): (&'static str, Option<&str>),
+        revises: Option<&str>,
+    ) -> Result<()> {
+        let form = self.form(&visit.form_id, visit.form_version)?;
+        let b = RecordBindings::of(&form);
         self.write(|tx| {
             store::visits::insert(tx, visit)?;
+            if let Some(h) = &visit.household_id {
+                let earlier = revises.map(|r| store::visits::seen(tx, r)).transpose()?;
+                let slots = seen::slots(&form, &b, h, &visit.answers);
+                let snapshot = seen::snapshot(tx, &slots, earlier.flatten().as_ref())?;
+                store::visits::set_seen(tx, &visit.id, &snapshot)?;
+            }
             let action = Action {
                 entity: "visit",
                 entity_id: &visit.id,
@@ -189,7 +236,8 @@ impl Collector {
             void_reason: None,
             ..old
         };
-        self.store_new_visit(&visit, "revise", visit.revision_of.as_deref())?;
+        let revises = visit.revision_of.as_deref();
+        self.store_new_visit(&visit, ("revise", revises), revises)?;
         Ok(visit)
     }
 
@@ -286,9 +334,20 @@ impl Collector {
         self.read(|c| {
             problems.extend(self.stale_signature_problems(c, &form, visit_id, &visit.answers)?);
             problems.extend(village_problem(c, &visit)?);
+            let changed = changed_since_opened(c, &form, &visit)?;
+            problems.extend(changed.iter().map(|ch| seen::changed_problem(&ch.path)));
             Ok(())
         })?;
         Ok(problems)
+    }
+
+    /// The prefilled values someone else changed since this draft was opened (a colleague's
+    /// correction synced, a reviewer's resolution), with both values, for the coordinator to
+    /// check before completing; `validate_visit` warns at the same paths.
+    pub fn changes_since_opened(&self, visit_id: &str) -> Result<Vec<ChangedSinceOpened>> {
+        let visit = self.load_visit(visit_id)?;
+        let form = self.form(&visit.form_id, visit.form_version)?;
+        self.read(|c| changed_since_opened(c, &form, &visit))
     }
 
     /// For the UI: which fields are relevant and required now, per answer path.
@@ -354,13 +413,17 @@ impl Collector {
         let at = timestamp(now);
         if completed {
             let b = RecordBindings::of(&form);
+            let seen = store::visits::seen(tx, visit_id)?;
+            let filing = Filing {
+                at: &at,
+                seen: seen.as_ref(),
+            };
             let household = self.apply_to_household(
                 tx,
-                &form,
-                &b,
+                (&form, &b),
                 visit.household_id.as_deref(),
                 &mut answers,
-                &at,
+                &filing,
             )?;
             visit.household_id = Some(household);
         }
@@ -397,12 +460,12 @@ impl Collector {
     fn apply_to_household(
         &self,
         tx: &Transaction<'_>,
-        form: &Form,
-        b: &RecordBindings,
+        (form, b): (&Form, &RecordBindings),
         household_id: Option<&str>,
         answers: &mut Map<String, Json>,
-        at: &str,
+        filing: &Filing<'_>,
     ) -> Result<String> {
+        let at = filing.at;
         let read_only = |id: usize| engine::is_read_only(form, id);
         let household_id = match household_id {
             Some(h) => h.to_owned(),
@@ -428,13 +491,12 @@ impl Collector {
             if read_only(*id) || !info.chain.is_empty() || record == "village_code" {
                 continue;
             }
-            if let Some(v) = answers.get(&info.name).filter(|v| !v.is_null())
-                && current.get(record) != Some(v)
-            {
-                self.set_record_field(tx, Entity::Household, &household_id, record, v, at)?;
+            if let Some(v) = answers.get(&info.name).filter(|v| !v.is_null()) {
+                let target = (Entity::Household, household_id.as_str(), record.as_str());
+                self.file_answer(tx, filing, target, v, current.get(record))?;
             }
         }
-        self.apply_to_members(tx, form, b, &household_id, answers, at)?;
+        self.apply_to_members(tx, (form, b), &household_id, answers, filing)?;
         Ok(household_id)
     }
 
@@ -443,12 +505,12 @@ impl Collector {
     fn apply_to_members(
         &self,
         tx: &Transaction<'_>,
-        form: &Form,
-        b: &RecordBindings,
+        (form, b): (&Form, &RecordBindings),
         household_id: &str,
         answers: &mut Map<String, Json>,
-        at: &str,
+        filing: &Filing<'_>,
     ) -> Result<()> {
+        let at = filing.at;
         let Some(members_repeat) = b.members_repeat else {
             return Ok(());
         };
@@ -486,9 +548,8 @@ impl Collector {
             match (existing, member_fields) {
                 (Some(mid), Some(fields)) => {
                     for (record, v) in bound {
-                        if fields.get(&record) != Some(&v) {
-                            self.set_record_field(tx, Entity::Member, &mid, &record, &v, at)?;
-                        }
+                        let target = (Entity::Member, mid.as_str(), record.as_str());
+                        self.file_answer(tx, filing, target, &v, fields.get(&record))?;
                     }
                 }
                 _ => {
@@ -499,6 +560,29 @@ impl Collector {
             }
         }
         Ok(())
+    }
+
+    /// Files one completed answer into its record field. An answer still as the draft was
+    /// opened with is no edit (a colleague's correction since then stands); a changed one is an
+    /// edit on the version the draft was opened with, so a real overlap becomes a conflict.
+    fn file_answer(
+        &self,
+        tx: &Transaction<'_>,
+        filing: &Filing<'_>,
+        (entity, id, field): (Entity, &str, &str),
+        answer: &Json,
+        current: Option<&Json>,
+    ) -> Result<()> {
+        let opened = filing.seen.and_then(|m| seen::opened(m, entity, id, field));
+        match opened {
+            Some(o) if &o.value == answer => Ok(()),
+            _ if current == Some(answer) => Ok(()),
+            Some(o) => {
+                let base = Some(o.version);
+                self.set_record_field_on(tx, (entity, id, field), answer, filing.at, base)
+            }
+            None => self.set_record_field(tx, entity, id, field, answer, filing.at),
+        }
     }
 
     /// Marks a completed visit as signed: it must hold a signature (added on the draft, still

@@ -12,11 +12,12 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V4),
         M::up(V5),
         M::up(V6),
+        M::up(V7),
     ])
 }
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -210,6 +211,13 @@ CREATE TABLE uploaded_contents (
 /// and it kept a third copy of every typed value, written at every autosave.
 const V6: &str = r#"
 DROP TABLE change_log;
+"#;
+
+/// What a draft was prefilled from, per record field: the value and the server version the
+/// phone knew when the visit was opened (JSON). Completion edits only what the coordinator
+/// changed, on the version they saw; NULL for drafts opened before this schema.
+const V7: &str = r#"
+ALTER TABLE visits ADD COLUMN seen TEXT;
 "#;
 
 #[cfg(test)]

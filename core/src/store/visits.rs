@@ -2,7 +2,7 @@
 //! version they were started with), and read-only copies of colleagues' visits from the server.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::Value as Json;
+use serde_json::{Map, Value as Json};
 
 use super::{not_found, parse_object};
 use crate::error::Result;
@@ -94,6 +94,22 @@ pub(crate) fn load(conn: &Connection, id: &str) -> Result<Visit> {
     stmt.query_row([id], row)
         .optional()?
         .ok_or_else(|| not_found("visit", id))?
+}
+
+/// Records what a draft was prefilled from (see schema V7).
+pub(crate) fn set_seen(conn: &Connection, id: &str, seen: &Map<String, Json>) -> Result<()> {
+    conn.prepare_cached("UPDATE visits SET seen = ?2 WHERE id = ?1")?
+        .execute(params![id, Json::Object(seen.clone()).to_string()])?;
+    Ok(())
+}
+
+/// What a draft was prefilled from, if it was recorded.
+pub(crate) fn seen(conn: &Connection, id: &str) -> Result<Option<Map<String, Json>>> {
+    let text: Option<Option<String>> = conn
+        .prepare_cached("SELECT seen FROM visits WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    text.flatten().map(|t| parse_object(&t)).transpose()
 }
 
 /// What an edit of a draft needs: its form, status and answers (as stored).

@@ -157,6 +157,12 @@ final class CollectorTests: XCTestCase {
         XCTAssertEqual(try c.visit(visitId: v.id).status, .signed)
         XCTAssertEqual(try c.visitsOfHousehold(householdId: h).count, 1)
         XCTAssertEqual(try c.counts().signed, 1)
+        // The phone changes under an open draft: the draft says so, with both values.
+        let draft = try c.startVisit(householdId: h, visitType: "routine")
+        try c.editHouseholdField(householdId: h, field: "phone", valueJson: "\"13900000009\"")
+        let changed = try c.changesSinceOpened(visitId: draft.id)
+        XCTAssertEqual(changed.map { $0.path }, ["household_phone"])
+        XCTAssertEqual(changed.first?.nowJson, "\"13900000009\"")
     }
 
     func testBadInputMapsToTypedErrors() throws {

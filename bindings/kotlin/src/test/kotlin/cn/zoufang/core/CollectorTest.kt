@@ -126,6 +126,10 @@ class CollectorTest {
         assertEquals(VisitStatus.SIGNED, c.visit(v.id).status)
         assertEquals(1, c.visitsOfHousehold(h).size)
         val draft = c.startVisit(h, "routine")
+        // The phone changes under the open draft: the draft says so, with both values.
+        c.editHouseholdField(h, "phone", "\"13900000009\"")
+        val changed = c.changesSinceOpened(draft.id).single()
+        assertEquals("household_phone" to "\"13900000009\"", changed.path to changed.nowJson)
         c.voidVisit(draft.id, "重复录入")
         assertEquals(VisitStatus.VOID, c.visit(draft.id).status)
         val counts = c.counts()
