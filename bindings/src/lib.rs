@@ -182,6 +182,8 @@ pub struct HouseholdSummary {
     pub village_code: String,
     pub head_name: Option<String>,
     pub next_visit_due: Option<String>,
+    /// `active`, `moved_away`, `migrant_away`, `all_deceased`, `merged`, `registered_in_error`.
+    pub status: String,
 }
 
 impl From<records::HouseholdSummary> for HouseholdSummary {
@@ -191,6 +193,7 @@ impl From<records::HouseholdSummary> for HouseholdSummary {
             village_code: h.village_code,
             head_name: h.head_name,
             next_visit_due: h.next_visit_due,
+            status: h.status,
         }
     }
 }
@@ -201,6 +204,15 @@ pub struct Member {
     pub fields_json: String,
 }
 
+impl From<records::Member> for Member {
+    fn from(m: records::Member) -> Self {
+        Self {
+            id: m.id,
+            fields_json: Json::Object(m.fields).to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct Household {
     pub id: String,
@@ -208,7 +220,10 @@ pub struct Household {
     pub head_name: Option<String>,
     pub next_visit_due: Option<String>,
     pub fields_json: String,
+    /// Members present.
     pub members: Vec<Member>,
+    /// Members who left, died or were found duplicates (their `status` field says which).
+    pub former_members: Vec<Member>,
 }
 
 /// The cipher suite of an encrypted store.
@@ -246,6 +261,14 @@ impl From<records::VisitStatus> for VisitStatus {
             records::VisitStatus::Void => Self::Void,
         }
     }
+}
+
+/// A status change a visit's outcome suggests.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ProposedStatus {
+    pub household_id: String,
+    pub status: String,
+    pub date: String,
 }
 
 /// A prefilled value someone else changed after the draft was opened.
@@ -324,7 +347,9 @@ pub struct FieldState {
 
 #[derive(Debug, Clone, Copy, uniffi::Record)]
 pub struct StoreCounts {
+    /// Active households.
     pub households: u64,
+    pub households_inactive: u64,
     pub members: u64,
     pub drafts: u64,
     pub completed: u64,
@@ -812,6 +837,62 @@ impl Collector {
             .collect())
     }
 
+    /// Households matching `query` whatever their status (a family that moved away).
+    pub fn search_all_households(
+        &self,
+        query: String,
+        limit: u32,
+    ) -> Result<Vec<HouseholdSummary>> {
+        Ok(self
+            .inner
+            .search_all_households(&query, limit)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Sets a household's status with a reason and a date (YYYY-MM-DD; today when null).
+    pub fn set_household_status(
+        &self,
+        household_id: String,
+        status: String,
+        reason: Option<String>,
+        date: Option<String>,
+    ) -> Result<()> {
+        Ok(self.inner.set_household_status(
+            &household_id,
+            &status,
+            reason.as_deref(),
+            date.as_deref(),
+        )?)
+    }
+
+    /// Sets a member's status: removing a member is this, never a deletion.
+    pub fn set_member_status(
+        &self,
+        member_id: String,
+        status: String,
+        reason: Option<String>,
+        date: Option<String>,
+    ) -> Result<()> {
+        Ok(self
+            .inner
+            .set_member_status(&member_id, &status, reason.as_deref(), date.as_deref())?)
+    }
+
+    /// The household status a completed visit's outcome suggests, for the coordinator to
+    /// confirm.
+    pub fn proposed_status(&self, visit_id: String) -> Result<Option<ProposedStatus>> {
+        Ok(self
+            .inner
+            .proposed_status(&visit_id)?
+            .map(|p| ProposedStatus {
+                household_id: p.household_id,
+                status: p.status,
+                date: p.date,
+            }))
+    }
+
     pub fn households_due(
         &self,
         on_or_before: String,
@@ -834,14 +915,8 @@ impl Collector {
             head_name: h.head_name,
             next_visit_due: h.next_visit_due,
             fields_json: Json::Object(h.fields).to_string(),
-            members: h
-                .members
-                .into_iter()
-                .map(|m| Member {
-                    id: m.id,
-                    fields_json: Json::Object(m.fields).to_string(),
-                })
-                .collect(),
+            members: h.members.into_iter().map(Member::from).collect(),
+            former_members: h.former_members.into_iter().map(Member::from).collect(),
         })
     }
 
@@ -978,6 +1053,7 @@ impl Collector {
         let c = self.inner.counts()?;
         Ok(StoreCounts {
             households: c.households,
+            households_inactive: c.households_inactive,
             members: c.members,
             drafts: c.drafts,
             completed: c.completed,

@@ -198,11 +198,14 @@ enum HouseholdCommand {
         #[arg(long, default_value_t = 0)]
         offset: u32,
     },
-    /// Search by the start of a member's name or resident ID.
+    /// Search by the start of a member's name or resident ID (active households; --all for
+    /// those that moved away, died out...).
     Search {
         query: String,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        #[arg(long)]
+        all: bool,
     },
     /// Households with a visit due on or before a date (YYYY-MM-DD).
     Due {
@@ -218,6 +221,21 @@ enum HouseholdCommand {
         id: String,
         field: String,
         value: String,
+    },
+    /// Set a household's status (active, moved_away, migrant_away, all_deceased,
+    /// registered_in_error), or with --member a member's (present, left_household, deceased,
+    /// duplicate).
+    Status {
+        /// The household's id, or the member's with --member.
+        id: String,
+        status: String,
+        #[arg(long)]
+        member: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        /// YYYY-MM-DD; today when left out.
+        #[arg(long)]
+        date: Option<String>,
     },
 }
 
@@ -573,8 +591,12 @@ fn household(cmd: HouseholdCommand, c: &Collector, out: &Out) -> CliResult {
             let list = c.households_in_village(&village, limit, offset)?;
             out.emit(&list, || summary_lines(&list))
         }
-        HouseholdCommand::Search { query, limit } => {
-            let list = c.search_households(&query, limit)?;
+        HouseholdCommand::Search { query, limit, all } => {
+            let list = if all {
+                c.search_all_households(&query, limit)?
+            } else {
+                c.search_households(&query, limit)?
+            };
             out.emit(&list, || summary_lines(&list))
         }
         HouseholdCommand::Due { before, village } => {
@@ -616,6 +638,21 @@ fn household(cmd: HouseholdCommand, c: &Collector, out: &Out) -> CliResult {
         HouseholdCommand::Edit { id, field, value } => {
             c.edit_household_field(&id, &field, parse_json("VALUE", &value)?)?;
             out.emit(&json!({"ok": true}), || "saved".to_owned())
+        }
+        HouseholdCommand::Status {
+            id,
+            status,
+            member,
+            reason,
+            date,
+        } => {
+            let (reason, date) = (reason.as_deref(), date.as_deref());
+            if member {
+                c.set_member_status(&id, &status, reason, date)?;
+            } else {
+                c.set_household_status(&id, &status, reason, date)?;
+            }
+            out.emit(&json!({"ok": true}), || format!("status {status} saved"))
         }
     }
 }

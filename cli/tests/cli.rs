@@ -218,6 +218,28 @@ fn a_desk_user_records_a_visit_end_to_end() {
         (counts["households"].clone(), counts["signed"].clone()),
         (json!(1), json!(1))
     );
+    // The family moves away: no longer listed or counted, still found with --all.
+    ok_json(
+        s,
+        &[
+            "household",
+            "status",
+            &hid,
+            "moved_away",
+            "--reason",
+            "全家搬到西昌",
+        ],
+    );
+    let counts = ok_json(s, &["counts"]);
+    assert_eq!(
+        (
+            counts["households"].clone(),
+            counts["households_inactive"].clone()
+        ),
+        (json!(0), json!(1))
+    );
+    let found = ok_json(s, &["household", "search", "--all", "1101"]);
+    assert_eq!(found[0]["status"], json!("moved_away"));
 }
 
 #[test]

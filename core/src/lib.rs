@@ -17,6 +17,6 @@ pub use zoufang_model as model;
 /// What devices and the server share byte for byte: messages, frames, checksums, hashing.
 pub use zoufang_protocol as protocol;
 
-pub use collector::{Collector, FieldState};
+pub use collector::{Collector, FieldState, ProposedStatus};
 pub use error::{Error, Result};
 pub use store::{Cipher, StoreOptions};

@@ -56,6 +56,8 @@ pub struct HouseholdSummary {
     pub village_code: String,
     pub head_name: Option<String>,
     pub next_visit_due: Option<String>,
+    /// `active`, or what ended its visits (`moved_away`, `all_deceased`...).
+    pub status: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -74,7 +76,11 @@ pub struct Household {
     pub next_visit_due: Option<String>,
     /// The household's fields by record name (`phone`, `urban_rural`, `address`...).
     pub fields: Map<String, Json>,
+    /// Members present.
     pub members: Vec<Member>,
+    /// Members who left the household, died or were found duplicates (their `status` says
+    /// which): kept, never deleted.
+    pub former_members: Vec<Member>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -132,7 +138,11 @@ pub struct VisitSummary {
 /// Totals for a coordinator's home screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct StoreCounts {
+    /// Active households.
     pub households: u64,
+    /// Households that moved away, died out, were merged or registered in error.
+    pub households_inactive: u64,
+    /// Members present.
     pub members: u64,
     pub drafts: u64,
     pub completed: u64,

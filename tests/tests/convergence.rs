@@ -1,4 +1,5 @@
-//! Property: devices doing random edits and syncs in random order, with random interruptions,
+//! Property: devices doing random edits (household and member statuses among them) and syncs
+//! in random order, with random interruptions,
 //! all converge to the server's state once they sync without faults, and every value anyone
 //! typed was applied at some point or is kept in a conflict. Real server on loopback; in half
 //! the cases two nodes over one storage, every request landing on the other.
@@ -13,7 +14,7 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value as Json, json};
-use zoufang_core::protocol::messages::{FeedItem, Role};
+use zoufang_core::protocol::messages::{Entity, FeedItem, Role};
 use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::SyncConfig;
 use zoufang_tests::{Device, FlakyTransport, RoundRobin, TestServer};
@@ -45,24 +46,45 @@ enum Op {
         device: usize,
         pick: usize,
     },
+    /// The household's status (moved away, back again...).
+    Status {
+        device: usize,
+        pick: usize,
+    },
+    /// The member's status: removing them, or finding them present after all.
+    MemberStatus {
+        device: usize,
+        pick: usize,
+    },
 }
+
+const HOUSEHOLD_STATUSES: [&str; 3] = ["active", "moved_away", "migrant_away"];
+const MEMBER_STATUSES: [&str; 3] = ["present", "left_household", "deceased"];
 
 fn ops(devices: usize) -> impl Strategy<Value = Vec<Op>> {
     let op = prop_oneof![
         4 => (0..devices, 0..3usize, 0..3usize).prop_map(|(device, field, pick)| Op::Edit { device, field, pick }),
         3 => (0..devices, prop::option::of((1u64..5, any::<bool>()))).prop_map(|(device, cut)| Op::Sync { device, cut }),
         1 => (0..devices, 0..4usize).prop_map(|(device, pick)| Op::Resolve { device, pick }),
+        1 => (0..devices, 0..3usize).prop_map(|(device, pick)| Op::Status { device, pick }),
+        1 => (0..devices, 0..3usize).prop_map(|(device, pick)| Op::MemberStatus { device, pick }),
     ];
     prop::collection::vec(op, 1..25)
 }
 
 fn server_fields(server: &TestServer, h: &str) -> Map<String, Json> {
-    let r = server
-        .storage
-        .record(zoufang_core::protocol::messages::Entity::Household, h)
-        .unwrap()
-        .unwrap();
-    r.fields.into_iter().map(|(k, v)| (k, v.value)).collect()
+    server_fields_of(server, Entity::Household, h)
+}
+
+/// A record's fields on the server as a phone shows them: a cleared field (null, kept on the
+/// server with its version for the merge rule) is absent.
+fn server_fields_of(server: &TestServer, entity: Entity, id: &str) -> Map<String, Json> {
+    let r = server.storage.record(entity, id).unwrap().unwrap();
+    r.fields
+        .into_iter()
+        .filter(|(_, v)| !v.value.is_null())
+        .map(|(k, v)| (k, v.value))
+        .collect()
 }
 
 /// The server's whole feed, as a reader of every village would pull it (on either storage).
@@ -139,8 +161,10 @@ proptest! {
         let h = devices[0].collector.add_household(NewHousehold {
             village_code: VILLAGE.into(),
             fields: json!({"phone": "13812345678", "address": "三组", "supporters_elsewhere": 0}).as_object().cloned().unwrap(),
-            members: vec![],
+            members: vec![json!({"name": "吉克阿呷", "id_type": "none", "sex": "1", "birth_date": "1960-03-01",
+                                 "relationship": "02", "lives_together": "yes", "health": "healthy"}).as_object().cloned().unwrap()],
         }).unwrap();
+        let member = devices[0].collector.household(&h).unwrap().members[0].id.clone();
         for d in &devices {
             d.collector.sync(&t, None, None).unwrap();
         }
@@ -171,11 +195,25 @@ proptest! {
                 Op::Resolve { device, pick } => {
                     let c = &devices[*device].collector;
                     if let Some(conflict) = c.conflicts().unwrap().first() {
-                        let field = FIELDS.iter().position(|f| *f == conflict.field).unwrap();
-                        let v = if *pick < conflict.values.len() { conflict.values[*pick].value.clone() } else { value(field, *pick) };
+                        let typed_anew = FIELDS.iter().position(|f| *f == conflict.field).map(|field| value(field, *pick));
+                        let v = match (conflict.values.get(*pick), typed_anew) {
+                            (Some(competing), _) => competing.value.clone(),
+                            (None, Some(v)) => v,
+                            (None, None) => conflict.provisional.clone(),
+                        };
                         c.resolve_conflict(&conflict.id, v.clone()).unwrap();
                         typed.insert((conflict.field.clone(), v.to_string()));
                     }
+                }
+                Op::Status { device, pick } => {
+                    let status = HOUSEHOLD_STATUSES[*pick];
+                    devices[*device].collector.set_household_status(&h, status, None, Some("2026-11-20")).unwrap();
+                    typed.insert(("status".to_owned(), json!(status).to_string()));
+                }
+                Op::MemberStatus { device, pick } => {
+                    let status = MEMBER_STATUSES[*pick];
+                    devices[*device].collector.set_member_status(&member, status, None, Some("2026-11-25")).unwrap();
+                    typed.insert(("status".to_owned(), json!(status).to_string()));
                 }
             }
         }
@@ -197,8 +235,12 @@ proptest! {
             }
         }
         let truth = server_fields(&server, &h);
+        let member_truth = server_fields_of(&server, Entity::Member, &member);
         for d in &devices {
-            prop_assert_eq!(&d.collector.household(&h).unwrap().fields, &truth);
+            let home = d.collector.household(&h).unwrap();
+            prop_assert_eq!(&home.fields, &truth);
+            let held = home.members.iter().chain(&home.former_members).find(|m| m.id == member).unwrap();
+            prop_assert_eq!(&held.fields, &member_truth);
             prop_assert_eq!(d.collector.sync_status().unwrap().pending_changes, 0);
             prop_assert!(d.collector.conflicts().unwrap().is_empty());
             prop_assert!(d.collector.rejected_changes().unwrap().is_empty());

@@ -375,6 +375,64 @@ pub fn household_field_writable(field: &str, is_coordinator: bool) -> Result<(),
     Ok(())
 }
 
+/// A household's lifecycle (`status` field, with `status_reason` and `status_date`). Only an
+/// active household is due for visits and counted; the others stay findable.
+pub const HOUSEHOLD_STATUSES: &[&str] = &[
+    "active",
+    "moved_away",
+    "migrant_away",
+    "all_deceased",
+    "merged",
+    "registered_in_error",
+];
+
+/// A member's lifecycle. Removing a member is setting one of the last three: a field edit
+/// that merges like any other, never a deletion.
+pub const MEMBER_STATUSES: &[&str] = &["present", "left_household", "deceased", "duplicate"];
+
+/// The lifecycle fields of households and members.
+pub const LIFECYCLE_FIELDS: &[&str] = &["status", "status_reason", "status_date"];
+
+/// Checks a value of a lifecycle field (any other field passes): a known status, a reason of at
+/// most 500 characters, a `YYYY-MM-DD` date; null clears a reason or a date.
+pub fn check_lifecycle_value(
+    household: bool,
+    field: &str,
+    value: &serde_json::Value,
+) -> Result<(), &'static str> {
+    match (field, value) {
+        ("status", serde_json::Value::String(s)) => check_status(household, s),
+        ("status", _) => Err("a status is one of the known values"),
+        ("status_reason" | "status_date", serde_json::Value::Null) => Ok(()),
+        ("status_reason", serde_json::Value::String(s)) if s.chars().count() <= 500 => Ok(()),
+        ("status_reason", _) => Err("a status reason is a text of at most 500 characters"),
+        ("status_date", serde_json::Value::String(s))
+            if NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() && s.len() == 10 =>
+        {
+            Ok(())
+        }
+        ("status_date", _) => Err("a status date is a YYYY-MM-DD date"),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `value` is a status a device may set for a household (`household`) or a member.
+/// `merged` is set by a reviewer's merge on the server, never by a device.
+pub fn check_status(household: bool, value: &str) -> Result<(), &'static str> {
+    let known = if household {
+        HOUSEHOLD_STATUSES
+    } else {
+        MEMBER_STATUSES
+    };
+    if !known.contains(&value) {
+        return Err("not a known status");
+    }
+    if value == "merged" {
+        return Err("a household is merged by a reviewer's operation on the server");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

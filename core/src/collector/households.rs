@@ -10,8 +10,11 @@ use super::Action;
 use super::{Collector, HOUSEHOLD_VISIT_FORM_ID, MAX_PAGE};
 use crate::error::{Error, Result};
 use crate::records::{Household, HouseholdSummary, NewHousehold, new_id, timestamp};
-use crate::store::{self, households::MemberKey};
-use zoufang_model::domain::household_field_writable;
+use crate::store::{
+    self,
+    households::{MemberKey, Scope},
+};
+use zoufang_model::domain::{LIFECYCLE_FIELDS, check_lifecycle_value, household_field_writable};
 use zoufang_model::engine::{self, Evaluation};
 use zoufang_model::form::{Form, ItemRef};
 use zoufang_protocol::audit::AuditAction;
@@ -105,6 +108,16 @@ impl Collector {
         field: &str,
         value: Json,
     ) -> Result<Json> {
+        // A status, its reason and date are the record's lifecycle, not answers of the form.
+        if LIFECYCLE_FIELDS.contains(&field) {
+            return match check_lifecycle_value(entity == Entity::Household, field, &value) {
+                Ok(()) => Ok(value),
+                Err(_) => Err(Error::InvalidValue {
+                    field: field.to_owned(),
+                    code: "invalid_status",
+                }),
+            };
+        }
         let (form, b) = self.household_form()?;
         let bindings = match entity {
             Entity::Household => &b.household,
@@ -309,14 +322,15 @@ impl Collector {
         self.read(|c| store::households::load(c, id))
     }
 
-    /// Households of a village, by head's name.
+    /// Active households of a village, by head's name.
     pub fn households_in_village(
         &self,
         village_code: &str,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<HouseholdSummary>> {
-        self.read(|c| store::households::in_village(c, village_code, limit.min(MAX_PAGE), offset))
+        let page = (limit.min(MAX_PAGE), offset);
+        self.read(|c| store::households::in_village(c, village_code, page, Scope::Active))
     }
 
     /// Households whose next visit is due on or before `date` (YYYY-MM-DD), soonest first;
@@ -330,9 +344,18 @@ impl Collector {
         self.read(|c| store::households::due(c, on_or_before, village_code, limit.min(MAX_PAGE)))
     }
 
-    /// Households with a member whose name starts with `query`, or whose resident ID starts
-    /// with it when the query looks like an ID.
+    /// Active households with a member present whose name starts with `query`, or whose
+    /// resident ID starts with it when the query looks like an ID.
     pub fn search_households(&self, query: &str, limit: u32) -> Result<Vec<HouseholdSummary>> {
+        self.search(query, limit, Scope::Active)
+    }
+
+    pub(super) fn search(
+        &self,
+        query: &str,
+        limit: u32,
+        scope: Scope,
+    ) -> Result<Vec<HouseholdSummary>> {
         let q = query.trim();
         if q.is_empty() {
             return Ok(Vec::new());
@@ -351,6 +374,7 @@ impl Collector {
                 zoufang_model::domain::normalize_person_name(q),
             )
         };
-        self.read(|c| store::households::with_member_prefix(c, key, &prefix, limit.min(MAX_PAGE)))
+        let limit = limit.min(MAX_PAGE);
+        self.read(|c| store::households::with_member_prefix(c, key, &prefix, limit, scope))
     }
 }

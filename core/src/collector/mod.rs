@@ -6,6 +6,8 @@
 mod attachments;
 mod forms;
 mod households;
+mod lifecycle;
+pub use lifecycle::ProposedStatus;
 mod local_state;
 mod retention;
 mod seen;

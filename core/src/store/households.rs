@@ -15,6 +15,16 @@ fn text(fields: &Map<String, Json>, key: &str) -> Option<String> {
     fields.get(key).and_then(Json::as_str).map(str::to_owned)
 }
 
+/// A household's status column: its `status` field, `active` when unset.
+fn household_status(fields: &Map<String, Json>) -> String {
+    text(fields, "status").unwrap_or_else(|| "active".into())
+}
+
+/// Whether a member has left the household (by its `status` field): kept, not listed.
+fn member_removed(fields: &Map<String, Json>) -> bool {
+    text(fields, "status").is_some_and(|s| s != "present")
+}
+
 /// A new household row. `server_state` is the server's view when the record came from it.
 pub(crate) fn insert_household(
     conn: &Connection,
@@ -25,13 +35,14 @@ pub(crate) fn insert_household(
     at: &str,
 ) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO households (id, village_code, next_visit_due, fields, server_state, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, coalesce(?5, '{}'), ?6, ?6)",
+        "INSERT INTO households (id, village_code, next_visit_due, status, fields, server_state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, '{}'), ?7, ?7)",
     )?
     .execute(params![
         id,
         village_code,
         text(fields, "next_visit_due"),
+        household_status(fields),
         Json::Object(fields.clone()).to_string(),
         server_state,
         at
@@ -49,8 +60,8 @@ pub(crate) fn insert_member(
     at: &str,
 ) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO members (id, household_id, name, id_number, relationship, fields, server_state, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(?7, '{}'), ?8, ?8)",
+        "INSERT INTO members (id, household_id, name, id_number, relationship, fields, removed, server_state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, coalesce(?8, '{}'), ?9, ?9)",
     )?
     .execute(params![
         id,
@@ -59,6 +70,7 @@ pub(crate) fn insert_member(
         text(fields, "id_number"),
         text(fields, "relationship"),
         Json::Object(fields.clone()).to_string(),
+        member_removed(fields),
         server_state,
         at
     ])?;
@@ -85,7 +97,8 @@ pub(crate) fn require(conn: &Connection, id: &str) -> Result<()> {
     }
 }
 
-/// A household with its members (not removed), head first.
+/// A household with its members, head first: those present, and those who left, died or were
+/// found duplicates.
 pub(crate) fn load(conn: &Connection, id: &str) -> Result<Household> {
     let row = conn
         .prepare_cached(
@@ -105,21 +118,29 @@ pub(crate) fn load(conn: &Connection, id: &str) -> Result<Household> {
         .optional()?
         .ok_or_else(|| not_found("household", id))?;
     let mut stmt = conn.prepare_cached(
-        "SELECT id, fields FROM members WHERE household_id = ?1 AND removed = 0 ORDER BY relationship, created_at",
+        "SELECT id, fields, removed FROM members WHERE household_id = ?1 ORDER BY relationship, created_at",
     )?;
-    let members = stmt
-        .query_map([id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?
-        .map(|m| {
-            let (mid, fields) = m?;
-            Ok(Member {
-                id: mid,
-                household_id: id.to_owned(),
-                fields: parse_object(&fields)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let (mut members, mut former_members) = (Vec::new(), Vec::new());
+    let rows = stmt.query_map([id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, bool>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (mid, fields, removed) = row?;
+        let member = Member {
+            id: mid,
+            household_id: id.to_owned(),
+            fields: parse_object(&fields)?,
+        };
+        if removed {
+            former_members.push(member);
+        } else {
+            members.push(member);
+        }
+    }
     Ok(Household {
         id: row.0,
         village_code: row.1,
@@ -127,6 +148,7 @@ pub(crate) fn load(conn: &Connection, id: &str) -> Result<Household> {
         next_visit_due: row.3,
         fields: parse_object(&row.4)?,
         members,
+        former_members,
         created_at: row.5,
         updated_at: row.6,
     })
@@ -226,13 +248,14 @@ fn store_household_field(
     let mut fields = fields(conn, id)?;
     put(&mut fields, field, value);
     conn.prepare_cached(
-        "UPDATE households SET fields = ?2, village_code = ?3, next_visit_due = ?4, updated_at = ?5 WHERE id = ?1",
+        "UPDATE households SET fields = ?2, village_code = ?3, next_visit_due = ?4, status = ?5, updated_at = ?6 WHERE id = ?1",
     )?
     .execute(params![
         id,
         Json::Object(fields.clone()).to_string(),
         text(&fields, "village_code").unwrap_or_default(),
         text(&fields, "next_visit_due"),
+        household_status(&fields),
         at
     ])?;
     Ok(())
@@ -253,7 +276,7 @@ fn store_member_field(
     let mut fields = parse_object(&fields)?;
     put(&mut fields, field, value);
     conn.prepare_cached(
-        "UPDATE members SET fields = ?2, name = ?3, id_number = ?4, relationship = ?5, updated_at = ?6 WHERE id = ?1",
+        "UPDATE members SET fields = ?2, name = ?3, id_number = ?4, relationship = ?5, removed = ?6, updated_at = ?7 WHERE id = ?1",
     )?
     .execute(params![
         id,
@@ -261,13 +284,28 @@ fn store_member_field(
         text(&fields, "name"),
         text(&fields, "id_number"),
         text(&fields, "relationship"),
+        member_removed(&fields),
         at
     ])?;
     refresh_head(conn, &household_id)
 }
 
 const SUMMARY: &str =
-    "SELECT h.id, h.village_code, h.head_name, h.next_visit_due FROM households h";
+    "SELECT h.id, h.village_code, h.head_name, h.next_visit_due, h.status FROM households h";
+
+/// Which households a list holds: the active ones (the default everywhere), or all of them
+/// (finding a family that moved away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Active,
+    All,
+}
+
+impl Scope {
+    fn all(self) -> bool {
+        self == Self::All
+    }
+}
 
 fn summaries(
     conn: &Connection,
@@ -281,6 +319,7 @@ fn summaries(
             village_code: r.get(1)?,
             head_name: r.get(2)?,
             next_visit_due: r.get(3)?,
+            status: r.get(4)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -290,19 +329,21 @@ fn summaries(
 pub(crate) fn in_village(
     conn: &Connection,
     village_code: &str,
-    limit: u32,
-    offset: u32,
+    (limit, offset): (u32, u32),
+    scope: Scope,
 ) -> Result<Vec<HouseholdSummary>> {
     summaries(
         conn,
         &format!(
-            "{SUMMARY} WHERE h.village_code = ?1 ORDER BY h.head_name, h.id LIMIT ?2 OFFSET ?3"
+            "{SUMMARY} WHERE h.village_code = ?1 AND (?4 OR h.status = 'active')
+             ORDER BY h.head_name, h.id LIMIT ?2 OFFSET ?3"
         ),
-        params![village_code, limit, offset],
+        params![village_code, limit, offset, scope.all()],
     )
 }
 
-/// Households due on or before a date (YYYY-MM-DD), soonest first, optionally in one village.
+/// Active households due on or before a date (YYYY-MM-DD), soonest first, optionally in one
+/// village.
 pub(crate) fn due(
     conn: &Connection,
     on_or_before: &str,
@@ -312,7 +353,7 @@ pub(crate) fn due(
     summaries(
         conn,
         &format!(
-            "{SUMMARY} WHERE h.next_visit_due IS NOT NULL AND h.next_visit_due <= ?1
+            "{SUMMARY} WHERE h.next_visit_due IS NOT NULL AND h.next_visit_due <= ?1 AND h.status = 'active'
              AND (?2 IS NULL OR h.village_code = ?2) ORDER BY h.next_visit_due, h.id LIMIT ?3"
         ),
         params![on_or_before, village_code, limit],
@@ -332,6 +373,7 @@ pub(crate) fn with_member_prefix(
     key: MemberKey,
     prefix: &str,
     limit: u32,
+    scope: Scope,
 ) -> Result<Vec<HouseholdSummary>> {
     let column = match key {
         MemberKey::Name => "name",
@@ -340,8 +382,8 @@ pub(crate) fn with_member_prefix(
     // A range scan on the index: every string with this prefix sorts in [prefix, prefix+U+10FFFF).
     let upper = format!("{prefix}\u{10FFFF}");
     let sql = format!(
-        "{SUMMARY} WHERE h.id IN (SELECT household_id FROM members WHERE {column} >= ?1 AND {column} < ?2 AND removed = 0 LIMIT ?3)
-         ORDER BY h.head_name, h.id"
+        "{SUMMARY} WHERE h.id IN (SELECT household_id FROM members WHERE {column} >= ?1 AND {column} < ?2 AND (?4 OR removed = 0) LIMIT ?3)
+         AND (?4 OR h.status = 'active') ORDER BY h.head_name, h.id"
     );
-    summaries(conn, &sql, params![prefix, upper, limit])
+    summaries(conn, &sql, params![prefix, upper, limit, scope.all()])
 }

@@ -55,7 +55,8 @@ pub(crate) fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params)
 pub(crate) fn counts(conn: &Connection) -> Result<crate::records::StoreCounts> {
     let n = |sql: &str| count(conn, sql, []);
     Ok(crate::records::StoreCounts {
-        households: n("SELECT count(*) FROM households")?,
+        households: n("SELECT count(*) FROM households WHERE status = 'active'")?,
+        households_inactive: n("SELECT count(*) FROM households WHERE status != 'active'")?,
         members: n("SELECT count(*) FROM members WHERE removed = 0")?,
         drafts: n("SELECT count(*) FROM visits WHERE status = 'draft'")?,
         completed: n("SELECT count(*) FROM visits WHERE status = 'completed'")?,

@@ -216,8 +216,12 @@ DROP TABLE change_log;
 /// What a draft was prefilled from, per record field: the value and the server version the
 /// phone knew when the visit was opened (JSON). Completion edits only what the coordinator
 /// changed, on the version they saw; NULL for drafts opened before this schema.
+///
+/// Households carry a lifecycle status (a copy of their `status` field, for the due list and
+/// searches); a member whose status is not `present` is `removed`.
 const V7: &str = r#"
 ALTER TABLE visits ADD COLUMN seen TEXT;
+ALTER TABLE households ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
 "#;
 
 #[cfg(test)]

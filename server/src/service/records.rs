@@ -13,7 +13,7 @@ use zoufang_protocol::messages::{
     RecordState,
 };
 
-use zoufang_model::domain::household_field_writable;
+use zoufang_model::domain::{check_lifecycle_value, household_field_writable};
 use zoufang_protocol::messages::Role;
 
 use crate::merge::{Decision, Edit, FieldNow, decide};
@@ -138,6 +138,14 @@ pub fn create_record(
     if let Err(why) = check_fields(r.fields) {
         return Ok(rejected(device_seq, "invalid_value", why));
     }
+    let household = r.entity == Entity::Household;
+    if let Some(why) = r
+        .fields
+        .iter()
+        .find_map(|(f, v)| check_lifecycle_value(household, f, v).err())
+    {
+        return Ok(rejected(device_seq, "invalid_value", why));
+    }
     if r.entity == Entity::Household
         && let Some(refusal) = household_fields_refusal(ctx, device_seq, r)
     {
@@ -235,6 +243,9 @@ pub fn set_field(tx: &mut dyn Tx, ctx: &PushContext<'_>, e: &FieldEdit<'_>) -> R
         && let Err(why) = household_field_writable(e.field, ctx.auth.user.role == Role::Coordinator)
     {
         return Ok(rejected(e.device_seq, "server_owned_field", why));
+    }
+    if let Err(why) = check_lifecycle_value(e.entity == Entity::Household, e.field, e.value) {
+        return Ok(rejected(e.device_seq, "invalid_value", why));
     }
     let mut one = Map::new();
     one.insert(e.field.to_owned(), e.value.clone());

@@ -126,6 +126,13 @@ final class CollectorTests: XCTestCase {
             XCTAssertEqual(code, "invalid_value")
             XCTAssertFalse(detail.contains("12345"))
         }
+        // The family moves away: off the due list and the counts, still found when asked.
+        try c.setHouseholdStatus(householdId: h, status: "moved_away", reason: "全家搬到西昌", date: "2026-11-20")
+        XCTAssertTrue(try c.householdsDue(onOrBefore: "2026-12-31", villageCode: nil, limit: 50).isEmpty)
+        XCTAssertEqual(try c.searchAllHouseholds(query: "吉克", limit: 10).map(\.status), ["moved_away"])
+        XCTAssertEqual(try c.counts().householdsInactive, 1)
+        try c.setMemberStatus(memberId: shown.members[0].id, status: "deceased", reason: nil, date: nil)
+        XCTAssertEqual(try c.household(id: h).formerMembers.count, 1)
     }
 
     func testAVisitIsCheckedCompletedSignedAndListed() throws {

@@ -92,6 +92,15 @@ class CollectorTest {
         val bad = assertFailsWith<ZoufangException.InvalidInput> { c.editHouseholdField(h, "phone", "\"12345\"") }
         assertEquals("invalid_value", bad.code)
         assertTrue(!bad.message!!.contains("12345"), "no personal data in messages")
+        // The family moves away: off the due list and the counts, still found when asked.
+        c.setHouseholdStatus(h, "moved_away", "全家搬到西昌", "2026-11-20")
+        assertTrue(c.householdsDue("2026-12-31", VILLAGE, 50u).isEmpty())
+        assertTrue(c.searchHouseholds("吉克", 10u).isEmpty())
+        assertEquals("moved_away", c.searchAllHouseholds("吉克", 10u).single().status)
+        assertEquals(0uL to 1uL, c.counts().let { it.households to it.householdsInactive })
+        c.setMemberStatus(shown.members.single().id, "deceased", null, null)
+        assertEquals(0, c.household(h).members.size)
+        assertEquals(1, c.household(h).formerMembers.size)
     }
 
     @Test
