@@ -431,6 +431,8 @@ pub struct SyncReport {
     pub attachments_waiting: u64,
     /// Contents whose stored bytes no longer match their hash: kept, not sent.
     pub attachments_damaged: u64,
+    /// Members sent whose resident ID is already registered elsewhere: the township checks.
+    pub possible_duplicates: u64,
 }
 
 impl From<core_sync::SyncReport> for SyncReport {
@@ -455,6 +457,7 @@ impl From<core_sync::SyncReport> for SyncReport {
             attachment_interruptions: r.attachment_interruptions,
             attachments_waiting: r.attachments_waiting,
             attachments_damaged: r.attachments_damaged,
+            possible_duplicates: r.possible_duplicates,
         }
     }
 }

@@ -57,6 +57,12 @@ pub enum AdminCommand {
     /// Re-verify every audit chain (each device's and the server's own); exit 1 on a break.
     AuditVerify,
     Stats,
+    /// Members holding one resident ID in two households (open pairs), within an area.
+    Duplicates {
+        /// A region-code prefix; the whole province (`51`) when left out.
+        #[arg(long, default_value = "51")]
+        area: String,
+    },
     /// Visits whose photos or signatures have not all arrived (verified) yet.
     AwaitingAttachments,
     /// Copy this SQLite data directory's server into an empty PostgreSQL database (devices go
@@ -320,6 +326,38 @@ pub fn admin(
         AdminCommand::Stats => {
             let stats = s.stats().map_err(server_failure)?;
             out.emit(&stats, || format!("{stats:#?}"))
+        }
+        AdminCommand::Duplicates { area } => {
+            let auth = zoufang_server::DeviceAuth {
+                device_id: "admin-cli".into(),
+                user: UserInfo {
+                    id: "admin-cli".into(),
+                    role: Role::Administrator,
+                    areas: vec![area],
+                },
+            };
+            let pairs = s.possible_duplicates(&auth).map_err(server_failure)?;
+            out.emit(&pairs, || {
+                let lines: Vec<String> = pairs
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "member {} (household {}, {}) and member {} (household {}, {})",
+                            d.member_a,
+                            d.household_a,
+                            d.village_a,
+                            d.member_b,
+                            d.household_b,
+                            d.village_b
+                        )
+                    })
+                    .collect();
+                if lines.is_empty() {
+                    "no possible duplicates".into()
+                } else {
+                    lines.join("\n")
+                }
+            })
         }
         AdminCommand::CopyToPostgres { .. } => Ok(()),
         AdminCommand::AwaitingAttachments => {

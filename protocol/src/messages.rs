@@ -403,6 +403,27 @@ pub struct ConflictsResponse {
     pub conflicts: Vec<ConflictInfo>,
 }
 
+/// Two present members holding one resident ID, flagged for the reviewers whose areas cover
+/// both households (a coordinator is told only that the ID is registered elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PossibleDuplicate {
+    /// The smaller member id of the pair.
+    pub member_a: String,
+    pub household_a: String,
+    pub village_a: String,
+    pub member_b: String,
+    pub household_b: String,
+    pub village_b: String,
+    pub found_at: String,
+}
+
+/// `GET /v1/duplicates`: a reviewer's open possible duplicates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DuplicatesResponse {
+    pub protocol: u32,
+    pub duplicates: Vec<PossibleDuplicate>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolveRequest {
     pub protocol: u32,

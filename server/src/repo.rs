@@ -15,7 +15,7 @@ use zoufang_protocol::messages::{
 use zoufang_model::code_list::CodeList;
 
 use crate::blobs::{BlobStore, ContentKey};
-use crate::storage::{DeviceInfo, Result, Stats};
+use crate::storage::{DeviceInfo, PossibleDuplicate, Result, Stats};
 
 /// A one-time enrolment token as stored (by its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +233,30 @@ pub trait DeviceChangesRepo {
     fn device_seen(&mut self, device_id: &str, at: &str, clock_offset_ms: i64) -> Result<()>;
 }
 
+/// Members of the province sharing a resident ID, and the pairs flagged for reviewers.
+pub trait DuplicatesRepo {
+    /// Members other than `except`, not marked gone, whose `id_number` field holds `value`
+    /// (its stored JSON text): (member, household, village).
+    fn members_with_id_number(
+        &mut self,
+        value: &str,
+        except: &str,
+    ) -> Result<Vec<(String, String, String)>>;
+    /// Records a pair (in member-id order); `false` when it was recorded already.
+    fn flag_duplicate(&mut self, d: &PossibleDuplicate) -> Result<bool>;
+    /// Open pairs with either village starting with `area`.
+    fn duplicates_in(&mut self, area: &str) -> Result<Vec<PossibleDuplicate>>;
+}
+
+/// The `members_with_id_number` query, the same on both storages (`$1`/`?1` alike).
+pub(crate) const MEMBERS_WITH_ID_NUMBER: &str =
+    "SELECT f.id, r.household_id, r.village_code FROM fields f
+     JOIN records r ON r.entity = f.entity AND r.id = f.id
+     WHERE f.entity = 'member' AND f.field = 'id_number' AND f.value = $1 AND f.id <> $2
+       AND NOT EXISTS (SELECT 1 FROM fields s WHERE s.entity = 'member' AND s.id = f.id
+                       AND s.field = 'status' AND s.value NOT IN ('\"present\"', 'null'))
+     ORDER BY f.id LIMIT 20";
+
 /// Everything a service function may touch inside one transaction.
 pub trait Tx:
     UsersRepo
@@ -246,6 +270,7 @@ pub trait Tx:
     + ConflictsRepo
     + VisitsRepo
     + DeviceChangesRepo
+    + DuplicatesRepo
 {
 }
 
@@ -261,6 +286,7 @@ impl<T> Tx for T where
         + ConflictsRepo
         + VisitsRepo
         + DeviceChangesRepo
+        + DuplicatesRepo
 {
 }
 

@@ -31,6 +31,8 @@ impl DeviceAuth {
     }
 }
 
+pub use zoufang_protocol::messages::PossibleDuplicate;
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceInfo {
     pub id: String,
@@ -236,6 +238,8 @@ pub trait Storage: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<SnapshotResponse>;
     fn conflicts(&self, auth: &DeviceAuth) -> Result<Vec<ConflictInfo>>;
+    /// Members holding one resident ID in two households the reviewer's areas both cover.
+    fn possible_duplicates(&self, auth: &DeviceAuth) -> Result<Vec<PossibleDuplicate>>;
     fn resolve_conflict(
         &self,
         auth: &DeviceAuth,

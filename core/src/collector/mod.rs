@@ -4,6 +4,7 @@
 //! rules inside it. Split by what the user acts on: forms, households, visits, attachments.
 
 mod attachments;
+mod duplicates;
 mod forms;
 mod households;
 mod lifecycle;

@@ -5,8 +5,8 @@ use rusqlite::Transaction;
 use serde_json::{Map, Value as Json, json};
 
 use super::Action;
-use super::seen;
 use super::{Collector, FieldState, HOUSEHOLD_VISIT_FORM_ID, NEW_DISCOVERY, RecordBindings};
+use super::{duplicates, seen};
 use crate::error::{Error, Result};
 use crate::records::{
     ChangedSinceOpened, NewHousehold, Visit, VisitStatus, VisitSummary, new_id, timestamp,
@@ -334,6 +334,7 @@ impl Collector {
         self.read(|c| {
             problems.extend(self.stale_signature_problems(c, &form, visit_id, &visit.answers)?);
             problems.extend(village_problem(c, &visit)?);
+            problems.extend(duplicates::id_number_problems(c, &form, &visit.answers)?);
             let changed = changed_since_opened(c, &form, &visit)?;
             problems.extend(changed.iter().map(|ch| seen::changed_problem(&ch.path)));
             Ok(())

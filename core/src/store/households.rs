@@ -387,3 +387,22 @@ pub(crate) fn with_member_prefix(
     );
     summaries(conn, &sql, params![prefix, upper, limit, scope.all()])
 }
+
+/// Present members holding a resident ID (normalised by the caller): (member, household).
+pub(crate) fn holders_of_id_number(
+    conn: &Connection,
+    id_number: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, household_id FROM members WHERE id_number = ?1 AND removed = 0 ORDER BY created_at LIMIT 20",
+    )?;
+    let rows = stmt.query_map([id_number], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One household's summary line.
+pub(crate) fn summary(conn: &Connection, id: &str) -> Result<HouseholdSummary> {
+    summaries(conn, &format!("{SUMMARY} WHERE h.id = ?1"), [id])?
+        .pop()
+        .ok_or_else(|| not_found("household", id))
+}

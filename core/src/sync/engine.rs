@@ -128,6 +128,9 @@ pub struct SyncReport {
     pub attachments_waiting: u64,
     /// Contents whose stored bytes no longer match their hash: kept, reported, not sent.
     pub attachments_damaged: u64,
+    /// Members sent whose resident ID is already registered elsewhere in the province: the
+    /// township checks (the phone is told nothing more).
+    pub possible_duplicates: u64,
 }
 
 /// Tuning of one sync.
@@ -570,6 +573,11 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         self.report.accepted += accepted;
         self.report.conflicts += conflicts;
         self.report.rejected += rejected;
+        self.report.possible_duplicates += pushed
+            .acks
+            .iter()
+            .filter(|a| a.code.as_deref() == Some("possible_duplicate"))
+            .count() as u64;
         self.phase_done += n;
         if pushed.acks.is_empty() {
             return Err(Error::Server {

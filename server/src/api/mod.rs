@@ -20,9 +20,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zoufang_protocol::messages::{
-    self, CatalogRequest, CatalogResponse, ConflictsResponse, EnrollRequest, EnrollResponse,
-    ErrorBody, ErrorDetail, PROTOCOL_VERSION, PullRequest, PushRequest, PushResponse,
-    ResolveRequest, SnapshotRequest,
+    self, CatalogRequest, CatalogResponse, ConflictsResponse, DuplicatesResponse, EnrollRequest,
+    EnrollResponse, ErrorBody, ErrorDetail, PROTOCOL_VERSION, PullRequest, PushRequest,
+    PushResponse, ResolveRequest, SnapshotRequest,
 };
 
 mod attachments;
@@ -466,6 +466,15 @@ async fn conflicts(State(state): State<AppState>, Device(auth): Device) -> ApiRe
     })
 }
 
+async fn duplicates(State(state): State<AppState>, Device(auth): Device) -> ApiResult {
+    let storage = state.storage.clone();
+    let duplicates = blocking(move || storage.possible_duplicates(&auth)).await?;
+    reply(&DuplicatesResponse {
+        protocol: PROTOCOL_VERSION,
+        duplicates,
+    })
+}
+
 async fn resolve(
     State(state): State<AppState>,
     Device(auth): Device,
@@ -506,6 +515,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pull", post(pull))
         .route("/v1/snapshot", post(snapshot))
         .route("/v1/conflicts", get(conflicts))
+        .route("/v1/duplicates", get(duplicates))
         .route("/v1/conflicts/{id}/resolve", post(resolve))
         .route("/v1/audit", post(audit))
         .route("/v1/attachments/status", post(attachment_status))

@@ -29,6 +29,7 @@ const TABLES: &[&str] = &[
     "server_audit",
     "visit_attachments",
     "contents",
+    "possible_duplicates",
 ];
 
 /// Rows copied, per table.

@@ -13,6 +13,7 @@
 mod conn;
 mod copy;
 mod devices;
+mod duplicates;
 mod records;
 
 pub use copy::CopyReport;
@@ -29,8 +30,13 @@ use crate::repo::{Transactions, Tx};
 use crate::storage::{Result, ServerError};
 
 /// The migrations, in order: (version, SQL). A released one is never edited.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_schema.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_schema.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_duplicates.sql"),
+    ),
+];
 
 /// The advisory lock every write transaction holds (any constant; ours spells "zf").
 const WRITE_LOCK: i64 = 0x7a66;

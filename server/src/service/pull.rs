@@ -14,7 +14,7 @@ use zoufang_protocol::messages::{
 use super::records::{FieldEdit, PushContext, set_field};
 use super::{server_audit, ts};
 use crate::repo::Tx;
-use crate::storage::{DeviceAuth, Result, ServerError};
+use crate::storage::{DeviceAuth, PossibleDuplicate, Result, ServerError};
 
 /// Most feed entries in one pull response.
 pub const MAX_PULL_LIMIT: u32 = 5000;
@@ -98,6 +98,32 @@ pub fn conflicts(tx: &mut dyn Tx, auth: &DeviceAuth) -> Result<Vec<ConflictInfo>
         out.extend(tx.open_conflicts_in(area)?);
     }
     Ok(out)
+}
+
+/// The possible duplicates a reviewer may see: pairs whose households both lie in their areas.
+pub fn possible_duplicates(tx: &mut dyn Tx, auth: &DeviceAuth) -> Result<Vec<PossibleDuplicate>> {
+    if !auth.user.role.can_review() {
+        return Err(ServerError::Forbidden(
+            "possible duplicates are for reviewers".into(),
+        ));
+    }
+    let mut out: Vec<PossibleDuplicate> = Vec::new();
+    for area in &auth.user.areas {
+        for d in tx.duplicates_in(area)? {
+            let seen = auth.covers(&d.village_a) && auth.covers(&d.village_b);
+            if seen && !out.contains(&d) && present(tx, &d.member_a)? && present(tx, &d.member_b)? {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A member not (yet) marked as having left, died or been a duplicate: a pair stops being a
+/// question once either is.
+fn present(tx: &mut dyn Tx, member: &str) -> Result<bool> {
+    let status = tx.field(Entity::Member, member, "status")?;
+    Ok(status.is_none_or(|f| f.value.is_null() || f.value == "present"))
 }
 
 /// A reviewer settles a conflict from the review screen (coordinators resolve on their

@@ -18,7 +18,7 @@ use zoufang_protocol::messages::Role;
 
 use crate::merge::{Decision, Edit, FieldNow, decide};
 use crate::repo::{StoredField, StoredWriter, Tx};
-use crate::storage::{DeviceAuth, Result};
+use crate::storage::{DeviceAuth, PossibleDuplicate, Result};
 
 /// Largest value of one field accepted.
 const MAX_FIELD_BYTES: usize = 16 * 1024;
@@ -197,7 +197,58 @@ pub fn create_record(
     };
     let item = FeedItem::Record { record };
     tx.append_feed(seq, r.village, &ctx.auth.device_id, &item)?;
-    Ok(applied(device_seq, Outcome::Applied, seq, None, None))
+    let ack = applied(device_seq, Outcome::Applied, seq, None, None);
+    match (r.entity, r.fields.get("id_number"), r.household_id) {
+        (Entity::Member, Some(id_number), Some(household)) => {
+            let member = (r.id, household, r.village);
+            flag_id_number(tx, ctx, member, id_number, ack)
+        }
+        _ => Ok(ack),
+    }
+}
+
+/// One resident ID per present member in the province: a member now holding an ID another
+/// present member holds is flagged, pair by pair, to the reviewers whose areas cover both
+/// households; the sender hears only that the ID is registered elsewhere.
+fn flag_id_number(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    (member, household, village): (&str, &str, &str),
+    id_number: &Json,
+    mut ack: Ack,
+) -> Result<Ack> {
+    if !id_number.is_string() {
+        return Ok(ack);
+    }
+    let others = tx.members_with_id_number(&id_number.to_string(), member)?;
+    for (other, other_household, other_village) in &others {
+        let mine = (member, household, village);
+        let theirs = (
+            other.as_str(),
+            other_household.as_str(),
+            other_village.as_str(),
+        );
+        let (a, b) = if mine.0 < theirs.0 {
+            (mine, theirs)
+        } else {
+            (theirs, mine)
+        };
+        tx.flag_duplicate(&PossibleDuplicate {
+            member_a: a.0.to_owned(),
+            household_a: a.1.to_owned(),
+            village_a: a.2.to_owned(),
+            member_b: b.0.to_owned(),
+            household_b: b.1.to_owned(),
+            village_b: b.2.to_owned(),
+            found_at: ctx.received_at.clone(),
+        })?;
+    }
+    if !others.is_empty() {
+        ack.code = Some("possible_duplicate".into());
+        ack.message =
+            Some("this ID is already registered elsewhere; your township will check".into());
+    }
+    Ok(ack)
 }
 
 /// A new household whose village field names another village than the one it is filed under,
@@ -345,7 +396,12 @@ fn apply_edit(
     };
     tx.append_feed(seq, place.village, &ctx.auth.device_id, &item)?;
     let value = Some(e.value.clone());
-    Ok(applied(e.device_seq, Outcome::Applied, seq, value, None))
+    let ack = applied(e.device_seq, Outcome::Applied, seq, value, None);
+    if e.entity == Entity::Member && e.field == "id_number" {
+        let member = (e.id, place.household, place.village);
+        return flag_id_number(tx, ctx, member, e.value, ack);
+    }
+    Ok(ack)
 }
 
 fn competitor(ctx: &PushContext<'_>, e: &FieldEdit<'_>, seq: u64) -> CompetingValue {

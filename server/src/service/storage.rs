@@ -15,7 +15,7 @@ use zoufang_protocol::messages::{
 use super::{access, admin, attachments, audit, catalog, pull, push};
 use crate::blobs::ContentKey;
 use crate::repo::{self, Transactions};
-use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, Result, Stats, Storage};
+use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, PossibleDuplicate, Result, Stats, Storage};
 
 /// Every storage that offers transactions over the repositories is a `Storage`: the rules are
 /// the service's, the same for each.
@@ -170,6 +170,10 @@ impl<D: Transactions + 'static> Storage for D {
 
     fn conflicts(&self, auth: &DeviceAuth) -> Result<Vec<ConflictInfo>> {
         repo::read(self, |tx| pull::conflicts(tx, auth))
+    }
+
+    fn possible_duplicates(&self, auth: &DeviceAuth) -> Result<Vec<PossibleDuplicate>> {
+        repo::read(self, |tx| pull::possible_duplicates(tx, auth))
     }
 
     fn resolve_conflict(

@@ -34,6 +34,23 @@ CREATE TABLE contents (
 ) WITHOUT ROWID;
 "#;
 
+/// Members sharing a resident ID: an index on the member ID field, and the pairs flagged for
+/// the reviewers whose areas cover both households.
+const SCHEMA_V4: &str = r#"
+CREATE INDEX fields_by_id_number ON fields (value) WHERE entity = 'member' AND field = 'id_number';
+CREATE TABLE possible_duplicates (
+    member_a    TEXT NOT NULL,
+    member_b    TEXT NOT NULL,
+    household_a TEXT NOT NULL,
+    household_b TEXT NOT NULL,
+    village_a   TEXT NOT NULL,
+    village_b   TEXT NOT NULL,
+    found_at    TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'open',
+    PRIMARY KEY (member_a, member_b)
+) WITHOUT ROWID;
+"#;
+
 /// Visits naming a content the server does not hold whole yet.
 const AWAITING_ATTACHMENTS: &str = "SELECT DISTINCT va.visit_id FROM visit_attachments va
      WHERE NOT EXISTS (SELECT 1 FROM contents c
@@ -175,6 +192,7 @@ mod audit;
 mod catalog;
 mod contents;
 mod devices;
+mod duplicates;
 mod records;
 
 /// A transaction of the SQLite storage, as the repositories (`crate::repo`) see it.
@@ -223,9 +241,14 @@ impl SqliteStorage {
         writer.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(Duration::from_secs(30))?;
-        Migrations::new(vec![M::up(SCHEMA), M::up(SCHEMA_V2), M::up(SCHEMA_V3)])
-            .to_latest(&mut writer)
-            .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;
+        Migrations::new(vec![
+            M::up(SCHEMA),
+            M::up(SCHEMA_V2),
+            M::up(SCHEMA_V3),
+            M::up(SCHEMA_V4),
+        ])
+        .to_latest(&mut writer)
+        .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;
         let manager = r2d2_sqlite::SqliteConnectionManager::file(&path)
             .with_init(|c| c.busy_timeout(Duration::from_secs(30)));
         let readers = r2d2::Pool::builder()

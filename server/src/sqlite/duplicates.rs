@@ -1,0 +1,53 @@
+//! Members sharing a resident ID, and the pairs flagged for reviewers, in SQLite.
+
+use rusqlite::params;
+
+use super::SqliteTx;
+use crate::repo::{DuplicatesRepo, MEMBERS_WITH_ID_NUMBER, area_upper};
+use crate::storage::{PossibleDuplicate, Result};
+
+impl DuplicatesRepo for SqliteTx<'_, '_> {
+    fn members_with_id_number(
+        &mut self,
+        value: &str,
+        except: &str,
+    ) -> Result<Vec<(String, String, String)>> {
+        let mut stmt = self.0.prepare_cached(MEMBERS_WITH_ID_NUMBER)?;
+        let rows = stmt.query_map(params![value, except], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn flag_duplicate(&mut self, d: &PossibleDuplicate) -> Result<bool> {
+        let n = self.0.prepare_cached(
+            "INSERT INTO possible_duplicates (member_a, member_b, household_a, household_b, village_a, village_b, found_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            d.member_a, d.member_b, d.household_a, d.household_b, d.village_a, d.village_b, d.found_at
+        ])?;
+        Ok(n == 1)
+    }
+
+    fn duplicates_in(&mut self, area: &str) -> Result<Vec<PossibleDuplicate>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT member_a, household_a, village_a, member_b, household_b, village_b, found_at
+             FROM possible_duplicates WHERE status = 'open'
+               AND ((village_a >= ?1 AND village_a < ?2) OR (village_b >= ?1 AND village_b < ?2))
+             ORDER BY found_at, member_a",
+        )?;
+        let rows = stmt.query_map(params![area, area_upper(area)], |r| {
+            Ok(PossibleDuplicate {
+                member_a: r.get(0)?,
+                household_a: r.get(1)?,
+                village_a: r.get(2)?,
+                member_b: r.get(3)?,
+                household_b: r.get(4)?,
+                village_b: r.get(5)?,
+                found_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
