@@ -57,6 +57,12 @@ pub enum AdminCommand {
     /// Re-verify every audit chain (each device's and the server's own); exit 1 on a break.
     AuditVerify,
     Stats,
+    /// Merge two registrations of one family (same village): members and visits move to the
+    /// survivor, the merged household stays as a tombstone naming it.
+    MergeHouseholds {
+        survivor: String,
+        merged: String,
+    },
     /// Members holding one resident ID in two households (open pairs), within an area.
     Duplicates {
         /// A region-code prefix; the whole province (`51`) when left out.
@@ -327,15 +333,16 @@ pub fn admin(
             let stats = s.stats().map_err(server_failure)?;
             out.emit(&stats, || format!("{stats:#?}"))
         }
+        AdminCommand::MergeHouseholds { survivor, merged } => {
+            let auth = admin_auth("51".into());
+            s.merge_households(&auth, &survivor, &merged, chrono::Utc::now())
+                .map_err(server_failure)?;
+            out.emit(&json!({"ok": true}), || {
+                format!("{merged} merged into {survivor}")
+            })
+        }
         AdminCommand::Duplicates { area } => {
-            let auth = zoufang_server::DeviceAuth {
-                device_id: "admin-cli".into(),
-                user: UserInfo {
-                    id: "admin-cli".into(),
-                    role: Role::Administrator,
-                    areas: vec![area],
-                },
-            };
+            let auth = admin_auth(area);
             let pairs = s.possible_duplicates(&auth).map_err(server_failure)?;
             out.emit(&pairs, || {
                 let lines: Vec<String> = pairs
@@ -551,5 +558,17 @@ pub fn device(
                     .join("\n")
             })
         }
+    }
+}
+
+/// The administrator acting from the command line, over `area`.
+fn admin_auth(area: String) -> zoufang_server::DeviceAuth {
+    zoufang_server::DeviceAuth {
+        device_id: "admin-cli".into(),
+        user: UserInfo {
+            id: "admin-cli".into(),
+            role: Role::Administrator,
+            areas: vec![area],
+        },
     }
 }

@@ -308,6 +308,12 @@ pub enum FeedItem {
         reason: Option<String>,
         at: String,
     },
+    /// A reviewer merged two registrations of one family: every member and visit of `merged`
+    /// (drafts included, on a device) now belongs to `survivor`; `merged` stays as a tombstone.
+    Merged {
+        merged: String,
+        survivor: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -422,6 +428,14 @@ pub struct PossibleDuplicate {
 pub struct DuplicatesResponse {
     pub protocol: u32,
     pub duplicates: Vec<PossibleDuplicate>,
+}
+
+/// `POST /v1/households/merge`: a reviewer merges `merged` into `survivor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeRequest {
+    pub protocol: u32,
+    pub survivor: String,
+    pub merged: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -248,6 +248,14 @@ pub trait DuplicatesRepo {
     fn duplicates_in(&mut self, area: &str) -> Result<Vec<PossibleDuplicate>>;
 }
 
+/// What a reviewer's merge moves: the members and the visits of a household.
+pub trait MergesRepo {
+    /// Files every member of `merged` under `survivor`; returns their ids.
+    fn repoint_members(&mut self, merged: &str, survivor: &str) -> Result<Vec<String>>;
+    /// The visits of a household: (server sequence number, body).
+    fn visits_of_household(&mut self, household: &str) -> Result<Vec<(u64, VisitRecord)>>;
+}
+
 /// The `members_with_id_number` query, the same on both storages (`$1`/`?1` alike).
 pub(crate) const MEMBERS_WITH_ID_NUMBER: &str =
     "SELECT f.id, r.household_id, r.village_code FROM fields f
@@ -271,6 +279,7 @@ pub trait Tx:
     + VisitsRepo
     + DeviceChangesRepo
     + DuplicatesRepo
+    + MergesRepo
 {
 }
 
@@ -287,6 +296,7 @@ impl<T> Tx for T where
         + VisitsRepo
         + DeviceChangesRepo
         + DuplicatesRepo
+        + MergesRepo
 {
 }
 
@@ -367,6 +377,7 @@ pub(crate) fn feed_kind(item: &FeedItem) -> &'static str {
         FeedItem::Conflict { .. } => "conflict",
         FeedItem::Visit { .. } => "visit",
         FeedItem::VisitStatus { .. } => "visit_status",
+        FeedItem::Merged { .. } => "merged",
     }
 }
 

@@ -247,6 +247,15 @@ pub trait Storage: Send + Sync + 'static {
         value: &Json,
         now: DateTime<Utc>,
     ) -> Result<ConflictInfo>;
+    /// A reviewer merges `merged` into `survivor` (one village): members and visits move, the
+    /// merged record stays as a tombstone naming its survivor.
+    fn merge_households(
+        &self,
+        auth: &DeviceAuth,
+        survivor: &str,
+        merged: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     // Attachments: contents by hash. A caller may see or send a content only if a visit in its
     // areas names it; to anyone else it does not exist.
     /// How much of each content the server holds.

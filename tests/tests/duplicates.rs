@@ -139,3 +139,93 @@ fn the_same_family_in_two_villages_and_the_same_son_on_two_phones_are_flagged_an
     }
     assert_eq!(duplicates_seen_by(&server, &township).1.len(), 1);
 }
+
+/// The reviewer merges, over HTTP with their phone's token.
+fn merge(server: &TestServer, reviewer: &Device, survivor: &str, merged: &str) -> u16 {
+    let (_, token) = reviewer.collector.credentials().unwrap().unwrap();
+    let body = messages::encode(&messages::MergeRequest {
+        protocol: messages::PROTOCOL_VERSION,
+        survivor: survivor.into(),
+        merged: merged.into(),
+    })
+    .unwrap();
+    server
+        .transport()
+        .send(&HttpRequest {
+            method: "POST".into(),
+            path: "/v1/households/merge".into(),
+            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+            body,
+        })
+        .unwrap()
+        .status
+}
+
+#[test]
+fn a_reviewer_merges_the_same_family_registered_twice_and_both_phones_follow_drafts_included() {
+    let server = TestServer::start();
+    let t = server.transport();
+    let aga = Device::enrolled(&server, "coord-aga", Role::Coordinator, &[VILLAGE_A]);
+    let ashu = Device::enrolled(&server, "coord-ashu", Role::Coordinator, &[VILLAGE_A]);
+    let township = Device::enrolled(&server, "township-1", Role::TownshipStaff, &[TOWNSHIP]);
+    let (a, c) = (&aga.collector, &ashu.collector);
+    // Both discover the family offline; Ashu also adds the son and records a visit.
+    let first = family(a, VILLAGE_A);
+    let second = family(c, VILLAGE_A);
+    let son = c.add_member(&second, son()).unwrap();
+    let visit = zoufang_tests::routine_visit(c, &second);
+    a.sync(&t, None, None).unwrap();
+    assert_eq!(c.sync(&t, None, None).unwrap().possible_duplicates, 1);
+    a.sync(&t, None, None).unwrap();
+    // Aga opens a visit of the second registration before the merge reaches her.
+    let draft = a.start_visit(Some(&second), "routine").unwrap();
+
+    // Coordinators cannot merge; the reviewer can.
+    assert_eq!(merge(&server, &aga, &first, &second), 403);
+    assert_eq!(merge(&server, &township, &first, &second), 200);
+    assert_eq!(
+        merge(&server, &township, &first, &second),
+        400,
+        "merged already"
+    );
+    for _ in 0..2 {
+        a.sync(&t, None, None).unwrap();
+        c.sync(&t, None, None).unwrap();
+    }
+
+    for phone in [a, c] {
+        let survivor = phone.household(&first).unwrap();
+        assert!(
+            survivor.members.iter().any(|m| m.id == son),
+            "the son moved"
+        );
+        let visits = phone.visits_of_household(&first).unwrap();
+        assert!(visits.iter().any(|v| v.id == visit), "the visit moved");
+        let tombstone = phone.household(&second).unwrap();
+        assert_eq!(tombstone.fields["status"], json!("merged"));
+        assert_eq!(tombstone.fields["merged_into"], json!(first));
+        assert!(tombstone.members.is_empty());
+        let listed = phone.households_in_village(VILLAGE_A, 50, 0).unwrap();
+        assert_eq!(listed.len(), 1);
+    }
+    // The draft follows the survivor, and completes there.
+    assert_eq!(
+        a.visit(&draft.id).unwrap().household_id.as_deref(),
+        Some(first.as_str())
+    );
+    let held = server
+        .storage
+        .record(messages::Entity::Member, &son)
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.household_id.as_deref(), Some(first.as_str()));
+    a.set_answers(
+        &draft.id,
+        &obj(json!({"trigger_source": "schedule", "outcome": "nobody_home", "location_missing_reason": "no_signal",
+                    "next_visit_due": "2027-01-15"})),
+    )
+    .unwrap();
+    a.complete_visit(&draft.id).unwrap();
+    a.sync(&t, None, None).unwrap();
+    assert!(a.rejected_changes().unwrap().is_empty() && c.rejected_changes().unwrap().is_empty());
+}

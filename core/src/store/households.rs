@@ -406,3 +406,18 @@ pub(crate) fn summary(conn: &Connection, id: &str) -> Result<HouseholdSummary> {
         .pop()
         .ok_or_else(|| not_found("household", id))
 }
+
+/// Applies a reviewer's merge: the members and visits (drafts included) of `merged` now belong
+/// to `survivor`, when this phone holds it (the server merges within one village, so a phone
+/// that pulled the merge holds both).
+pub(crate) fn apply_merge(conn: &Connection, merged: &str, survivor: &str) -> Result<()> {
+    if !exists(conn, survivor)? {
+        return Ok(());
+    }
+    conn.prepare_cached("UPDATE members SET household_id = ?2 WHERE household_id = ?1")?
+        .execute(params![merged, survivor])?;
+    conn.prepare_cached("UPDATE visits SET household_id = ?2 WHERE household_id = ?1")?
+        .execute(params![merged, survivor])?;
+    refresh_head(conn, survivor)?;
+    refresh_head(conn, merged)
+}

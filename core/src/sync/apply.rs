@@ -254,6 +254,9 @@ pub(crate) fn apply_pull(conn: &Connection, response: &PullResponse, at: &str) -
                 reason,
                 at: when,
             } => store::visits::set_status_from_server(conn, id, status, reason.as_deref(), when)?,
+            FeedItem::Merged { merged, survivor } => {
+                households::apply_merge(conn, merged, survivor)?;
+            }
         }
     }
     let mut settings = SyncSettings::load(conn)?;

@@ -488,6 +488,19 @@ async fn resolve(
     reply(&resolved)
 }
 
+async fn merge(
+    State(state): State<AppState>,
+    Device(auth): Device,
+    Msg(req, _): Msg<messages::MergeRequest>,
+) -> ApiResult {
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let user = auth.user.id.clone();
+    let (survivor, merged) = (req.survivor.clone(), req.merged.clone());
+    blocking(move || storage.merge_households(&auth, &survivor, &merged, now)).await?;
+    tracing::info!(survivor = %req.survivor, merged = %req.merged, reviewer = %user, "households merged");
+    reply(&serde_json::json!({"protocol": PROTOCOL_VERSION, "merged": req.merged}))
+}
+
 async fn audit(
     State(state): State<AppState>,
     WipedDevice(auth): WipedDevice,
@@ -516,6 +529,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/snapshot", post(snapshot))
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/duplicates", get(duplicates))
+        .route("/v1/households/merge", post(merge))
         .route("/v1/conflicts/{id}/resolve", post(resolve))
         .route("/v1/audit", post(audit))
         .route("/v1/attachments/status", post(attachment_status))

@@ -1,8 +1,9 @@
 //! Members sharing a resident ID, and the pairs flagged for reviewers, in PostgreSQL.
 
 use super::PgTx;
-use crate::repo::{DuplicatesRepo, MEMBERS_WITH_ID_NUMBER, area_upper};
+use crate::repo::{DuplicatesRepo, MEMBERS_WITH_ID_NUMBER, MergesRepo, area_upper, from_db};
 use crate::storage::{PossibleDuplicate, Result};
+use zoufang_protocol::messages::VisitRecord;
 
 impl DuplicatesRepo for PgTx<'_, '_> {
     fn members_with_id_number(
@@ -54,5 +55,28 @@ impl DuplicatesRepo for PgTx<'_, '_> {
                 found_at: r.get(6),
             })
             .collect())
+    }
+}
+
+impl MergesRepo for PgTx<'_, '_> {
+    fn repoint_members(&mut self, merged: &str, survivor: &str) -> Result<Vec<String>> {
+        Ok(self
+            .query(
+                "UPDATE records SET household_id = $2 WHERE entity = 'member' AND household_id = $1 RETURNING id",
+                &[&merged, &survivor],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn visits_of_household(&mut self, household: &str) -> Result<Vec<(u64, VisitRecord)>> {
+        self.query(
+            "SELECT seq, body FROM visits WHERE body::json->>'household_id' = $1 ORDER BY id",
+            &[&household],
+        )?
+        .iter()
+        .map(|r| Ok((from_db(r.get(0)), serde_json::from_str(r.get(1))?)))
+        .collect()
     }
 }

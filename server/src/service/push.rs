@@ -9,7 +9,7 @@ use zoufang_protocol::messages::{Ack, Change, ChangeOp, Entity, FeedItem, Outcom
 use super::records::{
     FieldEdit, NewRecord, PushContext, applied, create_record, id_in_use, next_seq, rejected,
 };
-use super::{records, ts};
+use super::{merges, records, ts};
 use crate::repo::Tx;
 use crate::storage::{DeviceAuth, Result};
 
@@ -78,6 +78,8 @@ fn apply_change(tx: &mut dyn Tx, ctx: &PushContext<'_>, change: &Change) -> Resu
             household_id,
             fields,
         } => {
+            // A household merged since the phone added the member: filed under its survivor.
+            let household_id = &merges::survivor_of(tx, household_id)?;
             // A household outside the sender's areas reads as one that does not exist.
             let located = tx.locate(Entity::Household, household_id)?;
             let Some((village, _)) = located.filter(|(v, _)| ctx.auth.covers(v)) else {
@@ -207,6 +209,12 @@ fn submit_visit(
         }
         return Ok(id_in_use(seq));
     }
+    // A visit of a household merged since: filed under the survivor.
+    let mut visit = visit.clone();
+    if let Some(h) = &visit.household_id {
+        visit.household_id = Some(merges::survivor_of(tx, h)?);
+    }
+    let visit = &visit;
     if let Some(refusal) = links_refusal(tx, ctx, seq, visit)? {
         return Ok(refusal);
     }

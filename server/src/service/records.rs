@@ -371,6 +371,23 @@ fn decision_for(
     )
 }
 
+/// Writes a field as the server decides it (a reviewer's merge), on the current version: no
+/// merge rule, no device checks.
+pub fn write_field_as_server(
+    tx: &mut dyn Tx,
+    ctx: &PushContext<'_>,
+    e: &FieldEdit<'_>,
+    village: &str,
+) -> Result<Ack> {
+    let current = tx.field(e.entity, e.id, e.field)?;
+    let household = e.id.to_owned();
+    let place = Place {
+        village,
+        household: &household,
+    };
+    apply_edit(tx, ctx, e, &place, current.as_ref())
+}
+
 fn apply_edit(
     tx: &mut dyn Tx,
     ctx: &PushContext<'_>,

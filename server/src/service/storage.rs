@@ -12,7 +12,7 @@ use zoufang_protocol::messages::{
     ContentState, Entity, PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
 };
 
-use super::{access, admin, attachments, audit, catalog, pull, push};
+use super::{access, admin, attachments, audit, catalog, merges, pull, push};
 use crate::blobs::ContentKey;
 use crate::repo::{self, Transactions};
 use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, PossibleDuplicate, Result, Stats, Storage};
@@ -185,6 +185,18 @@ impl<D: Transactions + 'static> Storage for D {
     ) -> Result<ConflictInfo> {
         repo::write(self, |tx| {
             pull::resolve_conflict(tx, auth, conflict_id, value, now)
+        })
+    }
+
+    fn merge_households(
+        &self,
+        auth: &DeviceAuth,
+        survivor: &str,
+        merged: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        repo::write(self, |tx| {
+            merges::merge_households(tx, auth, (survivor, merged), now)
         })
     }
 

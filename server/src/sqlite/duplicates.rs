@@ -3,8 +3,9 @@
 use rusqlite::params;
 
 use super::SqliteTx;
-use crate::repo::{DuplicatesRepo, MEMBERS_WITH_ID_NUMBER, area_upper};
+use crate::repo::{DuplicatesRepo, MEMBERS_WITH_ID_NUMBER, MergesRepo, area_upper, from_db};
 use crate::storage::{PossibleDuplicate, Result};
+use zoufang_protocol::messages::VisitRecord;
 
 impl DuplicatesRepo for SqliteTx<'_, '_> {
     fn members_with_id_number(
@@ -49,5 +50,36 @@ impl DuplicatesRepo for SqliteTx<'_, '_> {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl MergesRepo for SqliteTx<'_, '_> {
+    fn repoint_members(&mut self, merged: &str, survivor: &str) -> Result<Vec<String>> {
+        let ids = {
+            let mut stmt = self.0.prepare_cached(
+                "SELECT id FROM records WHERE entity = 'member' AND household_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([merged], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()?
+        };
+        self.0.execute(
+            "UPDATE records SET household_id = ?2 WHERE entity = 'member' AND household_id = ?1",
+            params![merged, survivor],
+        )?;
+        Ok(ids)
+    }
+
+    fn visits_of_household(&mut self, household: &str) -> Result<Vec<(u64, VisitRecord)>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT seq, body FROM visits WHERE json_extract(body, '$.household_id') = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([household], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(seq, body)| Ok((from_db(seq), serde_json::from_str(&body)?)))
+            .collect()
     }
 }

@@ -1,0 +1,135 @@
+//! A reviewer merges two registrations of one family: the merged household's members and
+//! visits move to the survivor (histories kept), the merged record stays as a tombstone naming
+//! its survivor (`status` = `merged`, `merged_into`), and devices apply the merge on their next
+//! sync, drafts included. Changes still on their way that name the merged household are filed
+//! under its survivor. Merges are within one village; moving a household between villages is
+//! its own operation (not built yet), so a cross-village pair is moved first.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value as Json, json};
+use zoufang_protocol::messages::{Entity, FeedItem};
+
+use super::records::{FieldEdit, PushContext, next_seq, write_field_as_server};
+use super::{server_audit, ts};
+use crate::repo::Tx;
+use crate::storage::{DeviceAuth, Result, ServerError};
+
+/// How many merges deep a chain of tombstones is followed.
+const MAX_CHAIN: usize = 8;
+
+/// The household a change naming `household` belongs to now: itself, or the survivor its
+/// tombstone names.
+pub fn survivor_of(tx: &mut dyn Tx, household: &str) -> Result<String> {
+    let mut current = household.to_owned();
+    for _ in 0..MAX_CHAIN {
+        let next = tx
+            .field(Entity::Household, &current, "merged_into")?
+            .and_then(|f| f.value.as_str().map(str::to_owned));
+        match next {
+            Some(survivor) if survivor != current => current = survivor,
+            _ => break,
+        }
+    }
+    Ok(current)
+}
+
+pub fn merge_households(
+    tx: &mut dyn Tx,
+    auth: &DeviceAuth,
+    (survivor, merged): (&str, &str),
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if !auth.user.role.can_review() {
+        return Err(ServerError::Forbidden(
+            "only reviewers merge households".into(),
+        ));
+    }
+    let village = check_pair(tx, auth, survivor, merged)?;
+    let at = ts(now);
+    let members = tx.repoint_members(merged, survivor)?;
+    let mut visits = 0;
+    for (seq, mut visit) in tx.visits_of_household(merged)? {
+        visit.household_id = Some(survivor.to_owned());
+        tx.update_visit(&visit, seq)?;
+        visits += 1;
+    }
+    let ctx = PushContext {
+        auth,
+        received_at: at.clone(),
+        skewed: false,
+    };
+    for (field, value) in [
+        ("status", json!("merged")),
+        ("merged_into", json!(survivor)),
+        (
+            "status_date",
+            json!(at.chars().take(10).collect::<String>()),
+        ),
+    ] {
+        let base = tx
+            .field(Entity::Household, merged, field)?
+            .map_or(0, |f| f.version);
+        let edit = FieldEdit {
+            device_seq: 0,
+            device_time: &at,
+            entity: Entity::Household,
+            id: merged,
+            field,
+            value: &value,
+            base,
+            after: None,
+        };
+        write_field_as_server(tx, &ctx, &edit, &village)?;
+    }
+    let seq = next_seq(tx)?;
+    let item = FeedItem::Merged {
+        merged: merged.to_owned(),
+        survivor: survivor.to_owned(),
+    };
+    tx.append_feed(seq, &village, &auth.device_id, &item)?;
+    let detail = json!({"survivor": survivor, "members": members.len(), "visits": visits});
+    server_audit::append(
+        tx,
+        now,
+        &auth.user.id,
+        "households_merged",
+        Some(("household", merged)),
+        detail,
+    )
+}
+
+/// Both households exist, differ, lie in one village the reviewer covers, and neither is
+/// merged already. Returns the village.
+fn check_pair(tx: &mut dyn Tx, auth: &DeviceAuth, survivor: &str, merged: &str) -> Result<String> {
+    if survivor == merged {
+        return Err(ServerError::bad(
+            "invalid_merge",
+            "a household is not merged into itself",
+        ));
+    }
+    let survivor_village = household_village(tx, auth, survivor)?;
+    let merged_village = household_village(tx, auth, merged)?;
+    if survivor_village != merged_village {
+        return Err(ServerError::bad(
+            "merge_across_villages",
+            "the two households are in different villages; move one into the other's village first",
+        ));
+    }
+    Ok(survivor_village)
+}
+
+/// A household's village, if it lies in the reviewer's areas and is not merged already.
+fn household_village(tx: &mut dyn Tx, auth: &DeviceAuth, id: &str) -> Result<String> {
+    let located = tx.locate(Entity::Household, id)?;
+    let Some((village, _)) = located.filter(|(v, _)| auth.covers(v)) else {
+        return Err(ServerError::NotFound("household".into()));
+    };
+    let status = tx.field(Entity::Household, id, "status")?.map(|f| f.value);
+    if status == Some(Json::from("merged")) {
+        return Err(ServerError::bad(
+            "invalid_merge",
+            "that household is merged already",
+        ));
+    }
+    Ok(village)
+}
