@@ -433,6 +433,10 @@ pub struct SyncReport {
     pub attachments_damaged: u64,
     /// Members sent whose resident ID is already registered elsewhere: the township checks.
     pub possible_duplicates: u64,
+    /// Changes for a village the user no longer covers, handed to its reviewers.
+    pub handed_over: u64,
+    /// Households removed because the user no longer covers their village.
+    pub households_left: u64,
 }
 
 impl From<core_sync::SyncReport> for SyncReport {
@@ -458,6 +462,8 @@ impl From<core_sync::SyncReport> for SyncReport {
             attachments_waiting: r.attachments_waiting,
             attachments_damaged: r.attachments_damaged,
             possible_duplicates: r.possible_duplicates,
+            handed_over: r.handed_over,
+            households_left: r.households_left,
         }
     }
 }

@@ -63,6 +63,11 @@ pub enum AdminCommand {
         survivor: String,
         merged: String,
     },
+    /// Changes handed to an area's reviewers by phones whose users were moved away.
+    Handovers {
+        #[arg(long, default_value = "51")]
+        area: String,
+    },
     /// Members holding one resident ID in two households (open pairs), within an area.
     Duplicates {
         /// A region-code prefix; the whole province (`51`) when left out.
@@ -340,6 +345,10 @@ pub fn admin(
             out.emit(&json!({"ok": true}), || {
                 format!("{merged} merged into {survivor}")
             })
+        }
+        AdminCommand::Handovers { area } => {
+            let list = s.handovers(&admin_auth(area)).map_err(server_failure)?;
+            out.emit(&list, || format!("{} handed-over change(s)", list.len()))
         }
         AdminCommand::Duplicates { area } => {
             let auth = admin_auth(area);

@@ -243,6 +243,10 @@ impl LocalState for Local {
         self.0.borrow_mut().uploaded.insert(hash.into());
         Ok(())
     }
+    fn leave_former_areas(&self) -> Result<u64> {
+        // The scripted server never changes the user's areas.
+        Ok(0)
+    }
     fn record_wipe_order(&self) -> Result<()> {
         let mut d = self.0.borrow_mut();
         d.wipe_recorded = true;
@@ -547,6 +551,7 @@ impl Server {
                     forms: Vec::new(),
                     code_lists: Vec::new(),
                     audit,
+                    user: None,
                 })
             }
             "/v1/push" => {

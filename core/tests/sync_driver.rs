@@ -47,6 +47,7 @@ impl Transport for HeldServer {
                     forms: Vec::new(),
                     code_lists: Vec::new(),
                     audit: None,
+                    user: None,
                 })
             }
             _ => {

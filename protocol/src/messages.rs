@@ -401,6 +401,9 @@ pub struct CatalogResponse {
     /// The answer to the request's audit batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditUploadResponse>,
+    /// The device's user as the server holds them now (their areas may have changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -421,6 +424,25 @@ pub struct PossibleDuplicate {
     pub household_b: String,
     pub village_b: String,
     pub found_at: String,
+}
+
+/// A change a device sent for a village its user no longer covers (their areas changed while it
+/// waited in the outbox): kept for that village's reviewers instead of being refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handover {
+    pub device_id: String,
+    pub seq: u64,
+    pub user_id: String,
+    pub village_code: String,
+    pub change: Change,
+    pub received_at: String,
+}
+
+/// `GET /v1/handovers`: the changes handed to a reviewer's villages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoversResponse {
+    pub protocol: u32,
+    pub handovers: Vec<Handover>,
 }
 
 /// `GET /v1/duplicates`: a reviewer's open possible duplicates.

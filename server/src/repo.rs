@@ -9,7 +9,7 @@
 use serde_json::Value as Json;
 use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
 use zoufang_protocol::messages::{
-    Ack, ConflictInfo, Entity, FeedEntry, FeedItem, RecordState, UserInfo, VisitRecord,
+    Ack, ConflictInfo, Entity, FeedEntry, FeedItem, Handover, RecordState, UserInfo, VisitRecord,
 };
 
 use zoufang_model::code_list::CodeList;
@@ -256,6 +256,20 @@ pub trait MergesRepo {
     fn visits_of_household(&mut self, household: &str) -> Result<Vec<(u64, VisitRecord)>>;
 }
 
+/// Reassignment: a user's former areas, and the changes handed to their villages' reviewers.
+pub trait HandoversRepo {
+    /// Records that `user_id` held `area` until `until` (replacing an earlier record).
+    fn set_former_area(&mut self, user_id: &str, area: &str, until: &str) -> Result<()>;
+    /// Forgets a former area the user holds again.
+    fn drop_former_area(&mut self, user_id: &str, area: &str) -> Result<()>;
+    /// The areas a user held, with when they stop counting.
+    fn former_areas(&mut self, user_id: &str) -> Result<Vec<(String, String)>>;
+    /// Keeps a handed-over change (`false`: kept already).
+    fn insert_handover(&mut self, h: &Handover) -> Result<bool>;
+    /// Handed-over changes of the villages starting with `area`, oldest first.
+    fn handovers_in(&mut self, area: &str) -> Result<Vec<Handover>>;
+}
+
 /// The `members_with_id_number` query, the same on both storages (`$1`/`?1` alike).
 pub(crate) const MEMBERS_WITH_ID_NUMBER: &str =
     "SELECT f.id, r.household_id, r.village_code FROM fields f
@@ -280,6 +294,7 @@ pub trait Tx:
     + DeviceChangesRepo
     + DuplicatesRepo
     + MergesRepo
+    + HandoversRepo
 {
 }
 
@@ -297,6 +312,7 @@ impl<T> Tx for T where
         + DeviceChangesRepo
         + DuplicatesRepo
         + MergesRepo
+        + HandoversRepo
 {
 }
 

@@ -238,6 +238,8 @@ pub trait Storage: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<SnapshotResponse>;
     fn conflicts(&self, auth: &DeviceAuth) -> Result<Vec<ConflictInfo>>;
+    /// Changes handed to the reviewer's villages by phones whose users were moved away.
+    fn handovers(&self, auth: &DeviceAuth) -> Result<Vec<zoufang_protocol::messages::Handover>>;
     /// Members holding one resident ID in two households the reviewer's areas both cover.
     fn possible_duplicates(&self, auth: &DeviceAuth) -> Result<Vec<PossibleDuplicate>>;
     fn resolve_conflict(

@@ -47,7 +47,14 @@ impl LocalState for Collector {
         for list in &catalog.code_lists {
             self.install_code_list(list)?;
         }
+        if let Some(user) = &catalog.user {
+            self.take_user(user)?;
+        }
         Ok(())
+    }
+
+    fn leave_former_areas(&self) -> Result<u64> {
+        Collector::leave_former_areas(self)
     }
 
     fn outbox_batch(&self, limit: usize) -> Result<Vec<Change>> {

@@ -10,6 +10,7 @@ mod households;
 mod lifecycle;
 pub use lifecycle::ProposedStatus;
 mod local_state;
+mod reassignment;
 mod retention;
 mod seen;
 pub mod signing;

@@ -421,3 +421,55 @@ pub(crate) fn apply_merge(conn: &Connection, merged: &str, survivor: &str) -> Re
     refresh_head(conn, survivor)?;
     refresh_head(conn, merged)
 }
+
+/// The villages this phone holds households of.
+pub(crate) fn villages(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT DISTINCT village_code FROM households ORDER BY 1")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Removes a village from this phone: its households, members, visits, their attachments and
+/// contents, its conflicts and checksum — but a household with a draft (typed work is never
+/// dropped), which stays until the draft is completed or voided, and one the server never
+/// took. Returns the households removed.
+pub(crate) fn drop_village(conn: &Connection, village: &str) -> Result<u64> {
+    // Only what the server holds goes: a household it never took (refused, still listed with
+    // its rejected change) stays with the coordinator, as does one with a draft.
+    const GOING: &str = "(SELECT h.id FROM households h WHERE h.village_code = ?1 AND h.server_state != '{}'
+         AND NOT EXISTS (SELECT 1 FROM visits d WHERE d.household_id = h.id AND d.status = 'draft'))";
+    let visits = format!("(SELECT id FROM visits WHERE household_id IN {GOING})");
+    for sql in [
+        format!("DELETE FROM attachments WHERE visit_id IN {visits}"),
+        format!("UPDATE visits SET revision_of = NULL WHERE revision_of IN {visits}"),
+        format!("DELETE FROM visits WHERE household_id IN {GOING}"),
+        format!("DELETE FROM members WHERE household_id IN {GOING}"),
+    ] {
+        conn.execute(&sql, [village])?;
+    }
+    let n = conn.execute(
+        &format!("DELETE FROM households WHERE id IN {GOING}"),
+        [village],
+    )?;
+    if !conn
+        .prepare_cached("SELECT 1 FROM households WHERE village_code = ?1")?
+        .exists([village])?
+    {
+        conn.execute(
+            "DELETE FROM sync_conflicts WHERE village_code = ?1",
+            [village],
+        )?;
+        conn.execute(
+            "DELETE FROM scope_checksums WHERE village_code = ?1",
+            [village],
+        )?;
+    }
+    for table in ["blobs", "uploaded_contents"] {
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE hash NOT IN (SELECT content_hash FROM attachments WHERE content_hash IS NOT NULL)"),
+            [],
+        )?;
+    }
+    Ok(n as u64)
+}

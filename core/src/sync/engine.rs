@@ -131,6 +131,10 @@ pub struct SyncReport {
     /// Members sent whose resident ID is already registered elsewhere in the province: the
     /// township checks (the phone is told nothing more).
     pub possible_duplicates: u64,
+    /// Changes for a village the user no longer covers, handed to its reviewers.
+    pub handed_over: u64,
+    /// Households removed from the phone because the user no longer covers their village.
+    pub households_left: u64,
 }
 
 /// Tuning of one sync.
@@ -347,6 +351,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 SyncPhase::Push => {
                     let batch = self.local.outbox_batch(self.config.push_batch)?;
                     if batch.is_empty() {
+                        self.report.households_left += self.local.leave_former_areas()?;
                         self.enter(SyncPhase::Pull, 0);
                         continue;
                     }
@@ -573,11 +578,15 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         self.report.accepted += accepted;
         self.report.conflicts += conflicts;
         self.report.rejected += rejected;
-        self.report.possible_duplicates += pushed
-            .acks
-            .iter()
-            .filter(|a| a.code.as_deref() == Some("possible_duplicate"))
-            .count() as u64;
+        let with_code = |code: &str| {
+            let n = pushed
+                .acks
+                .iter()
+                .filter(|a| a.code.as_deref() == Some(code));
+            n.count() as u64
+        };
+        self.report.possible_duplicates += with_code("possible_duplicate");
+        self.report.handed_over += with_code("handed_over");
         self.phase_done += n;
         if pushed.acks.is_empty() {
             return Err(Error::Server {

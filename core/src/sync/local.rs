@@ -22,7 +22,11 @@ pub trait LocalState {
 
     fn installed_forms(&self) -> Result<Vec<(String, u32)>>;
     fn code_list_versions(&self) -> Result<BTreeMap<String, u32>>;
+    /// Installs new forms and code lists, and takes the user as the server holds them now.
     fn install_catalog(&self, catalog: &CatalogResponse) -> Result<()>;
+    /// Once the outbox is empty: removes the villages the user no longer covers (but those
+    /// with drafts); returns the households removed.
+    fn leave_former_areas(&self) -> Result<u64>;
 
     /// The oldest waiting changes, at most `limit`.
     fn outbox_batch(&self, limit: usize) -> Result<Vec<Change>>;

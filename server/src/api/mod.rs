@@ -369,6 +369,7 @@ async fn catalog(
     Msg(mut req, _): Msg<CatalogRequest>,
 ) -> ApiResult {
     let (storage, now) = (state.storage.clone(), (state.clock)());
+    let user = auth.user.clone();
     let (forms, code_lists, audit) = blocking(move || {
         let audit = match req.audit.take() {
             Some(batch) => Some(storage.upload_audit(
@@ -393,6 +394,7 @@ async fn catalog(
         forms,
         code_lists,
         audit,
+        user: Some(user),
     })
 }
 
@@ -488,6 +490,15 @@ async fn resolve(
     reply(&resolved)
 }
 
+async fn handovers(State(state): State<AppState>, Device(auth): Device) -> ApiResult {
+    let storage = state.storage.clone();
+    let handovers = blocking(move || storage.handovers(&auth)).await?;
+    reply(&messages::HandoversResponse {
+        protocol: PROTOCOL_VERSION,
+        handovers,
+    })
+}
+
 async fn merge(
     State(state): State<AppState>,
     Device(auth): Device,
@@ -530,6 +541,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/duplicates", get(duplicates))
         .route("/v1/households/merge", post(merge))
+        .route("/v1/handovers", get(handovers))
         .route("/v1/conflicts/{id}/resolve", post(resolve))
         .route("/v1/audit", post(audit))
         .route("/v1/attachments/status", post(attachment_status))

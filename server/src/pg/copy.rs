@@ -30,6 +30,8 @@ const TABLES: &[&str] = &[
     "visit_attachments",
     "contents",
     "possible_duplicates",
+    "former_areas",
+    "handovers",
 ];
 
 /// Rows copied, per table.

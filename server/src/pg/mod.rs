@@ -14,6 +14,7 @@ mod conn;
 mod copy;
 mod devices;
 mod duplicates;
+mod handovers;
 mod records;
 
 pub use copy::CopyReport;
@@ -35,6 +36,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../../migrations/postgres/0002_duplicates.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_handovers.sql"),
     ),
 ];
 

@@ -33,11 +33,23 @@ pub fn create_user(tx: &mut dyn Tx, user: &UserInfo, now: DateTime<Utc>) -> Resu
     Ok(())
 }
 
-pub fn set_areas(tx: &mut dyn Tx, user_id: &str, areas: &[String]) -> Result<()> {
-    if !tx.set_areas(user_id, &normalize_areas(areas)?)? {
+/// Changes a user's areas; the areas taken away still take their phones' pending changes for a
+/// season (`handover.rs`).
+pub fn set_areas(
+    tx: &mut dyn Tx,
+    user_id: &str,
+    areas: &[String],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let before = tx
+        .user(user_id)?
+        .ok_or_else(|| ServerError::NotFound("user".into()))?
+        .areas;
+    let after = normalize_areas(areas)?;
+    if !tx.set_areas(user_id, &after)? {
         return Err(ServerError::NotFound("user".into()));
     }
-    Ok(())
+    super::handover::record_area_change(tx, user_id, (&before, &after), now)
 }
 
 pub fn users(tx: &mut dyn Tx) -> Result<Vec<UserInfo>> {

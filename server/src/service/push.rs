@@ -9,7 +9,7 @@ use zoufang_protocol::messages::{Ack, Change, ChangeOp, Entity, FeedItem, Outcom
 use super::records::{
     FieldEdit, NewRecord, PushContext, applied, create_record, id_in_use, next_seq, rejected,
 };
-use super::{merges, records, ts};
+use super::{handover, merges, records, ts};
 use crate::repo::Tx;
 use crate::storage::{DeviceAuth, Result};
 
@@ -33,13 +33,17 @@ pub fn push(
         skewed: offset.abs() > CLOCK_SKEW_LIMIT,
     };
     let mut acks = Vec::with_capacity(changes.len());
+    let former = handover::former_areas(tx, &auth.user.id, now)?;
     for change in changes {
         if let Some(ack) = tx.previous_ack(&auth.device_id, change.seq)? {
             // A re-push after a lost acknowledgement: the same answer, nothing applied twice.
             acks.push(ack);
             continue;
         }
-        let ack = apply_change(tx, &ctx, change)?;
+        let ack = match handover::hand_over_if_former(tx, auth, &former, change, now)? {
+            Some(ack) => ack,
+            None => apply_change(tx, &ctx, change)?,
+        };
         tx.record_ack(&auth.device_id, change.seq, &ack)?;
         acks.push(ack);
     }

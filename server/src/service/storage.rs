@@ -12,7 +12,7 @@ use zoufang_protocol::messages::{
     ContentState, Entity, PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
 };
 
-use super::{access, admin, attachments, audit, catalog, merges, pull, push};
+use super::{access, admin, attachments, audit, catalog, handover, merges, pull, push};
 use crate::blobs::ContentKey;
 use crate::repo::{self, Transactions};
 use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, PossibleDuplicate, Result, Stats, Storage};
@@ -25,7 +25,7 @@ impl<D: Transactions + 'static> Storage for D {
     }
 
     fn set_areas(&self, user_id: &str, areas: &[String]) -> Result<()> {
-        repo::write(self, |tx| admin::set_areas(tx, user_id, areas))
+        repo::write(self, |tx| admin::set_areas(tx, user_id, areas, Utc::now()))
     }
 
     fn users(&self) -> Result<Vec<UserInfo>> {
@@ -170,6 +170,10 @@ impl<D: Transactions + 'static> Storage for D {
 
     fn conflicts(&self, auth: &DeviceAuth) -> Result<Vec<ConflictInfo>> {
         repo::read(self, |tx| pull::conflicts(tx, auth))
+    }
+
+    fn handovers(&self, auth: &DeviceAuth) -> Result<Vec<zoufang_protocol::messages::Handover>> {
+        repo::read(self, |tx| handover::handovers(tx, auth))
     }
 
     fn possible_duplicates(&self, auth: &DeviceAuth) -> Result<Vec<PossibleDuplicate>> {

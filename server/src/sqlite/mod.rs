@@ -51,6 +51,27 @@ CREATE TABLE possible_duplicates (
 ) WITHOUT ROWID;
 "#;
 
+/// Reassignment: the areas a user held until an administrator changed them, and the changes
+/// their phones still sent for those villages, kept for the villages' reviewers.
+const SCHEMA_V5: &str = r#"
+CREATE TABLE former_areas (
+    user_id TEXT NOT NULL,
+    area    TEXT NOT NULL,
+    until   TEXT NOT NULL,
+    PRIMARY KEY (user_id, area)
+) WITHOUT ROWID;
+CREATE TABLE handovers (
+    device_id    TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    user_id      TEXT NOT NULL,
+    village_code TEXT NOT NULL,
+    change       TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX handovers_by_village ON handovers (village_code);
+"#;
+
 /// Visits naming a content the server does not hold whole yet.
 const AWAITING_ATTACHMENTS: &str = "SELECT DISTINCT va.visit_id FROM visit_attachments va
      WHERE NOT EXISTS (SELECT 1 FROM contents c
@@ -193,6 +214,7 @@ mod catalog;
 mod contents;
 mod devices;
 mod duplicates;
+mod handovers;
 mod records;
 
 /// A transaction of the SQLite storage, as the repositories (`crate::repo`) see it.
@@ -246,6 +268,7 @@ impl SqliteStorage {
             M::up(SCHEMA_V2),
             M::up(SCHEMA_V3),
             M::up(SCHEMA_V4),
+            M::up(SCHEMA_V5),
         ])
         .to_latest(&mut writer)
         .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;

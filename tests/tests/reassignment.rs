@@ -1,0 +1,104 @@
+//! A coordinator moves from one village to another while her phone holds unsent work for the
+//! old one. Her next sync hands that work to the old village's reviewers (nothing goes to her
+//! rejected list), takes the new area at once, removes the old village from the phone (but a
+//! household with an open draft, until the draft is done) and pulls the new village.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use serde_json::json;
+use zoufang_core::protocol::messages::{self, Entity, HandoversResponse, Role};
+use zoufang_core::sync::{HttpRequest, LocalState, Transport};
+use zoufang_tests::{Device, TestServer, new_household, routine_visit};
+
+const TOWNSHIP: &str = "513431104";
+const OLD_VILLAGE: &str = "513431104201";
+const NEW_VILLAGE: &str = "513431104202";
+
+fn handovers_seen_by(server: &TestServer, reviewer: &Device) -> Vec<messages::Handover> {
+    let (_, token) = reviewer.collector.credentials().unwrap().unwrap();
+    let r = server
+        .transport()
+        .send(&HttpRequest {
+            method: "GET".into(),
+            path: "/v1/handovers".into(),
+            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+            body: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!(r.status, 200);
+    messages::decode::<HandoversResponse>(&r.body)
+        .unwrap()
+        .handovers
+}
+
+#[test]
+fn a_moved_coordinators_pending_work_reaches_the_old_villages_reviewers_and_the_old_village_leaves_her_phone()
+ {
+    let server = TestServer::start();
+    let t = server.transport();
+    let aga = Device::enrolled(&server, "coord-aga", Role::Coordinator, &[OLD_VILLAGE]);
+    let muga = Device::enrolled(&server, "coord-muga", Role::Coordinator, &[NEW_VILLAGE]);
+    let township = Device::enrolled(&server, "township-1", Role::TownshipStaff, &[TOWNSHIP]);
+    let other = Device::enrolled(&server, "township-2", Role::TownshipStaff, &["513431105"]);
+    let (a, b) = (&aga.collector, &muga.collector);
+    let old_home = new_household(a, OLD_VILLAGE);
+    let drafted = new_household(a, OLD_VILLAGE);
+    let new_home = new_household(b, NEW_VILLAGE);
+    a.sync(&t, None, None).unwrap();
+    b.sync(&t, None, None).unwrap();
+
+    // Offline, Aga corrects a phone, records a visit and opens a draft in her old village.
+    a.edit_household_field(&old_home, "phone", json!("13900000007"))
+        .unwrap();
+    let visit = routine_visit(a, &old_home);
+    let draft = a.start_visit(Some(&drafted), "routine").unwrap();
+    // Meanwhile the administrator moves her to the next village.
+    server
+        .storage
+        .set_areas("coord-aga", &[NEW_VILLAGE.to_owned()])
+        .unwrap();
+
+    let report = a.sync(&t, None, None).unwrap();
+    // The phone, the visit, and the household fields the visit's answers updated.
+    assert_eq!((report.handed_over, report.rejected), (4, 0), "{report:?}");
+    assert!(a.rejected_changes().unwrap().is_empty());
+    assert_eq!(a.sync_status().unwrap().pending_changes, 0);
+    // She no longer claims the old village; it left the phone, but for the household with
+    // her open draft; the new village arrived.
+    assert_eq!(a.sync_status().unwrap().user.unwrap().areas, [NEW_VILLAGE]);
+    assert_eq!(report.households_left, 1);
+    assert!(a.household(&old_home).is_err());
+    assert!(a.visit(&visit).is_err());
+    assert!(a.household(&drafted).is_ok(), "kept for the open draft");
+    assert!(a.household(&new_home).is_ok());
+
+    // The old village's reviewer has both changes; the server applied neither on its own.
+    let handed = handovers_seen_by(&server, &township);
+    assert_eq!(handed.len(), 4);
+    assert!(
+        handed
+            .iter()
+            .all(|h| h.village_code == OLD_VILLAGE && h.user_id == "coord-aga")
+    );
+    assert!(handovers_seen_by(&server, &other).is_empty());
+    let held = server
+        .storage
+        .record(Entity::Household, &old_home)
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.fields["phone"].value, json!("13812345678"));
+
+    // The draft is voided: the last of the old village leaves at the next sync.
+    a.void_visit(&draft.id, "已调往他村").unwrap();
+    let report = a.sync(&t, None, None).unwrap();
+    assert_eq!(report.households_left, 1);
+    assert!(a.household(&drafted).is_err());
+    assert!(
+        a.households_in_village(OLD_VILLAGE, 10, 0)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        a.households_in_village(NEW_VILLAGE, 10, 0).unwrap().len(),
+        1
+    );
+}
