@@ -846,6 +846,17 @@ impl Collector {
             .collect())
     }
 
+    /// The households on this phone with a present member holding `id_number`, to warn before
+    /// the same person is registered twice.
+    pub fn households_holding_id_number(&self, id_number: String) -> Result<Vec<HouseholdSummary>> {
+        Ok(self
+            .inner
+            .households_holding_id_number(&id_number)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
     /// Households matching `query` whatever their status (a family that moved away).
     pub fn search_all_households(
         &self,

@@ -115,6 +115,7 @@ final class CollectorTests: XCTestCase {
         try c.signIn(userId: "coord-1")
         let h = try c.newHousehold()
         XCTAssertEqual(try c.searchHouseholds(query: "吉克", limit: 10).map(\.id), [h])
+        XCTAssertEqual(try c.householdsHoldingIdNumber(idNumber: "11010519491231002x").map(\.id), [h])
         XCTAssertEqual(try c.householdsInVillage(villageCode: village, limit: 50, offset: 0).count, 1)
         XCTAssertEqual(try c.householdsDue(onOrBefore: "2026-12-31", villageCode: nil, limit: 50).count, 1)
         try c.editHouseholdField(householdId: h, field: "phone", valueJson: "\"0834-1234567\"")

@@ -82,6 +82,8 @@ class CollectorTest {
         val h = c.newHousehold()
         assertEquals(h, c.searchHouseholds("吉克", 10u).single().id)
         assertEquals(h, c.searchHouseholds("1101", 10u).single().id)
+        // The same person about to be registered again: the phone says where they already are.
+        assertEquals(h, c.householdsHoldingIdNumber("11010519491231002x").single().id)
         assertEquals(1, c.householdsInVillage(VILLAGE, 50u, 0u).size)
         assertEquals(1, c.householdsDue("2026-12-31", VILLAGE, 50u).size)
         c.editHouseholdField(h, "phone", "\"0834-1234567\"")
