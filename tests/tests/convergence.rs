@@ -1,5 +1,5 @@
 //! Property: devices doing random edits (household and member statuses among them) and syncs
-//! in random order, with random interruptions,
+//! in random order, with random interruptions and a reviewer's merge of two registrations,
 //! all converge to the server's state once they sync without faults, and every value anyone
 //! typed was applied at some point or is kept in a conflict. Real server on loopback; in half
 //! the cases two nodes over one storage, every request landing on the other.
@@ -51,11 +51,16 @@ enum Op {
         device: usize,
         pick: usize,
     },
-    /// The member's status: removing them, or finding them present after all.
+    /// A member's status (the first household's member, or the second's): removing them, or
+    /// finding them present after all.
     MemberStatus {
         device: usize,
         pick: usize,
+        second: bool,
     },
+    /// A reviewer merges the second household (the same family registered twice) into the
+    /// first; once only.
+    Merge,
 }
 
 const HOUSEHOLD_STATUSES: [&str; 3] = ["active", "moved_away", "migrant_away"];
@@ -67,13 +72,31 @@ fn ops(devices: usize) -> impl Strategy<Value = Vec<Op>> {
         3 => (0..devices, prop::option::of((1u64..5, any::<bool>()))).prop_map(|(device, cut)| Op::Sync { device, cut }),
         1 => (0..devices, 0..4usize).prop_map(|(device, pick)| Op::Resolve { device, pick }),
         1 => (0..devices, 0..3usize).prop_map(|(device, pick)| Op::Status { device, pick }),
-        1 => (0..devices, 0..3usize).prop_map(|(device, pick)| Op::MemberStatus { device, pick }),
+        1 => (0..devices, 0..3usize, any::<bool>()).prop_map(|(device, pick, second)| Op::MemberStatus { device, pick, second }),
+        1 => Just(Op::Merge),
     ];
     prop::collection::vec(op, 1..25)
 }
 
 fn server_fields(server: &TestServer, h: &str) -> Map<String, Json> {
     server_fields_of(server, Entity::Household, h)
+}
+
+/// Where a member is on a phone, and their fields: (household, fields).
+fn member_on_phone(
+    c: &zoufang_core::Collector,
+    households: &[&str],
+    member: &str,
+) -> Option<(String, Map<String, Json>)> {
+    households.iter().find_map(|h| {
+        let home = c.household(h).ok()?;
+        let m = home
+            .members
+            .iter()
+            .chain(&home.former_members)
+            .find(|m| m.id == member)?;
+        Some((h.to_string(), m.fields.clone()))
+    })
 }
 
 /// A record's fields on the server as a phone shows them: a cleared field (null, kept on the
@@ -165,7 +188,24 @@ proptest! {
                                  "relationship": "02", "lives_together": "yes", "health": "healthy"}).as_object().cloned().unwrap()],
         }).unwrap();
         let member = devices[0].collector.household(&h).unwrap().members[0].id.clone();
-        for d in &devices {
+        let last = &devices[n - 1].collector;
+        let h2 = last.add_household(NewHousehold {
+            village_code: VILLAGE.into(),
+            fields: json!({"phone": "13812345679", "address": "三组"}).as_object().cloned().unwrap(),
+            members: vec![json!({"name": "吉克木呷", "id_type": "none", "sex": "1", "birth_date": "1990-03-01",
+                                 "relationship": "20", "lives_together": "yes", "health": "healthy"}).as_object().cloned().unwrap()],
+        }).unwrap();
+        let member2 = last.household(&h2).unwrap().members[0].id.clone();
+        let reviewer = zoufang_server::DeviceAuth {
+            device_id: "reviewer".into(),
+            user: zoufang_core::protocol::messages::UserInfo {
+                id: "township-1".into(),
+                role: Role::TownshipStaff,
+                areas: vec!["513431104".into()],
+            },
+        };
+        // Twice: the last device's household reaches the others on the second round.
+        for d in devices.iter().chain(&devices) {
             d.collector.sync(&t, None, None).unwrap();
         }
         let mut typed: BTreeSet<(String, String)> = BTreeSet::new();
@@ -210,10 +250,15 @@ proptest! {
                     devices[*device].collector.set_household_status(&h, status, None, Some("2026-11-20")).unwrap();
                     typed.insert(("status".to_owned(), json!(status).to_string()));
                 }
-                Op::MemberStatus { device, pick } => {
+                Op::MemberStatus { device, pick, second } => {
                     let status = MEMBER_STATUSES[*pick];
-                    devices[*device].collector.set_member_status(&member, status, None, Some("2026-11-25")).unwrap();
+                    let target = if *second { &member2 } else { &member };
+                    devices[*device].collector.set_member_status(target, status, None, Some("2026-11-25")).unwrap();
                     typed.insert(("status".to_owned(), json!(status).to_string()));
+                }
+                Op::Merge => {
+                    // The second time, it is refused: merged already.
+                    let _ = server.storage.merge_households(&reviewer, &h, &h2, chrono::Utc::now());
                 }
             }
         }
@@ -235,12 +280,17 @@ proptest! {
             }
         }
         let truth = server_fields(&server, &h);
-        let member_truth = server_fields_of(&server, Entity::Member, &member);
+        let truth2 = server_fields(&server, &h2);
         for d in &devices {
             let home = d.collector.household(&h).unwrap();
             prop_assert_eq!(&home.fields, &truth);
-            let held = home.members.iter().chain(&home.former_members).find(|m| m.id == member).unwrap();
-            prop_assert_eq!(&held.fields, &member_truth);
+            prop_assert_eq!(&d.collector.household(&h2).unwrap().fields, &truth2);
+            for m in [&member, &member2] {
+                let held = server.storage.record(Entity::Member, m).unwrap().unwrap();
+                let on_phone = member_on_phone(&d.collector, &[&h, &h2], m);
+                let server_side = (held.household_id.clone().unwrap(), server_fields_of(&server, Entity::Member, m));
+                prop_assert_eq!(on_phone, Some(server_side));
+            }
             prop_assert_eq!(d.collector.sync_status().unwrap().pending_changes, 0);
             prop_assert!(d.collector.conflicts().unwrap().is_empty());
             prop_assert!(d.collector.rejected_changes().unwrap().is_empty());
