@@ -63,6 +63,12 @@ pub enum AdminCommand {
         survivor: String,
         merged: String,
     },
+    /// Move a household (members, visits) to another village: the old village's phones lose
+    /// it, the new village's gain it.
+    MoveHousehold {
+        household: String,
+        village: String,
+    },
     /// Changes handed to an area's reviewers by phones whose users were moved away.
     Handovers {
         #[arg(long, default_value = "51")]
@@ -344,6 +350,14 @@ pub fn admin(
                 .map_err(server_failure)?;
             out.emit(&json!({"ok": true}), || {
                 format!("{merged} merged into {survivor}")
+            })
+        }
+        AdminCommand::MoveHousehold { household, village } => {
+            let auth = admin_auth("51".into());
+            s.move_household(&auth, &household, &village, chrono::Utc::now())
+                .map_err(server_failure)?;
+            out.emit(&json!({"ok": true}), || {
+                format!("{household} moved to {village}")
             })
         }
         AdminCommand::Handovers { area } => {

@@ -460,6 +460,14 @@ pub struct MergeRequest {
     pub merged: String,
 }
 
+/// `POST /v1/households/move`: a reviewer moves a household to another village they cover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRequest {
+    pub protocol: u32,
+    pub household: String,
+    pub village_code: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolveRequest {
     pub protocol: u32,

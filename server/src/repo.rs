@@ -254,6 +254,8 @@ pub trait MergesRepo {
     fn repoint_members(&mut self, merged: &str, survivor: &str) -> Result<Vec<String>>;
     /// The visits of a household: (server sequence number, body).
     fn visits_of_household(&mut self, household: &str) -> Result<Vec<(u64, VisitRecord)>>;
+    /// Files a household and its members under another village.
+    fn move_household_records(&mut self, household: &str, village: &str) -> Result<()>;
 }
 
 /// Reassignment: a user's former areas, and the changes handed to their villages' reviewers.

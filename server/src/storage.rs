@@ -258,6 +258,14 @@ pub trait Storage: Send + Sync + 'static {
         merged: &str,
         now: DateTime<Utc>,
     ) -> Result<()>;
+    /// A reviewer moves a household, its members and visits to another village they cover.
+    fn move_household(
+        &self,
+        auth: &DeviceAuth,
+        household: &str,
+        to_village: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     // Attachments: contents by hash. A caller may see or send a content only if a visit in its
     // areas names it; to anyone else it does not exist.
     /// How much of each content the server holds.

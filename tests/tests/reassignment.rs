@@ -102,3 +102,59 @@ fn a_moved_coordinators_pending_work_reaches_the_old_villages_reviewers_and_the_
         1
     );
 }
+
+#[test]
+fn a_reviewer_moves_a_household_the_old_village_loses_it_and_the_new_one_gains_it_with_its_history()
+{
+    let server = TestServer::start();
+    let t = server.transport();
+    let aga = Device::enrolled(&server, "coord-aga", Role::Coordinator, &[OLD_VILLAGE]);
+    let muga = Device::enrolled(&server, "coord-muga", Role::Coordinator, &[NEW_VILLAGE]);
+    let township = Device::enrolled(&server, "township-1", Role::TownshipStaff, &[TOWNSHIP]);
+    let (a, b) = (&aga.collector, &muga.collector);
+    let home = new_household(a, OLD_VILLAGE);
+    let visit = routine_visit(a, &home);
+    a.sync(&t, None, None).unwrap();
+    b.sync(&t, None, None).unwrap();
+    assert!(b.household(&home).is_err());
+
+    let move_by = |phone: &Device| {
+        let (_, token) = phone.collector.credentials().unwrap().unwrap();
+        let body = messages::encode(&messages::MoveRequest {
+            protocol: messages::PROTOCOL_VERSION,
+            household: home.clone(),
+            village_code: NEW_VILLAGE.into(),
+        })
+        .unwrap();
+        let request = HttpRequest {
+            method: "POST".into(),
+            path: "/v1/households/move".into(),
+            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+            body,
+        };
+        server.transport().send(&request).unwrap().status
+    };
+    assert_eq!(move_by(&aga), 403, "coordinators do not move households");
+    assert_eq!(move_by(&township), 200);
+
+    let report = a.sync(&t, None, None).unwrap();
+    assert_eq!(report.households_left, 1);
+    assert!(a.household(&home).is_err() && a.visit(&visit).is_err());
+    b.sync(&t, None, None).unwrap();
+    let moved = b.household(&home).unwrap();
+    assert_eq!(moved.village_code, NEW_VILLAGE);
+    assert_eq!(moved.members.len(), 1);
+    assert_eq!(b.visits_of_household(&home).unwrap()[0].id, visit);
+    let held = server
+        .storage
+        .record(Entity::Household, &home)
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.village_code, NEW_VILLAGE);
+    // Settled: the next syncs find every village's checksum in step.
+    for phone in [a, b] {
+        let again = phone.sync(&t, None, None).unwrap();
+        assert!(again.repaired_villages.is_empty(), "{again:?}");
+        assert!(phone.rejected_changes().unwrap().is_empty());
+    }
+}

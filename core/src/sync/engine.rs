@@ -611,6 +611,8 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         };
         self.phase_total = self.phase_done + more;
         if !pulled.more {
+            // A household moved out of the user's areas by a reviewer leaves with this sync.
+            self.report.households_left += self.local.leave_former_areas()?;
             let local = self.local.checksums()?;
             self.to_repair = pulled
                 .checksums

@@ -512,6 +512,19 @@ async fn merge(
     reply(&serde_json::json!({"protocol": PROTOCOL_VERSION, "merged": req.merged}))
 }
 
+async fn move_household(
+    State(state): State<AppState>,
+    Device(auth): Device,
+    Msg(req, _): Msg<messages::MoveRequest>,
+) -> ApiResult {
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let user = auth.user.id.clone();
+    let (household, village) = (req.household.clone(), req.village_code.clone());
+    blocking(move || storage.move_household(&auth, &household, &village, now)).await?;
+    tracing::info!(household = %req.household, reviewer = %user, "household moved");
+    reply(&serde_json::json!({"protocol": PROTOCOL_VERSION, "moved": req.household}))
+}
+
 async fn audit(
     State(state): State<AppState>,
     WipedDevice(auth): WipedDevice,
@@ -541,6 +554,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/duplicates", get(duplicates))
         .route("/v1/households/merge", post(merge))
+        .route("/v1/households/move", post(move_household))
         .route("/v1/handovers", get(handovers))
         .route("/v1/conflicts/{id}/resolve", post(resolve))
         .route("/v1/audit", post(audit))

@@ -79,4 +79,13 @@ impl MergesRepo for PgTx<'_, '_> {
         .map(|r| Ok((from_db(r.get(0)), serde_json::from_str(r.get(1))?)))
         .collect()
     }
+
+    fn move_household_records(&mut self, household: &str, village: &str) -> Result<()> {
+        self.execute(
+            "UPDATE records SET village_code = $2
+             WHERE (entity = 'household' AND id = $1) OR (entity = 'member' AND household_id = $1)",
+            &[&household, &village],
+        )?;
+        Ok(())
+    }
 }

@@ -133,3 +133,105 @@ fn household_village(tx: &mut dyn Tx, auth: &DeviceAuth, id: &str) -> Result<Str
     }
     Ok(village)
 }
+
+/// A reviewer moves a household (with its members and visits) to another village they cover:
+/// the old village's phones lose it at their next sync (its village field changes, and they no
+/// longer cover it), the new village's phones gain it with its history.
+pub fn move_household(
+    tx: &mut dyn Tx,
+    auth: &DeviceAuth,
+    (household, to_village): (&str, &str),
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if !auth.user.role.can_review() {
+        return Err(ServerError::Forbidden(
+            "only reviewers move households".into(),
+        ));
+    }
+    if zoufang_model::domain::check_region_code(to_village).is_err() || !auth.covers(to_village) {
+        return Err(ServerError::bad(
+            "invalid_move",
+            "the new village is not one of the reviewer's",
+        ));
+    }
+    let from = household_village(tx, auth, household)?;
+    if from == to_village {
+        return Err(ServerError::bad(
+            "invalid_move",
+            "the household is in that village already",
+        ));
+    }
+    let at = ts(now);
+    let ctx = PushContext {
+        auth,
+        received_at: at.clone(),
+        skewed: false,
+    };
+    // The village field first, under the old village: its phones learn the move from it.
+    let base = tx
+        .field(Entity::Household, household, "village_code")?
+        .map_or(0, |f| f.version);
+    let value = json!(to_village);
+    let edit = FieldEdit {
+        device_seq: 0,
+        device_time: &at,
+        entity: Entity::Household,
+        id: household,
+        field: "village_code",
+        value: &value,
+        base,
+        after: None,
+    };
+    write_field_as_server(tx, &ctx, &edit, &from)?;
+    // Then the records and their checksum contributions move, and the new village's feed gets
+    // the household, its members and its visits whole.
+    let records: Vec<_> = tx
+        .village_records(&from)?
+        .into_iter()
+        .filter(|r| r.id == household || r.household_id.as_deref() == Some(household))
+        .collect();
+    let moved: u64 = records.iter().map(record_sum).fold(0, u64::wrapping_add);
+    tx.move_household_records(household, to_village)?;
+    let old_sum = tx.checksum(&from)?.wrapping_sub(moved);
+    tx.set_checksum(&from, old_sum)?;
+    let new_sum = tx.checksum(to_village)?.wrapping_add(moved);
+    tx.set_checksum(to_village, new_sum)?;
+    let mut ordered = records;
+    ordered.sort_by_key(|r| r.entity != Entity::Household);
+    for mut record in ordered {
+        record.village_code = to_village.to_owned();
+        let seq = next_seq(tx)?;
+        tx.append_feed(
+            seq,
+            to_village,
+            &auth.device_id,
+            &FeedItem::Record { record },
+        )?;
+    }
+    let visits = tx.visits_of_household(household)?;
+    for (_, visit) in &visits {
+        let seq = next_seq(tx)?;
+        let item = FeedItem::Visit {
+            visit: Box::new(visit.clone()),
+        };
+        tx.append_feed(seq, to_village, &auth.device_id, &item)?;
+    }
+    let detail = json!({"from": from, "to": to_village, "visits": visits.len()});
+    server_audit::append(
+        tx,
+        now,
+        &auth.user.id,
+        "household_moved",
+        Some(("household", household)),
+        detail,
+    )
+}
+
+/// A record's part of its village's checksum.
+fn record_sum(r: &zoufang_protocol::messages::RecordState) -> u64 {
+    r.fields.iter().fold(0u64, |sum, (field, fv)| {
+        let h =
+            zoufang_protocol::checksum::field_hash(r.entity, &r.id, field, fv.version, &fv.value);
+        sum.wrapping_add(h)
+    })
+}

@@ -204,6 +204,18 @@ impl<D: Transactions + 'static> Storage for D {
         })
     }
 
+    fn move_household(
+        &self,
+        auth: &DeviceAuth,
+        household: &str,
+        to_village: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        repo::write(self, |tx| {
+            merges::move_household(tx, auth, (household, to_village), now)
+        })
+    }
+
     fn record(&self, entity: Entity, id: &str) -> Result<Option<RecordState>> {
         repo::read(self, |tx| pull::record(tx, entity, id))
     }

@@ -82,4 +82,13 @@ impl MergesRepo for SqliteTx<'_, '_> {
             .map(|(seq, body)| Ok((from_db(seq), serde_json::from_str(&body)?)))
             .collect()
     }
+
+    fn move_household_records(&mut self, household: &str, village: &str) -> Result<()> {
+        self.0.execute(
+            "UPDATE records SET village_code = ?2
+             WHERE (entity = 'household' AND id = ?1) OR (entity = 'member' AND household_id = ?1)",
+            params![household, village],
+        )?;
+        Ok(())
+    }
 }
