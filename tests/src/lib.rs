@@ -270,8 +270,9 @@ pub fn new_household(c: &Collector, village: &str) -> String {
     .expect("household added")
 }
 
-/// A completed routine visit of `household`, nobody at risk.
-pub fn routine_visit(c: &Collector, household: &str) -> String {
+/// A routine visit of `household` with what the coordinator asks at the door (nobody at
+/// risk), still a draft. Returns its id.
+pub fn routine_draft(c: &Collector, household: &str) -> String {
     use serde_json::json;
     let v = c
         .start_visit(Some(household), "routine")
@@ -286,31 +287,49 @@ pub fn routine_visit(c: &Collector, household: &str) -> String {
         })),
     )
     .expect("answers saved");
-    c.complete_visit(&v.id).expect("visit completed");
     v.id
+}
+
+/// A completed routine visit of `household`, nobody at risk.
+pub fn routine_visit(c: &Collector, household: &str) -> String {
+    let v = routine_draft(c, household);
+    c.complete_visit(&v).expect("visit completed");
+    v
 }
 
 /// A routine visit signed by its interviewee on the draft, completed, then marked signed.
 pub fn signed_routine_visit(c: &Collector, household: &str) -> String {
-    use serde_json::json;
-    let v = c
-        .start_visit(Some(household), "routine")
-        .expect("visit started");
-    c.set_answers(
-        &v.id,
-        &obj(json!({
-            "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
-            "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
-            "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
-            "investigator_1_name": "马海木呷", "consent_privacy": "yes"
-        })),
-    )
-    .expect("answers saved");
-    c.add_signature(&v.id, "interviewee_signature", &signature_png(7))
+    let v = routine_draft(c, household);
+    c.add_signature(&v, "interviewee_signature", &signature_png(7))
         .expect("signature added");
-    c.complete_visit(&v.id).expect("visit completed");
-    c.sign_visit(&v.id).expect("visit signed");
-    v.id
+    c.complete_visit(&v).expect("visit completed");
+    c.sign_visit(&v).expect("visit signed");
+    v
+}
+
+/// Sends a request with a phone's own credentials, as a tampered or a reviewer's app would.
+pub fn send_as(
+    server: &TestServer,
+    phone: &Device,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> HttpResponse {
+    use zoufang_core::sync::LocalState;
+    let (_, token) = phone
+        .collector
+        .credentials()
+        .expect("credentials")
+        .expect("enrolled");
+    server
+        .transport()
+        .send(&HttpRequest {
+            method: method.into(),
+            path: path.into(),
+            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+            body,
+        })
+        .expect("an answer")
 }
 
 /// A camera JPEG of `w`×`h` pixels of noise: noise hardly compresses, so a test gets the size

@@ -13,8 +13,8 @@ use zoufang_core::protocol::messages::{
     self, Ack, Change, ChangeOp, Entity, Outcome, PROTOCOL_VERSION, PushRequest, PushResponse,
     Role, VisitRecord,
 };
-use zoufang_core::sync::{HttpRequest, LocalState, Transport};
-use zoufang_tests::{Device, TestServer, new_household, routine_visit};
+use zoufang_core::sync::LocalState;
+use zoufang_tests::{Device, TestServer, new_household, routine_visit, send_as};
 
 const TOWNSHIP: &str = "513431104";
 const VILLAGE_A: &str = "513431104201";
@@ -24,7 +24,7 @@ static FORGED: AtomicU64 = AtomicU64::new(1_000_000);
 
 /// Pushes hand-made changes with the phone's own credentials, as a tampered app would.
 fn forge(server: &TestServer, phone: &Device, ops: Vec<ChangeOp>) -> Vec<Ack> {
-    let (device_id, token) = phone.collector.credentials().unwrap().unwrap();
+    let (device_id, _) = phone.collector.credentials().unwrap().unwrap();
     let now = chrono::Utc::now().to_rfc3339();
     let changes = ops
         .into_iter()
@@ -44,15 +44,7 @@ fn forge(server: &TestServer, phone: &Device, ops: Vec<ChangeOp>) -> Vec<Ack> {
         changes,
     })
     .unwrap();
-    let response = server
-        .transport()
-        .send(&HttpRequest {
-            method: "POST".into(),
-            path: "/v1/push".into(),
-            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
-            body,
-        })
-        .unwrap();
+    let response = send_as(server, phone, "POST", "/v1/push", body);
     assert_eq!(response.status, 200);
     messages::decode::<PushResponse>(&response.body)
         .unwrap()

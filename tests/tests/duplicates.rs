@@ -9,8 +9,7 @@ use serde_json::{Value as Json, json};
 use zoufang_core::Collector;
 use zoufang_core::protocol::messages::{self, DuplicatesResponse, Role};
 use zoufang_core::records::NewHousehold;
-use zoufang_core::sync::{HttpRequest, LocalState, Transport};
-use zoufang_tests::{Device, TestServer, obj};
+use zoufang_tests::{Device, TestServer, obj, send_as};
 
 const TOWNSHIP: &str = "513431104";
 const VILLAGE_A: &str = "513431104201";
@@ -40,16 +39,7 @@ fn duplicates_seen_by(
     server: &TestServer,
     phone: &Device,
 ) -> (u16, Vec<messages::PossibleDuplicate>) {
-    let (_, token) = phone.collector.credentials().unwrap().unwrap();
-    let r = server
-        .transport()
-        .send(&HttpRequest {
-            method: "GET".into(),
-            path: "/v1/duplicates".into(),
-            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
-            body: Vec::new(),
-        })
-        .unwrap();
+    let r = send_as(server, phone, "GET", "/v1/duplicates", Vec::new());
     if r.status != 200 {
         return (r.status, Vec::new());
     }
@@ -142,23 +132,13 @@ fn the_same_family_in_two_villages_and_the_same_son_on_two_phones_are_flagged_an
 
 /// The reviewer merges, over HTTP with their phone's token.
 fn merge(server: &TestServer, reviewer: &Device, survivor: &str, merged: &str) -> u16 {
-    let (_, token) = reviewer.collector.credentials().unwrap().unwrap();
     let body = messages::encode(&messages::MergeRequest {
         protocol: messages::PROTOCOL_VERSION,
         survivor: survivor.into(),
         merged: merged.into(),
     })
     .unwrap();
-    server
-        .transport()
-        .send(&HttpRequest {
-            method: "POST".into(),
-            path: "/v1/households/merge".into(),
-            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
-            body,
-        })
-        .unwrap()
-        .status
+    send_as(server, reviewer, "POST", "/v1/households/merge", body).status
 }
 
 #[test]

@@ -6,24 +6,14 @@
 
 use serde_json::json;
 use zoufang_core::protocol::messages::{self, Entity, HandoversResponse, Role};
-use zoufang_core::sync::{HttpRequest, LocalState, Transport};
-use zoufang_tests::{Device, TestServer, new_household, routine_visit};
+use zoufang_tests::{Device, TestServer, new_household, routine_visit, send_as};
 
 const TOWNSHIP: &str = "513431104";
 const OLD_VILLAGE: &str = "513431104201";
 const NEW_VILLAGE: &str = "513431104202";
 
 fn handovers_seen_by(server: &TestServer, reviewer: &Device) -> Vec<messages::Handover> {
-    let (_, token) = reviewer.collector.credentials().unwrap().unwrap();
-    let r = server
-        .transport()
-        .send(&HttpRequest {
-            method: "GET".into(),
-            path: "/v1/handovers".into(),
-            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
-            body: Vec::new(),
-        })
-        .unwrap();
+    let r = send_as(server, reviewer, "GET", "/v1/handovers", Vec::new());
     assert_eq!(r.status, 200);
     messages::decode::<HandoversResponse>(&r.body)
         .unwrap()
@@ -119,20 +109,13 @@ fn a_reviewer_moves_a_household_the_old_village_loses_it_and_the_new_one_gains_i
     assert!(b.household(&home).is_err());
 
     let move_by = |phone: &Device| {
-        let (_, token) = phone.collector.credentials().unwrap().unwrap();
         let body = messages::encode(&messages::MoveRequest {
             protocol: messages::PROTOCOL_VERSION,
             household: home.clone(),
             village_code: NEW_VILLAGE.into(),
         })
         .unwrap();
-        let request = HttpRequest {
-            method: "POST".into(),
-            path: "/v1/households/move".into(),
-            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
-            body,
-        };
-        server.transport().send(&request).unwrap().status
+        send_as(&server, phone, "POST", "/v1/households/move", body).status
     };
     assert_eq!(move_by(&aga), 403, "coordinators do not move households");
     assert_eq!(move_by(&township), 200);

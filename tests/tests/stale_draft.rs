@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 use zoufang_core::Collector;
 use zoufang_core::model::domain::resident_id_check_char;
 use zoufang_core::protocol::messages::{Entity, Role};
-use zoufang_tests::{Device, TestServer, new_household, obj};
+use zoufang_tests::{Device, TestServer, new_household, routine_draft};
 
 const VILLAGE: &str = "513431104201";
 
@@ -18,22 +18,6 @@ const VILLAGE: &str = "513431104201";
 fn resident_id(birth: &str, order: &str) -> String {
     let body = format!("513431{birth}{order}");
     format!("{body}{}", resident_id_check_char(&body).unwrap())
-}
-
-/// Opens a routine visit and types what the coordinator asks at the door; returns its id.
-fn open_visit(c: &Collector, household: &str) -> String {
-    let v = c.start_visit(Some(household), "routine").unwrap();
-    c.set_answers(
-        &v.id,
-        &obj(json!({
-            "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
-            "location_missing_reason": "no_signal", "basic_living_difficulty": "no", "risk_level": "low",
-            "recommendation": "monitor", "emergency": "no", "next_visit_due": "2027-03-01",
-            "investigator_1_name": "马海木呷", "consent_privacy": "yes"
-        })),
-    )
-    .unwrap();
-    v.id
 }
 
 fn head_id_number(c: &Collector, household: &str) -> Json {
@@ -53,7 +37,7 @@ fn a_draft_opened_before_a_correction_leaves_it_standing_and_a_real_overlap_is_a
     let head = a.household(&home).unwrap().members[0].id.clone();
 
     // Aga opens a visit; meanwhile Muga corrects the head's resident ID, and it reaches Aga.
-    let draft = open_visit(a, &home);
+    let draft = routine_draft(a, &home);
     let corrected = resident_id("19491231", "003");
     b.edit_member_field(&head, "id_number", json!(corrected))
         .unwrap();
@@ -94,7 +78,7 @@ fn a_draft_opened_before_a_correction_leaves_it_standing_and_a_real_overlap_is_a
     assert_eq!(held.fields["id_number"].value, json!(corrected));
 
     // A real overlap: both change the phone, Aga on a draft opened before Muga's edit arrived.
-    let draft = open_visit(a, &home);
+    let draft = routine_draft(a, &home);
     b.edit_household_field(&home, "phone", json!("13900000002"))
         .unwrap();
     b.sync(&t, None, None).unwrap();
@@ -131,7 +115,7 @@ fn a_draft_opened_before_a_reviewers_resolution_leaves_it_standing() {
     b.sync(&t, None, None).unwrap();
     a.sync(&t, None, None).unwrap();
     // Aga opens a visit while the conflict is open; the reviewer resolves it.
-    let draft = open_visit(a, &home);
+    let draft = routine_draft(a, &home);
     r.sync(&t, None, None).unwrap();
     let conflict = r.conflicts().unwrap()[0].id.clone();
     r.resolve_conflict(&conflict, json!("13900000003")).unwrap();
