@@ -69,6 +69,13 @@ pub enum AdminCommand {
         household: String,
         village: String,
     },
+    /// How often households of an assistance category (a `programme` code: dibao, tekun...)
+    /// are visited, in days: their next due date then follows from each visit. Without
+    /// arguments, lists the frequencies.
+    VisitFrequency {
+        category: Option<String>,
+        days: Option<u32>,
+    },
     /// Changes handed to an area's reviewers by phones whose users were moved away.
     Handovers {
         #[arg(long, default_value = "51")]
@@ -358,6 +365,21 @@ pub fn admin(
                 .map_err(server_failure)?;
             out.emit(&json!({"ok": true}), || {
                 format!("{household} moved to {village}")
+            })
+        }
+        AdminCommand::VisitFrequency { category, days } => {
+            if let (Some(category), Some(days)) = (&category, days) {
+                s.set_visit_frequency(category, days, chrono::Utc::now())
+                    .map_err(server_failure)?;
+            } else if category.is_some() {
+                return Err(fail("invalid_input", "give a category and its days"));
+            }
+            let all = s.visit_frequencies().map_err(server_failure)?;
+            out.emit(&all, || {
+                all.iter()
+                    .map(|(c, d)| format!("{c}: every {d} days"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
         }
         AdminCommand::Handovers { area } => {

@@ -552,6 +552,7 @@ impl Server {
                     code_lists: Vec::new(),
                     audit,
                     user: None,
+                    visit_frequencies: Default::default(),
                 })
             }
             "/v1/push" => {

@@ -48,6 +48,7 @@ impl Transport for HeldServer {
                     code_lists: Vec::new(),
                     audit: None,
                     user: None,
+                    visit_frequencies: Default::default(),
                 })
             }
             _ => {

@@ -404,6 +404,10 @@ pub struct CatalogResponse {
     /// The device's user as the server holds them now (their areas may have changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<UserInfo>,
+    /// Days between visits per assistance category: a household of one has its next due date
+    /// set by the server, not typed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub visit_frequencies: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -94,6 +94,9 @@ pub trait CatalogRepo {
     fn put_code_list(&mut self, list: &CodeList, at: &str) -> Result<()>;
     /// The newest version of every code list.
     fn latest_code_lists(&mut self) -> Result<Vec<CodeList>>;
+    /// How often a household of an assistance category is visited, in days.
+    fn put_visit_frequency(&mut self, category: &str, days: u32, at: &str) -> Result<()>;
+    fn visit_frequencies(&mut self) -> Result<std::collections::BTreeMap<String, u32>>;
     /// The totals `zoufang admin stats` shows.
     fn stats(&mut self) -> Result<Stats>;
 }

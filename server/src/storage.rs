@@ -192,6 +192,9 @@ pub trait Storage: Send + Sync + 'static {
     fn publish_form(&self, definition_json: &str, now: DateTime<Utc>) -> Result<(String, u32)>;
     fn publish_code_list(&self, list: &CodeList, now: DateTime<Utc>) -> Result<()>;
     fn stats(&self) -> Result<Stats>;
+    /// How often households of an assistance category are visited (the due-date rule).
+    fn set_visit_frequency(&self, category: &str, days: u32, now: DateTime<Utc>) -> Result<()>;
+    fn visit_frequencies(&self) -> Result<std::collections::BTreeMap<String, u32>>;
 
     // Devices.
     fn enroll(

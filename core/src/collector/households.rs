@@ -237,6 +237,18 @@ impl Collector {
         })
     }
 
+    /// Whether a household's next due date is the server's to set: its assistance category has
+    /// a visit frequency.
+    pub(crate) fn due_date_ruled(&self, fields: &Map<String, Json>) -> Result<bool> {
+        let Some(category) = fields.get("assistance_category").and_then(Json::as_str) else {
+            return Ok(false);
+        };
+        Ok(self
+            .sync_settings()?
+            .visit_frequencies
+            .contains_key(category))
+    }
+
     /// Whether the signed-in user is a coordinator (as enrolment said; a store never enrolled
     /// is held to a coordinator's rules).
     pub(crate) fn is_coordinator(&self) -> Result<bool> {
@@ -249,12 +261,43 @@ impl Collector {
     pub fn edit_household_field(&self, household_id: &str, field: &str, value: Json) -> Result<()> {
         self.require_user()?;
         writable(field, self.is_coordinator()?)?;
-        let (form, b) = self.household_form()?;
-        let value = self.check_record_value(&form, &b.household, field, value)?;
+        if field == "next_visit_due" && self.is_coordinator()? {
+            let fields = self.read(|c| store::households::fields(c, household_id))?;
+            if self.due_date_ruled(&fields)? {
+                return Err(Error::ServerOwnedField {
+                    field: field.to_owned(),
+                    reason: "the next visit follows the visit frequency of the household's category",
+                });
+            }
+        }
+        let value = if field == "assistance_category" {
+            // Not a form answer: a reviewer files the household under a programme.
+            self.check_category(value)?
+        } else {
+            let (form, b) = self.household_form()?;
+            self.check_record_value(&form, &b.household, field, value)?
+        };
         let at = timestamp(self.now());
         self.write(|tx| {
             self.set_record_field(tx, Entity::Household, household_id, field, &value, &at)
         })
+    }
+
+    /// An assistance category is a value of the `programme` code list (or null).
+    fn check_category(&self, value: Json) -> Result<Json> {
+        let known = match &value {
+            Json::Null => true,
+            Json::String(c) => self.code_lists().contains("programme", c) == Some(true),
+            _ => false,
+        };
+        if known {
+            Ok(value)
+        } else {
+            Err(Error::InvalidValue {
+                field: "assistance_category".into(),
+                code: "choice_unknown",
+            })
+        }
     }
 
     /// Sets one member field, or clears it with null.

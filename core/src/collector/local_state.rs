@@ -50,6 +50,8 @@ impl LocalState for Collector {
         if let Some(user) = &catalog.user {
             self.take_user(user)?;
         }
+        let frequencies = catalog.visit_frequencies.clone();
+        self.update_settings(|s| s.visit_frequencies = frequencies)?;
         Ok(())
     }
 

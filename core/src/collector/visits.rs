@@ -484,12 +484,16 @@ impl Collector {
             }
         };
         let current = store::households::fields(tx, &household_id)?;
+        let due_ruled = self.due_date_ruled(&current)?;
         for (record, id) in &b.household {
             let Some(info) = form.fields.get(*id) else {
                 continue;
             };
-            // The village is the household's, never moved by a visit (checked at completion).
-            if read_only(*id) || !info.chain.is_empty() || record == "village_code" {
+            // The village is the household's, never moved by a visit (checked at completion);
+            // the next due date of a household whose category has a frequency is the server's.
+            let server_owned =
+                record == "village_code" || (record == "next_visit_due" && due_ruled);
+            if read_only(*id) || !info.chain.is_empty() || server_owned {
                 continue;
             }
             if let Some(v) = answers.get(&info.name).filter(|v| !v.is_null()) {

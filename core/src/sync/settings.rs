@@ -21,6 +21,10 @@ pub struct SyncSettings {
     pub clock_offset_ms: Option<i64>,
     pub last_sync_at: Option<String>,
     pub hlc: Option<String>,
+    /// Days between visits per assistance category, as the server last said: a household of
+    /// one has its next due date set by the server.
+    #[serde(default)]
+    pub visit_frequencies: BTreeMap<String, u32>,
 }
 
 impl SyncSettings {

@@ -370,7 +370,7 @@ async fn catalog(
 ) -> ApiResult {
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let user = auth.user.clone();
-    let (forms, code_lists, audit) = blocking(move || {
+    let (forms, code_lists, audit, visit_frequencies) = blocking(move || {
         let audit = match req.audit.take() {
             Some(batch) => Some(storage.upload_audit(
                 &auth,
@@ -385,7 +385,7 @@ async fn catalog(
             None => None,
         };
         let (forms, code_lists) = storage.catalog(&req)?;
-        Ok((forms, code_lists, audit))
+        Ok((forms, code_lists, audit, storage.visit_frequencies()?))
     })
     .await?;
     reply(&CatalogResponse {
@@ -395,6 +395,7 @@ async fn catalog(
         code_lists,
         audit,
         user: Some(user),
+        visit_frequencies,
     })
 }
 

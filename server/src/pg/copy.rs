@@ -32,6 +32,7 @@ const TABLES: &[&str] = &[
     "possible_duplicates",
     "former_areas",
     "handovers",
+    "visit_frequencies",
 ];
 
 /// Rows copied, per table.

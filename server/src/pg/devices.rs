@@ -220,6 +220,23 @@ impl CatalogRepo for PgTx<'_, '_> {
         Ok(())
     }
 
+    fn put_visit_frequency(&mut self, category: &str, days: u32, at: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO visit_frequencies (category, days, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (category) DO UPDATE SET days = $2, updated_at = $3",
+            &[&category, &i64::from(days), &at],
+        )?;
+        Ok(())
+    }
+
+    fn visit_frequencies(&mut self) -> Result<std::collections::BTreeMap<String, u32>> {
+        Ok(self
+            .query("SELECT category, days FROM visit_frequencies", &[])?
+            .iter()
+            .map(|r| (r.get(0), u32::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            .collect())
+    }
+
     fn latest_code_lists(&mut self) -> Result<Vec<CodeList>> {
         self.query(
             "SELECT c.name, c.version, c.entries FROM code_lists c

@@ -41,6 +41,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_handovers.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_visit_frequencies.sql"),
+    ),
 ];
 
 /// The advisory lock every write transaction holds (any constant; ours spells "zf").

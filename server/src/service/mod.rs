@@ -8,6 +8,7 @@ pub mod admin;
 pub mod attachments;
 pub mod audit;
 pub mod catalog;
+pub mod due;
 pub mod handover;
 pub mod merges;
 pub mod pull;

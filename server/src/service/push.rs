@@ -228,6 +228,10 @@ fn submit_visit(
         visit: Box::new(visit.clone()),
     };
     tx.append_feed(server_seq, &visit.village_code, &ctx.auth.device_id, &item)?;
+    if let Some(h) = &visit.household_id {
+        // The next visit follows the household's category, from this one.
+        super::due::apply_rule(tx, h, &visit.village_code, &ctx.received_at)?;
+    }
     Ok(applied(seq, Outcome::Applied, server_seq, None, None))
 }
 

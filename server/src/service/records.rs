@@ -298,6 +298,9 @@ pub fn set_field(tx: &mut dyn Tx, ctx: &PushContext<'_>, e: &FieldEdit<'_>) -> R
     if let Err(why) = check_lifecycle_value(e.entity == Entity::Household, e.field, e.value) {
         return Ok(rejected(e.device_seq, "invalid_value", why));
     }
+    if let Some(why) = super::due::refusal(tx, ctx.auth, e)? {
+        return Ok(rejected(e.device_seq, "server_owned_field", why));
+    }
     let mut one = Map::new();
     one.insert(e.field.to_owned(), e.value.clone());
     if let Err(why) = check_fields(&one) {
@@ -330,7 +333,14 @@ pub fn set_field(tx: &mut dyn Tx, ctx: &PushContext<'_>, e: &FieldEdit<'_>) -> R
                 conflict,
             ))
         }
-        Decision::Apply => apply_edit(tx, ctx, e, &place, current.as_ref()),
+        Decision::Apply => {
+            let ack = apply_edit(tx, ctx, e, &place, current.as_ref())?;
+            if e.entity == Entity::Household && e.field == "assistance_category" {
+                // A new category may bring another visit frequency.
+                super::due::apply_rule(tx, e.id, &village, &ctx.received_at)?;
+            }
+            Ok(ack)
+        }
         Decision::OpenConflict => open_conflict(tx, ctx, e, &place, current.as_ref()),
         Decision::JoinConflict | Decision::Resolve => {
             let resolve = decision == Decision::Resolve;

@@ -12,7 +12,7 @@ use zoufang_protocol::messages::{
     ContentState, Entity, PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
 };
 
-use super::{access, admin, attachments, audit, catalog, handover, merges, pull, push};
+use super::{access, admin, attachments, audit, catalog, due, handover, merges, pull, push};
 use crate::blobs::ContentKey;
 use crate::repo::{self, Transactions};
 use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, PossibleDuplicate, Result, Stats, Storage};
@@ -170,6 +170,14 @@ impl<D: Transactions + 'static> Storage for D {
 
     fn conflicts(&self, auth: &DeviceAuth) -> Result<Vec<ConflictInfo>> {
         repo::read(self, |tx| pull::conflicts(tx, auth))
+    }
+
+    fn set_visit_frequency(&self, category: &str, days: u32, now: DateTime<Utc>) -> Result<()> {
+        repo::write(self, |tx| due::set_visit_frequency(tx, category, days, now))
+    }
+
+    fn visit_frequencies(&self) -> Result<std::collections::BTreeMap<String, u32>> {
+        repo::read(self, |tx| tx.visit_frequencies())
     }
 
     fn handovers(&self, auth: &DeviceAuth) -> Result<Vec<zoufang_protocol::messages::Handover>> {

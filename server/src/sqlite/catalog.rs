@@ -8,6 +8,23 @@ use crate::repo::CatalogRepo;
 use crate::storage::{Result, Stats};
 
 impl CatalogRepo for SqliteTx<'_, '_> {
+    fn put_visit_frequency(&mut self, category: &str, days: u32, at: &str) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO visit_frequencies (category, days, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (category) DO UPDATE SET days = ?2, updated_at = ?3",
+            params![category, days, at],
+        )?;
+        Ok(())
+    }
+
+    fn visit_frequencies(&mut self) -> Result<std::collections::BTreeMap<String, u32>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT category, days FROM visit_frequencies")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn form_definition(&mut self, form_id: &str, version: u32) -> Result<Option<String>> {
         Ok(self
             .0

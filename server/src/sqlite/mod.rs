@@ -72,6 +72,15 @@ CREATE TABLE handovers (
 CREATE INDEX handovers_by_village ON handovers (village_code);
 "#;
 
+/// How often a household of each assistance category is visited (the due-date rule).
+const SCHEMA_V6: &str = r#"
+CREATE TABLE visit_frequencies (
+    category   TEXT PRIMARY KEY,
+    days       INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
 /// Visits naming a content the server does not hold whole yet.
 const AWAITING_ATTACHMENTS: &str = "SELECT DISTINCT va.visit_id FROM visit_attachments va
      WHERE NOT EXISTS (SELECT 1 FROM contents c
@@ -269,6 +278,7 @@ impl SqliteStorage {
             M::up(SCHEMA_V3),
             M::up(SCHEMA_V4),
             M::up(SCHEMA_V5),
+            M::up(SCHEMA_V6),
         ])
         .to_latest(&mut writer)
         .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;
