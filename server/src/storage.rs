@@ -261,6 +261,15 @@ pub trait Storage: Send + Sync + 'static {
         merged: &str,
         now: DateTime<Utc>,
     ) -> Result<()>;
+    /// A reviewer merges two records of one person: `merged` becomes a duplicate naming
+    /// `survivor`.
+    fn merge_members(
+        &self,
+        auth: &DeviceAuth,
+        survivor: &str,
+        merged: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     /// A reviewer moves a household, its members and visits to another village they cover.
     fn move_household(
         &self,

@@ -208,4 +208,44 @@ fn a_reviewer_merges_the_same_family_registered_twice_and_both_phones_follow_dra
     a.complete_visit(&draft.id).unwrap();
     a.sync(&t, None, None).unwrap();
     assert!(a.rejected_changes().unwrap().is_empty() && c.rejected_changes().unwrap().is_empty());
+
+    // The survivor now lists the head twice: the reviewer merges the two records of one person.
+    let heads: Vec<String> = a
+        .household(&first)
+        .unwrap()
+        .members
+        .iter()
+        .filter(|m| m.fields["id_number"] == json!(HEAD_ID))
+        .map(|m| m.id.clone())
+        .collect();
+    assert_eq!(heads.len(), 2);
+    assert_eq!(duplicates_seen_by(&server, &township).1.len(), 1);
+    let body = messages::encode(&messages::MergeRequest {
+        protocol: messages::PROTOCOL_VERSION,
+        survivor: heads[0].clone(),
+        merged: heads[1].clone(),
+    })
+    .unwrap();
+    let r = send_as(&server, &aga, "POST", "/v1/members/merge", body.clone());
+    assert_eq!(r.status, 403, "coordinators do not merge");
+    assert_eq!(
+        send_as(&server, &township, "POST", "/v1/members/merge", body).status,
+        200
+    );
+    a.sync(&t, None, None).unwrap();
+    c.sync(&t, None, None).unwrap();
+    for phone in [a, c] {
+        let home = phone.household(&first).unwrap();
+        let gone = home
+            .former_members
+            .iter()
+            .find(|m| m.id == heads[1])
+            .unwrap();
+        assert_eq!(gone.fields["merged_into"], json!(heads[0]));
+        assert_eq!(gone.fields["status"], json!("duplicate"));
+    }
+    assert!(
+        duplicates_seen_by(&server, &township).1.is_empty(),
+        "settled"
+    );
 }

@@ -513,6 +513,19 @@ async fn merge(
     reply(&serde_json::json!({"protocol": PROTOCOL_VERSION, "merged": req.merged}))
 }
 
+async fn merge_members(
+    State(state): State<AppState>,
+    Device(auth): Device,
+    Msg(req, _): Msg<messages::MergeRequest>,
+) -> ApiResult {
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let user = auth.user.id.clone();
+    let (survivor, merged) = (req.survivor.clone(), req.merged.clone());
+    blocking(move || storage.merge_members(&auth, &survivor, &merged, now)).await?;
+    tracing::info!(survivor = %req.survivor, merged = %req.merged, reviewer = %user, "members merged");
+    reply(&serde_json::json!({"protocol": PROTOCOL_VERSION, "merged": req.merged}))
+}
+
 async fn move_household(
     State(state): State<AppState>,
     Device(auth): Device,
@@ -556,6 +569,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/duplicates", get(duplicates))
         .route("/v1/households/merge", post(merge))
         .route("/v1/households/move", post(move_household))
+        .route("/v1/members/merge", post(merge_members))
         .route("/v1/handovers", get(handovers))
         .route("/v1/conflicts/{id}/resolve", post(resolve))
         .route("/v1/audit", post(audit))

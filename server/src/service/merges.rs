@@ -235,3 +235,78 @@ fn record_sum(r: &zoufang_protocol::messages::RecordState) -> u64 {
         sum.wrapping_add(h)
     })
 }
+
+/// A reviewer merges two records of one person in one village (the same son added on two
+/// phones): the merged member becomes a tombstone (`status` = `duplicate`, `merged_into`),
+/// keeping its own field history; the survivor stays as it is.
+pub fn merge_members(
+    tx: &mut dyn Tx,
+    auth: &DeviceAuth,
+    (survivor, merged): (&str, &str),
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if !auth.user.role.can_review() {
+        return Err(ServerError::Forbidden(
+            "only reviewers merge members".into(),
+        ));
+    }
+    if survivor == merged {
+        return Err(ServerError::bad(
+            "invalid_merge",
+            "a member is not merged into itself",
+        ));
+    }
+    let mut villages = Vec::with_capacity(2);
+    for id in [survivor, merged] {
+        let located = tx.locate(Entity::Member, id)?;
+        let Some((village, _)) = located.filter(|(v, _)| auth.covers(v)) else {
+            return Err(ServerError::NotFound("member".into()));
+        };
+        villages.push(village);
+    }
+    let village = villages.pop().unwrap_or_default();
+    if villages.first() != Some(&village) {
+        return Err(ServerError::bad(
+            "merge_across_villages",
+            "the two members are in different villages; move one household first",
+        ));
+    }
+    let at = ts(now);
+    let ctx = PushContext {
+        auth,
+        received_at: at.clone(),
+        skewed: false,
+    };
+    for (field, value) in [
+        ("status", json!("duplicate")),
+        ("merged_into", json!(survivor)),
+        (
+            "status_date",
+            json!(at.chars().take(10).collect::<String>()),
+        ),
+    ] {
+        let base = tx
+            .field(Entity::Member, merged, field)?
+            .map_or(0, |f| f.version);
+        let edit = FieldEdit {
+            device_seq: 0,
+            device_time: &at,
+            entity: Entity::Member,
+            id: merged,
+            field,
+            value: &value,
+            base,
+            after: None,
+        };
+        write_field_as_server(tx, &ctx, &edit, &village)?;
+    }
+    let detail = json!({"survivor": survivor});
+    server_audit::append(
+        tx,
+        now,
+        &auth.user.id,
+        "members_merged",
+        Some(("member", merged)),
+        detail,
+    )
+}

@@ -390,7 +390,9 @@ pub fn write_field_as_server(
     village: &str,
 ) -> Result<Ack> {
     let current = tx.field(e.entity, e.id, e.field)?;
-    let household = e.id.to_owned();
+    let household = tx
+        .locate(e.entity, e.id)?
+        .map_or_else(|| e.id.to_owned(), |(_, h)| h);
     let place = Place {
         village,
         household: &household,

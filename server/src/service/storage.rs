@@ -212,6 +212,18 @@ impl<D: Transactions + 'static> Storage for D {
         })
     }
 
+    fn merge_members(
+        &self,
+        auth: &DeviceAuth,
+        survivor: &str,
+        merged: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        repo::write(self, |tx| {
+            merges::merge_members(tx, auth, (survivor, merged), now)
+        })
+    }
+
     fn move_household(
         &self,
         auth: &DeviceAuth,
