@@ -128,6 +128,13 @@ fn the_same_family_in_two_villages_and_the_same_son_on_two_phones_are_flagged_an
         assert_eq!(home.former_members[0].fields["status"], json!("duplicate"));
     }
     assert_eq!(duplicates_seen_by(&server, &township).1.len(), 1);
+
+    // It was a typo after all: Muga corrects his household head's ID; the last pair settles.
+    let head_b = b.household(&home_b).unwrap().members[0].id.clone();
+    b.edit_member_field(&head_b, "id_number", json!("513431195101010032"))
+        .unwrap();
+    b.sync(&t, None, None).unwrap();
+    assert!(duplicates_seen_by(&server, &township).1.is_empty());
 }
 
 /// The reviewer merges, over HTTP with their phone's token.

@@ -111,7 +111,7 @@ pub fn possible_duplicates(tx: &mut dyn Tx, auth: &DeviceAuth) -> Result<Vec<Pos
     for area in &auth.user.areas {
         for d in tx.duplicates_in(area)? {
             let seen = auth.covers(&d.village_a) && auth.covers(&d.village_b);
-            if seen && !out.contains(&d) && present(tx, &d.member_a)? && present(tx, &d.member_b)? {
+            if seen && !out.contains(&d) && still_duplicates(tx, &d)? {
                 out.push(d);
             }
         }
@@ -119,8 +119,19 @@ pub fn possible_duplicates(tx: &mut dyn Tx, auth: &DeviceAuth) -> Result<Vec<Pos
     Ok(out)
 }
 
-/// A member not (yet) marked as having left, died or been a duplicate: a pair stops being a
-/// question once either is.
+/// A pair is a question while both members are present and still hold one ID (a corrected
+/// typo settles it too).
+fn still_duplicates(tx: &mut dyn Tx, d: &PossibleDuplicate) -> Result<bool> {
+    let id_a = tx
+        .field(Entity::Member, &d.member_a, "id_number")?
+        .map(|f| f.value);
+    let id_b = tx
+        .field(Entity::Member, &d.member_b, "id_number")?
+        .map(|f| f.value);
+    Ok(id_a.is_some() && id_a == id_b && present(tx, &d.member_a)? && present(tx, &d.member_b)?)
+}
+
+/// A member not (yet) marked as having left, died or been a duplicate.
 fn present(tx: &mut dyn Tx, member: &str) -> Result<bool> {
     let status = tx.field(Entity::Member, member, "status")?;
     Ok(status.is_none_or(|f| f.value.is_null() || f.value == "present"))
