@@ -3,7 +3,7 @@
 //! can replace [`FsBlobStore`], the data-directory implementation; who may read or write a
 //! content (area checks) is the [`crate::Storage`]'s business, not this one's.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -86,8 +86,9 @@ const READ_PIECE: usize = 256 * 1024;
 
 impl FsBlobStore {
     pub fn open(root: &Path) -> io::Result<Self> {
-        fs::create_dir_all(root.join("objects"))?;
-        fs::create_dir_all(root.join("partial"))?;
+        crate::private::dir(root)?;
+        crate::private::dir(&root.join("objects"))?;
+        crate::private::dir(&root.join("partial"))?;
         Ok(Self {
             root: root.to_owned(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -136,10 +137,13 @@ impl FsBlobStore {
     /// never claim bytes that are not on disk.
     fn write_held(&self, key: &ContentKey, held: u64) -> io::Result<()> {
         let tmp = self.partial_path(key, ".held.tmp");
-        fs::write(
-            &tmp,
-            format!("{held} {:08x}", crc32fast::hash(&held.to_le_bytes())),
-        )?;
+        let mut f = crate::private::file_options()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(format!("{held} {:08x}", crc32fast::hash(&held.to_le_bytes())).as_bytes())?;
+        drop(f);
         fs::rename(tmp, self.partial_path(key, ".held"))
     }
 
@@ -205,7 +209,7 @@ impl BlobStore for FsBlobStore {
             return Err(BlobError::TooLong);
         }
         let part = self.partial_path(key, "");
-        let mut f = OpenOptions::new()
+        let mut f = crate::private::file_options()
             .create(true)
             .write(true)
             .truncate(false)
@@ -228,7 +232,7 @@ impl BlobStore for FsBlobStore {
         let dir = object.parent().unwrap_or(&self.root).to_owned();
         if !dir.exists() {
             // New directories become durable through their parents (once per directory).
-            fs::create_dir_all(&dir)?;
+            crate::private::dir(&dir)?;
             for parent in dir.ancestors().skip(1).take(2) {
                 sync_dir(parent)?;
             }
@@ -252,6 +256,7 @@ impl BlobStore for FsBlobStore {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+    use std::fs::OpenOptions;
 
     fn key_of(bytes: &[u8]) -> ContentKey {
         ContentKey::new(HashAlgorithm::Sha256, &HashAlgorithm::Sha256.digest(bytes)).unwrap()

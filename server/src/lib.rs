@@ -5,6 +5,7 @@ pub mod api;
 pub mod blobs;
 pub mod merge;
 pub mod pg;
+mod private;
 pub mod repo;
 pub mod service;
 pub mod sqlite;

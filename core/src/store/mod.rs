@@ -14,6 +14,7 @@ pub(crate) mod forms;
 pub(crate) mod households;
 pub(crate) mod meta;
 pub(crate) mod outbox;
+mod private;
 pub mod schema;
 pub(crate) mod server_view;
 pub(crate) mod visits;
@@ -187,6 +188,8 @@ pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Connections> {
     if options.encryption_key.is_some() && !cfg!(feature = "sqlcipher") {
         return Err(Error::EncryptionUnavailable);
     }
+    private::sqlite_file(path)
+        .map_err(|e| Error::Storage(format!("cannot create the store file: {e}")))?;
     let mut writer = Connection::open(path)?;
     apply_key(&writer, options)?;
     // Before anything reads: wait for another connection's lock instead of failing at once.

@@ -253,7 +253,7 @@ impl SqliteStorage {
     /// Opens (creating and migrating) `server.db` in `data_dir`, with attachment contents in
     /// its `attachments` directory.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)
+        crate::private::dir(data_dir)
             .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
         let blobs = FsBlobStore::open(&data_dir.join("attachments"))
             .map_err(|e| ServerError::Storage(format!("cannot open the attachment store: {e}")))?;
@@ -262,9 +262,11 @@ impl SqliteStorage {
 
     /// As [`Self::open`], with the attachment contents in `blobs` (an object store, say).
     pub fn open_with(data_dir: &Path, blobs: Arc<dyn BlobStore>) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)
+        crate::private::dir(data_dir)
             .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
         let path = data_dir.join("server.db");
+        crate::private::sqlite_file(&path)
+            .map_err(|e| ServerError::Storage(format!("cannot create the database file: {e}")))?;
         let mut writer = Connection::open(&path)?;
         // First, so that every later statement waits for another process (admin and serve
         // share the file) instead of failing at once.
