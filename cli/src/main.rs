@@ -838,6 +838,11 @@ fn visit(cmd: VisitCommand, c: &Collector, out: &Out) -> CliResult {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    // Every command honours RUST_LOG (to stderr), so an administrator can see what a desk sync
+    // did; without it only `serve` logs (at info).
+    if std::env::var_os("RUST_LOG").is_some() {
+        net::init_logs();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

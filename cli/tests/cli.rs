@@ -207,7 +207,21 @@ fn a_desk_user_records_a_visit_end_to_end() {
             png.to_str().unwrap(),
         ],
     );
-    let done = ok_json(s, &["visit", "complete", &visit]);
+    // RUST_LOG works for a desk command too: the completion is logged by ids, never by value.
+    let out = Command::new(env!("CARGO_BIN_EXE_zoufang"))
+        .args(["--json", "visit", "complete", &visit])
+        .env("ZOUFANG_STORE", &store)
+        .env_remove("ZOUFANG_STORE_KEY")
+        .env("RUST_LOG", "zoufang_core=trace")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let logged = stderr(&out);
+    assert!(logged.contains("visit completed"), "{logged}");
+    for personal in ["吉克阿呷", "11010519491231002X", "13812345678"] {
+        assert!(!logged.contains(personal), "{logged}");
+    }
+    let done: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(done["status"], json!("completed"));
     let shown = ok_json(s, &["household", "show", &hid]);
     assert_eq!(shown["household"]["next_visit_due"], json!("2027-03-01"));
