@@ -400,9 +400,18 @@ fn parse_object(what: &str, text: &str) -> Result<Map<String, Json>, Failure> {
     }
 }
 
-pub(crate) fn read_file(path: &PathBuf) -> Result<String, Failure> {
-    std::fs::read_to_string(path)
-        .map_err(|e| fail("io", format!("cannot read {}: {e}", path.display())))
+/// Largest text file the CLI reads (an answers file, a form): a form is ~30 KB.
+const MAX_TEXT_FILE: u64 = 4 * 1024 * 1024;
+
+/// Reads a UTF-8 text file of at most 4 MB (a larger one, or `/dev/zero`, is refused).
+pub(crate) fn read_file(path: &std::path::Path) -> Result<String, Failure> {
+    let bytes = read_bounded(path, MAX_TEXT_FILE)?;
+    String::from_utf8(bytes).map_err(|_| {
+        fail(
+            "invalid_input",
+            format!("{} is not UTF-8 text", path.display()),
+        )
+    })
 }
 
 fn lang(code: &str) -> Result<Lang, Failure> {

@@ -326,12 +326,26 @@ fn errors_are_one_line_with_a_code_and_a_non_zero_exit() {
     );
     let err: Json = serde_json::from_str(stderr(&out).trim()).unwrap();
     assert_eq!(err["error"]["code"], json!("invalid_json"));
-    let out = zoufang(s, &["household", "add", "--village", "5134"]);
+    for village in ["5134", ""] {
+        let out = zoufang(s, &["household", "add", "--village", village]);
+        assert!(
+            stderr(&out).starts_with("error[invalid_value]"),
+            "{village:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(ok_json(s, &["counts"])["households"], json!(0));
+    // An endless answers file is refused at once, not read until memory runs out.
+    let v = ok_json(s, &["visit", "start", "--type", "new_discovery"]);
+    let id = v["id"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    let out = zoufang(s, &["visit", "set", id, "--answers", "/dev/zero"]);
     assert!(
-        stderr(&out).starts_with("error[invalid_value]"),
+        stderr(&out).starts_with("error[file_too_large]"),
         "{}",
         stderr(&out)
     );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let out = zoufang(s, &["visit", "show", "nope"]);
     assert_eq!(
         stderr(&out).trim(),

@@ -458,6 +458,9 @@ fn every_engine_rule_is_reported_with_its_code() {
     v["investigator_1_signature"] = json!("not-an-attachment-id");
     v["explanation"] = json!("很".repeat(2001));
     v["hukou_region_code"] = json!("5134311042");
+    v["address"] = json!("三组\u{0}12号"); // a NUL typed into a text
+    v["started_at"] = json!("2099-01-01T08:00:00Z"); // a phone whose clock ran decades ahead
+    v["ended_at"] = json!("2026-11-28T03:09:00Z"); // within the allowance: fine
     v["members"][1]["id_number"] = json!("440524203001010017"); // born 2030
     v["difficulty_items"] = json!(
         (0..51)
@@ -466,6 +469,10 @@ fn every_engine_rule_is_reported_with_its_code() {
     );
     let all = problems(&f, &v);
     let has = |path: &str, code: &str| all.iter().any(|p| p.path == path && p.code == code);
+    let drift = all
+        .iter()
+        .any(|p| p.path == "ended_at" && p.code == "datetime_in_future");
+    assert!(!drift, "nine minutes ahead is drift, not a lie");
     for (path, code) in [
         ("village_code_year", "type_mismatch"),
         ("colour", "unknown_field"),
@@ -476,6 +483,8 @@ fn every_engine_rule_is_reported_with_its_code() {
         ("investigator_1_signature", "attachment_reference"),
         ("explanation", "text_too_long"),
         ("hukou_region_code", "region_code_syntax"),
+        ("address", "text_control_character"),
+        ("started_at", "datetime_in_future"),
         ("members[1].id_number", "resident_id_birth_date"),
         ("difficulty_items", "repeat_too_many"),
     ] {

@@ -149,6 +149,13 @@ impl Collector {
             Json::String(new.village_code),
         )?;
         let village_code = village.as_str().unwrap_or_default().to_owned();
+        // Empty is no village: every household is filed under a valid 12-digit code.
+        if let Err(e) = zoufang_model::domain::check_region_code(&village_code) {
+            return Err(Error::InvalidValue {
+                field: "village_code".into(),
+                code: e.code(),
+            });
+        }
         fields.insert("village_code".into(), village);
         let coordinator = self.is_coordinator()?;
         for (k, v) in new.fields {

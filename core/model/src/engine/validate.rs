@@ -9,6 +9,9 @@ use crate::domain;
 use crate::expr::Value;
 use crate::form::{Container, FieldInfo, FieldKind, ItemRef, Severity};
 
+/// How far a recorded time may lie ahead of the phone's clock (clock drift between readings).
+const FUTURE_ALLOWANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 impl Evaluation<'_> {
     /// The built-in check of a field's kind on one canonical value, whatever the rest of the
     /// answers say (for direct household and member edits). Returns the failing code.
@@ -226,9 +229,19 @@ impl Evaluation<'_> {
             (FieldKind::Photo | FieldKind::Signature, _) => text
                 .filter(|s| uuid::Uuid::parse_str(s).is_err())
                 .map(|_| "attachment_reference"),
-            (FieldKind::Text, _) => text
-                .filter(|s| s.chars().count() > 2000)
-                .map(|_| "text_too_long"),
+            (FieldKind::Text, _) => text.and_then(|s| {
+                if s.chars().count() > 2000 {
+                    Some("text_too_long")
+                } else if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                    // A NUL or an escape sequence typed into a note is never meant.
+                    Some("text_control_character")
+                } else {
+                    None
+                }
+            }),
+            (FieldKind::Datetime, Value::DateTime(t)) if *t > self.now + FUTURE_ALLOWANCE => {
+                Some("datetime_in_future")
+            }
             _ => None,
         }
     }
@@ -387,6 +400,14 @@ pub fn message(code: &str) -> (&'static str, &'static str) {
         ),
         "attachment_reference" => ("附件引用无效", "The attachment reference is invalid"),
         "text_too_long" => ("文字过长", "The text is too long"),
+        "text_control_character" => (
+            "文字中含有不可见的控制字符",
+            "The text contains an invisible control character",
+        ),
+        "datetime_in_future" => (
+            "时间晚于现在，请检查手机时间",
+            "The time is later than now; check the phone's clock",
+        ),
         "repeat_too_few" => ("条目数量不足", "Too few entries"),
         "repeat_too_many" => ("条目数量过多", "Too many entries"),
         "constraint" => ("答案不符合要求", "The answer does not meet the form's rule"),
