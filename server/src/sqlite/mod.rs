@@ -72,13 +72,15 @@ CREATE TABLE handovers (
 CREATE INDEX handovers_by_village ON handovers (village_code);
 "#;
 
-/// How often a household of each assistance category is visited (the due-date rule).
+/// How often a household of each assistance category is visited (the due-date rule), and the
+/// visits of a household found by index (the rule and merges read them per household).
 const SCHEMA_V6: &str = r#"
 CREATE TABLE visit_frequencies (
     category   TEXT PRIMARY KEY,
     days       INTEGER NOT NULL,
     updated_at TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX visits_by_household ON visits (json_extract(body, '$.household_id'));
 "#;
 
 /// Visits naming a content the server does not hold whole yet.
