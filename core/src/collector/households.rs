@@ -267,8 +267,9 @@ impl Collector {
     /// server-owned fields (assistance status and category) are refused: `server_owned_field`.
     pub fn edit_household_field(&self, household_id: &str, field: &str, value: Json) -> Result<()> {
         self.require_user()?;
-        writable(field, self.is_coordinator()?)?;
-        if field == "next_visit_due" && self.is_coordinator()? {
+        let coordinator = self.is_coordinator()?;
+        writable(field, coordinator)?;
+        if field == "next_visit_due" && coordinator {
             let fields = self.read(|c| store::households::fields(c, household_id))?;
             if self.due_date_ruled(&fields)? {
                 return Err(Error::ServerOwnedField {

@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::json;
 use zoufang_protocol::messages::{Entity, Role, UserInfo};
 
-use super::records::{FieldEdit, PushContext, write_field_as_server};
+use super::records::{FieldEdit, write_fields_as_server};
 use super::{server_audit, ts};
 use crate::repo::Tx;
 use crate::storage::{DeviceAuth, Result, ServerError};
@@ -111,21 +111,6 @@ pub fn apply_rule(tx: &mut dyn Tx, household: &str, village: &str, at: &str) -> 
             areas: Vec::new(),
         },
     };
-    let ctx = PushContext {
-        auth: &server,
-        received_at: at.to_owned(),
-        skewed: false,
-    };
-    let edit = FieldEdit {
-        device_seq: 0,
-        device_time: at,
-        entity: Entity::Household,
-        id: household,
-        field: "next_visit_due",
-        value: &due,
-        base: current.map_or(0, |f| f.version),
-        after: None,
-    };
-    write_field_as_server(tx, &ctx, &edit, village)?;
-    Ok(())
+    let record = (Entity::Household, household, village);
+    write_fields_as_server(tx, &server, record, &[("next_visit_due", due)], at)
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
 use zoufang_protocol::messages::{Entity, FeedItem};
 
-use super::records::{FieldEdit, PushContext, next_seq, write_field_as_server};
+use super::records::{next_seq, write_fields_as_server};
 use super::{server_audit, ts};
 use crate::repo::Tx;
 use crate::storage::{DeviceAuth, Result, ServerError};
@@ -53,34 +53,16 @@ pub fn merge_households(
         tx.update_visit(&visit, seq)?;
         visits += 1;
     }
-    let ctx = PushContext {
-        auth,
-        received_at: at.clone(),
-        skewed: false,
-    };
-    for (field, value) in [
+    let tombstone = [
         ("status", json!("merged")),
         ("merged_into", json!(survivor)),
         (
             "status_date",
             json!(at.chars().take(10).collect::<String>()),
         ),
-    ] {
-        let base = tx
-            .field(Entity::Household, merged, field)?
-            .map_or(0, |f| f.version);
-        let edit = FieldEdit {
-            device_seq: 0,
-            device_time: &at,
-            entity: Entity::Household,
-            id: merged,
-            field,
-            value: &value,
-            base,
-            after: None,
-        };
-        write_field_as_server(tx, &ctx, &edit, &village)?;
-    }
+    ];
+    let record = (Entity::Household, merged, village.as_str());
+    write_fields_as_server(tx, auth, record, &tombstone, &at)?;
     let seq = next_seq(tx)?;
     let item = FeedItem::Merged {
         merged: merged.to_owned(),
@@ -162,27 +144,15 @@ pub fn move_household(
         ));
     }
     let at = ts(now);
-    let ctx = PushContext {
-        auth,
-        received_at: at.clone(),
-        skewed: false,
-    };
     // The village field first, under the old village: its phones learn the move from it.
-    let base = tx
-        .field(Entity::Household, household, "village_code")?
-        .map_or(0, |f| f.version);
-    let value = json!(to_village);
-    let edit = FieldEdit {
-        device_seq: 0,
-        device_time: &at,
-        entity: Entity::Household,
-        id: household,
-        field: "village_code",
-        value: &value,
-        base,
-        after: None,
-    };
-    write_field_as_server(tx, &ctx, &edit, &from)?;
+    let village = [("village_code", json!(to_village))];
+    write_fields_as_server(
+        tx,
+        auth,
+        (Entity::Household, household, &from),
+        &village,
+        &at,
+    )?;
     // Then the records and their checksum contributions move, and the new village's feed gets
     // the household, its members and its visits whole.
     let records: Vec<_> = tx
@@ -272,34 +242,16 @@ pub fn merge_members(
         ));
     }
     let at = ts(now);
-    let ctx = PushContext {
-        auth,
-        received_at: at.clone(),
-        skewed: false,
-    };
-    for (field, value) in [
+    let tombstone = [
         ("status", json!("duplicate")),
         ("merged_into", json!(survivor)),
         (
             "status_date",
             json!(at.chars().take(10).collect::<String>()),
         ),
-    ] {
-        let base = tx
-            .field(Entity::Member, merged, field)?
-            .map_or(0, |f| f.version);
-        let edit = FieldEdit {
-            device_seq: 0,
-            device_time: &at,
-            entity: Entity::Member,
-            id: merged,
-            field,
-            value: &value,
-            base,
-            after: None,
-        };
-        write_field_as_server(tx, &ctx, &edit, &village)?;
-    }
+    ];
+    let record = (Entity::Member, merged, village.as_str());
+    write_fields_as_server(tx, auth, record, &tombstone, &at)?;
     let detail = json!({"survivor": survivor});
     server_audit::append(
         tx,

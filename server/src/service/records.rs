@@ -381,23 +381,43 @@ fn decision_for(
     )
 }
 
-/// Writes a field as the server decides it (a reviewer's merge), on the current version: no
-/// merge rule, no device checks.
-pub fn write_field_as_server(
+/// Writes fields of one record as the server decides them (a reviewer's merge or move, the
+/// due-date rule), each on its current version: no merge rule, no device checks; `auth` is who
+/// the fields name as their writer.
+pub fn write_fields_as_server(
     tx: &mut dyn Tx,
-    ctx: &PushContext<'_>,
-    e: &FieldEdit<'_>,
-    village: &str,
-) -> Result<Ack> {
-    let current = tx.field(e.entity, e.id, e.field)?;
+    auth: &DeviceAuth,
+    (entity, id, village): (Entity, &str, &str),
+    fields: &[(&str, Json)],
+    at: &str,
+) -> Result<()> {
+    let ctx = PushContext {
+        auth,
+        received_at: at.to_owned(),
+        skewed: false,
+    };
     let household = tx
-        .locate(e.entity, e.id)?
-        .map_or_else(|| e.id.to_owned(), |(_, h)| h);
+        .locate(entity, id)?
+        .map_or_else(|| id.to_owned(), |(_, h)| h);
     let place = Place {
         village,
         household: &household,
     };
-    apply_edit(tx, ctx, e, &place, current.as_ref())
+    for (field, value) in fields {
+        let current = tx.field(entity, id, field)?;
+        let edit = FieldEdit {
+            device_seq: 0,
+            device_time: at,
+            entity,
+            id,
+            field,
+            value,
+            base: current.as_ref().map_or(0, |f| f.version),
+            after: None,
+        };
+        apply_edit(tx, &ctx, &edit, &place, current.as_ref())?;
+    }
+    Ok(())
 }
 
 fn apply_edit(
