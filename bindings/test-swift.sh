@@ -31,6 +31,9 @@ mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
 data=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 tokens=""
+# Encrypted at rest, as a deployment is: a fresh server key for this run.
+ZOUFANG_SERVER_KEY=$(target/debug/zoufang admin new-key)
+export ZOUFANG_SERVER_KEY
 for user in coord-a coord-b coord-s; do
   target/debug/zoufang admin --data "$data" user-add "$user" --role coordinator --area 513431104201 >/dev/null
   var="ZOUFANG_TOKEN_$(echo "$user" | tr 'a-z-' 'A-Z_')"

@@ -226,6 +226,18 @@ pub struct Household {
     pub former_members: Vec<Member>,
 }
 
+/// How a store is protected at rest, chosen explicitly by the app.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum StoreProtection {
+    /// Encrypted with `key` from the platform keystore (Android Keystore-wrapped, iOS
+    /// Keychain): 64 hex digits (32 random bytes) are a raw key, other text a passphrase.
+    /// `cipher`: AES-256 unless the deployment runs in the national SM4 mode; a store keeps
+    /// the suite it was created with.
+    Encrypted { key: String, cipher: Cipher },
+    /// In clear: for tests and demos without personal data only.
+    Plaintext,
+}
+
 /// The cipher suite of an encrypted store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum Cipher {
@@ -667,19 +679,16 @@ impl Collector {
 
 #[uniffi::export]
 impl Collector {
-    /// Opens (creating and migrating) the store at `path`. `encryption_key` comes from the
-    /// platform keystore: 64 hex digits (32 random bytes) are used as a raw key, other text as a
-    /// passphrase. `cipher` is the suite of an encrypted store (AES-256 unless the deployment
-    /// runs in the national SM4 mode); a store keeps the suite it was created with.
-    #[uniffi::constructor(default(encryption_key = None, cipher = None))]
-    pub fn open(
-        path: String,
-        encryption_key: Option<String>,
-        cipher: Option<Cipher>,
-    ) -> Result<Arc<Self>> {
-        let options = StoreOptions {
-            encryption_key,
-            cipher: cipher.map(Into::into).unwrap_or_default(),
+    /// Opens (creating and migrating) the store at `path`, protected as the app chose: no
+    /// default, so a store in clear is never an accident (`StoreProtection`).
+    #[uniffi::constructor]
+    pub fn open(path: String, protection: StoreProtection) -> Result<Arc<Self>> {
+        let options = match protection {
+            StoreProtection::Encrypted { key, cipher } => StoreOptions {
+                encryption_key: Some(key),
+                cipher: cipher.into(),
+            },
+            StoreProtection::Plaintext => StoreOptions::default(),
         };
         let inner = CoreCollector::open(path.as_ref(), &options)?;
         Ok(Arc::new(Self {

@@ -208,8 +208,11 @@ pub fn run(rounds: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         .tempdir_in(".")
         .map_err(|e| fail("io", e.to_string()))?;
     let storage = Arc::new(
-        SqliteStorage::open(&dir.path().join("server"))
-            .map_err(|e| fail(e.code(), e.to_string()))?,
+        SqliteStorage::open(
+            &dir.path().join("server"),
+            &crate::server_key::ephemeral(zoufang_server::at_rest::CipherSuite::Aes256)?,
+        )
+        .map_err(|e| fail(e.code(), e.to_string()))?,
     );
     zoufang_server::publish_defaults(storage.as_ref())
         .map_err(|e| fail(e.code(), e.to_string()))?;

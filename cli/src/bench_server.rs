@@ -132,8 +132,13 @@ pub fn run(devices: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         .prefix("zoufang-bench")
         .tempdir_in(".")
         .map_err(|e| fail("io", e.to_string()))?;
-    let sqlite: Arc<dyn Storage> =
-        Arc::new(SqliteStorage::open(&dir.path().join("sqlite")).map_err(server_err)?);
+    let sqlite: Arc<dyn Storage> = Arc::new(
+        SqliteStorage::open(
+            &dir.path().join("sqlite"),
+            &crate::server_key::ephemeral(zoufang_server::at_rest::CipherSuite::Aes256)?,
+        )
+        .map_err(server_err)?,
+    );
     let (base_rate, base_p99) = push_at_once(&[sqlite], devices)?;
     let changes = devices * BATCHES_PER_DEVICE * BATCH;
     say(
@@ -154,11 +159,12 @@ pub fn run(devices: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         );
         return Ok(report);
     };
+    let at_rest = crate::server_key::ephemeral(zoufang_server::at_rest::CipherSuite::Aes256)?;
     for nodes in [1usize, 2] {
         let url = fresh_database(&admin)?;
         let storages = (0..nodes)
             .map(|_| {
-                PgStorage::open(&url, &dir.path().join(format!("pg-{nodes}")))
+                PgStorage::open(&url, &dir.path().join(format!("pg-{nodes}")), &at_rest)
                     .map(|s| Arc::new(s) as Arc<dyn Storage>)
                     .map_err(server_err)
             })

@@ -74,7 +74,13 @@ pub fn run(
         .prefix("zoufang-bench-sync")
         .tempdir_in(".")
         .map_err(|e| fail("io", e.to_string()))?;
-    let storage = Arc::new(SqliteStorage::open(&dir.path().join("server")).map_err(server_err)?);
+    let storage = Arc::new(
+        SqliteStorage::open(
+            &dir.path().join("server"),
+            &crate::server_key::ephemeral(zoufang_server::at_rest::CipherSuite::Aes256)?,
+        )
+        .map_err(server_err)?,
+    );
     zoufang_server::publish_defaults(storage.as_ref()).map_err(server_err)?;
     let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0")
         .map_err(|e| fail("io", e.to_string()))?;

@@ -81,12 +81,22 @@ pub fn run(json_output: bool) -> CliResult {
     Ok(())
 }
 
+/// A store's options with a fresh random 256-bit key, as an app gets one from the Android
+/// Keystore or the iOS Keychain.
+fn keyed() -> StoreOptions {
+    let key: [u8; 32] = rand::random();
+    StoreOptions {
+        encryption_key: Some(hex::encode(key)),
+        ..StoreOptions::default()
+    }
+}
+
 fn tell(story: &mut Story, path: &std::path::Path) -> Result<(), Failure> {
     let mut rng = Rng::new(2026);
-    let c = Collector::open(path, &StoreOptions::default())?;
+    let c = Collector::open(path, &keyed())?;
     c.sign_in("zhaojue-coordinator-01")?;
     story.say(
-        "Opened an offline store (SQLite, WAL, synchronous=FULL) and signed in a coordinator",
+        "Opened an encrypted offline store (SQLCipher AES-256 with the key a phone's keystore would hold; WAL, synchronous=FULL) and signed in a coordinator",
         c.integrity_check()? == "ok",
         json!({"forms": c.installed_forms()?}),
         "the shipped household visit form and code lists are installed",
@@ -369,7 +379,13 @@ fn tell_sync(story: &mut Story, dir: &std::path::Path) -> Result<(), Failure> {
 
     let server_err = |e: zoufang_server::ServerError| fail(e.code(), e.to_string());
     let village = "513431104201";
-    let storage = Arc::new(SqliteStorage::open(&dir.join("server")).map_err(server_err)?);
+    let storage = Arc::new(
+        SqliteStorage::open(
+            &dir.join("server"),
+            &crate::server_key::ephemeral(zoufang_server::at_rest::CipherSuite::Aes256)?,
+        )
+        .map_err(server_err)?,
+    );
     zoufang_server::publish_defaults(storage.as_ref()).map_err(server_err)?;
     let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0")
         .map_err(|e| fail("io", e.to_string()))?;
@@ -389,7 +405,7 @@ fn tell_sync(story: &mut Story, dir: &std::path::Path) -> Result<(), Failure> {
         let token = storage
             .issue_enrollment(user, std::time::Duration::from_secs(3600), now)
             .map_err(server_err)?;
-        let c = Collector::open(&dir.join(file), &StoreOptions::default())?;
+        let c = Collector::open(&dir.join(file), &keyed())?;
         c.enroll(
             &ReqwestTransport::new(&server.url).map_err(|e| fail("transport", e.message))?,
             &token,

@@ -19,6 +19,7 @@ mod bench_sync;
 mod demo;
 mod net;
 mod sample;
+mod server_key;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,10 @@ struct Cli {
     /// The store is encrypted with SM4 (the national-crypto mode) rather than AES-256.
     #[arg(long, global = true)]
     sm4: bool,
+    /// Keep the data in clear: a new store without a key, or the server's data without a
+    /// server key. Refused without it: households' names, ID numbers and photos are personal.
+    #[arg(long, global = true)]
+    plaintext: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +100,8 @@ enum Command {
         /// Behind our own reverse proxy: rate limits key on the last X-Forwarded-For address.
         #[arg(long)]
         behind_proxy: bool,
+        #[command(flatten)]
+        at_rest: server_key::AtRestArgs,
     },
     /// Administer a server's data directory: users, areas, enrolment tokens, forms, devices.
     Admin {
@@ -103,6 +110,8 @@ enum Command {
         /// PostgreSQL instead of the SQLite file, as for `serve`.
         #[arg(long, env = "ZOUFANG_DATABASE", global = true)]
         database: Option<String>,
+        #[command(flatten)]
+        at_rest: server_key::AtRestArgs,
         #[command(subcommand)]
         command: net::AdminCommand,
     },
@@ -422,6 +431,8 @@ fn lang(code: &str) -> Result<Lang, Failure> {
 struct StoreArgs {
     path: Option<PathBuf>,
     options: StoreOptions,
+    /// A new store may be created without a key.
+    plaintext: bool,
 }
 
 fn open(store: &StoreArgs) -> Result<Collector, Failure> {
@@ -429,6 +440,21 @@ fn open(store: &StoreArgs) -> Result<Collector, Failure> {
         .path
         .as_ref()
         .ok_or_else(|| fail("no_store", "give --store PATH or set ZOUFANG_STORE"))?;
+    match (&store.options.encryption_key, store.plaintext) {
+        (Some(_), true) => {
+            return Err(fail(
+                "invalid_input",
+                "--plaintext and a store key exclude each other",
+            ));
+        }
+        (None, false) if !path.exists() => {
+            return Err(fail(
+                "plaintext_refused",
+                "no store key: set ZOUFANG_STORE_KEY (64 hex digits from the platform keystore, or a passphrase) to create an encrypted store, or give --plaintext to keep it in clear",
+            ));
+        }
+        _ => {}
+    }
     Ok(Collector::open(path, &store.options)?)
 }
 
@@ -480,6 +506,7 @@ fn run(cli: Cli) -> CliResult {
             encryption_key: cli.store_key.clone(),
             cipher: if cli.sm4 { Cipher::Sm4 } else { Cipher::Aes256 },
         },
+        plaintext: cli.plaintext,
     };
     match cli.command {
         Command::Form(FormCommand::Print { file, lang: l }) => {
@@ -527,13 +554,17 @@ fn run(cli: Cli) -> CliResult {
             let counts = open(&store)?.counts()?;
             out.emit(&counts, || format!("{counts:#?}"))
         }
-        Command::Serve { data, database, listen, tls_cert, tls_key, behind_proxy } => {
+        Command::Serve { data, database, listen, tls_cert, tls_key, behind_proxy, at_rest } => {
             let tls = tls_cert.zip(tls_key).map(|(certificate_chain, private_key)| {
                 zoufang_server::TlsFiles { certificate_chain, private_key }
             });
-            net::serve(&data, &database, &listen, tls, behind_proxy)
+            net::init_logs();
+            let server = net::ServerData { data, database, at_rest: at_rest.at_rest(cli.plaintext)? };
+            net::serve(&server, &listen, tls, behind_proxy)
         }
-        Command::Admin { data, database, command } => net::admin(command, &data, &database, &out),
+        Command::Admin { data, database, at_rest, command } => {
+            net::admin(command, &data, &database, &at_rest, cli.plaintext, &out)
+        }
         Command::Device { server, ca_cert, command } => {
             net::device(command, &open(&store)?, &server, ca_cert.as_deref(), &out)
         }

@@ -12,10 +12,27 @@ use zoufang_core::protocol::messages::{Role, UserInfo};
 use zoufang_core::sync::{ReqwestTransport, SyncListener, SyncPhase, SyncProgress};
 use zoufang_server::{AppState, PgStorage, SqliteStorage, Storage};
 
+use crate::server_key::{self, AtRestArgs};
 use crate::{CliResult, Failure, Out, fail, parse_json, read_file};
+use zoufang_server::at_rest::AtRest;
 
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
+    /// Make a server key: 32 random bytes as 64 hex digits, into a new owner-only file (or to
+    /// stdout). Keep a copy offline: without it the data cannot be read.
+    NewKey {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Re-encrypt a stopped server's data (database and photos) under a new key, from the
+    /// current key or, with --plaintext, from clear. Run again after an interruption.
+    RotateKey {
+        #[arg(long)]
+        new_key_file: PathBuf,
+        /// The new key's suite: aes256 or sm4.
+        #[arg(long, default_value = "aes256")]
+        new_cipher: String,
+    },
     /// Create a user with a role and areas (region-code prefixes).
     UserAdd {
         id: String,
@@ -131,28 +148,47 @@ pub enum DeviceCommand {
     },
 }
 
-/// The server's storage: SQLite in the data directory, or, with `--database postgres://...`,
-/// PostgreSQL (the data directory then holds only the attachment contents, shared by nodes).
-fn storage(data: &Option<PathBuf>, database: &Option<String>) -> Result<Arc<dyn Storage>, Failure> {
-    let dir = data
-        .as_ref()
-        .ok_or_else(|| fail("no_data_dir", "give --data DIR or set ZOUFANG_DATA"))?;
-    let opened: Result<Arc<dyn Storage>, zoufang_server::ServerError> = match database {
-        Some(url) => PgStorage::open(url, dir).map(|s| Arc::new(s) as Arc<dyn Storage>),
-        None => SqliteStorage::open(dir).map(|s| Arc::new(s) as Arc<dyn Storage>),
-    };
-    opened.map_err(|e| fail(e.code(), e.to_string()))
+/// Where a server's data is and how it is kept.
+pub struct ServerData {
+    pub data: Option<PathBuf>,
+    pub database: Option<String>,
+    pub at_rest: AtRest,
 }
 
-fn copy_to_postgres(data: &Option<PathBuf>, to: &str, out: &Out) -> CliResult {
-    let dir = data
-        .as_ref()
-        .ok_or_else(|| fail("no_data_dir", "give --data DIR or set ZOUFANG_DATA"))?;
+impl ServerData {
+    fn dir(&self) -> Result<&PathBuf, Failure> {
+        self.data
+            .as_ref()
+            .ok_or_else(|| fail("no_data_dir", "give --data DIR or set ZOUFANG_DATA"))
+    }
+
+    /// The server's storage: SQLite in the data directory, or, with `--database
+    /// postgres://...`, PostgreSQL (the data directory then holds only the attachment
+    /// contents, shared by nodes).
+    fn storage(&self) -> Result<Arc<dyn Storage>, Failure> {
+        let dir = self.dir()?;
+        let opened: Result<Arc<dyn Storage>, zoufang_server::ServerError> = match &self.database {
+            Some(url) => {
+                PgStorage::open(url, dir, &self.at_rest).map(|s| Arc::new(s) as Arc<dyn Storage>)
+            }
+            None => {
+                SqliteStorage::open(dir, &self.at_rest).map(|s| Arc::new(s) as Arc<dyn Storage>)
+            }
+        };
+        opened.map_err(|e| fail(e.code(), e.to_string()))
+    }
+}
+
+fn copy_to_postgres(server: &ServerData, to: &str, out: &Out) -> CliResult {
+    let dir = server.dir()?;
     if !dir.join("server.db").exists() {
         return Err(fail("no_data_dir", "the data directory holds no server.db"));
     }
-    let target = PgStorage::open(to, dir).map_err(server_failure)?;
-    let report = target.copy_from_sqlite(dir).map_err(server_failure)?;
+    zoufang_server::at_rest::check_directory(dir, &server.at_rest).map_err(server_failure)?;
+    let target = PgStorage::open(to, dir, &server.at_rest).map_err(server_failure)?;
+    let report = target
+        .copy_from_sqlite(dir, &server.at_rest)
+        .map_err(server_failure)?;
     let rows: u64 = report.iter().map(|(_, n)| n).sum();
     out.emit(&report, || {
         format!(
@@ -175,21 +211,24 @@ pub fn init_logs() {
             .unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(format!("info,{}", zoufang_server::LOG_CAPS))
             });
+    // Colours only on a terminal: a log file or journal gets plain text to search.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 pub fn serve(
-    data: &Option<PathBuf>,
-    database: &Option<String>,
+    server: &ServerData,
     listen: &str,
     tls: Option<zoufang_server::TlsFiles>,
     behind_proxy: bool,
 ) -> CliResult {
-    init_logs();
-    let storage = storage(data, database)?;
+    let storage = server.storage()?;
+    if let Some(key) = server.at_rest.key() {
+        tracing::info!(key = %key.id(), "server data encrypted at rest");
+    }
     if storage
         .catalog(&zoufang_core::protocol::messages::CatalogRequest {
             protocol: zoufang_core::protocol::messages::PROTOCOL_VERSION,
@@ -230,12 +269,30 @@ pub fn admin(
     cmd: AdminCommand,
     data: &Option<PathBuf>,
     database: &Option<String>,
+    at_rest: &AtRestArgs,
+    plaintext: bool,
     out: &Out,
 ) -> CliResult {
-    if let AdminCommand::CopyToPostgres { to } = &cmd {
-        return copy_to_postgres(data, to, out);
+    if let AdminCommand::NewKey { out: file } = &cmd {
+        return server_key::new_key(file.as_deref(), out);
     }
-    let s = storage(data, database)?;
+    let server = ServerData {
+        data: data.clone(),
+        database: database.clone(),
+        at_rest: at_rest.at_rest(plaintext)?,
+    };
+    match &cmd {
+        AdminCommand::CopyToPostgres { to } => return copy_to_postgres(&server, to, out),
+        AdminCommand::RotateKey {
+            new_key_file,
+            new_cipher,
+        } => {
+            let dir = server.dir()?;
+            return server_key::rotate_key(dir, &server.at_rest, new_key_file, new_cipher, out);
+        }
+        _ => {}
+    }
+    let s = server.storage()?;
     let now = chrono::Utc::now();
     match cmd {
         AdminCommand::UserAdd { id, role, areas } => {
@@ -411,7 +468,9 @@ pub fn admin(
                 }
             })
         }
-        AdminCommand::CopyToPostgres { .. } => Ok(()),
+        AdminCommand::CopyToPostgres { .. }
+        | AdminCommand::NewKey { .. }
+        | AdminCommand::RotateKey { .. } => Ok(()),
         AdminCommand::AwaitingAttachments => {
             let visits = s.visits_awaiting_attachments().map_err(server_failure)?;
             out.emit(&visits, || {

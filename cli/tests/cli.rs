@@ -12,11 +12,14 @@ use std::process::{Command, Output};
 
 use serde_json::{Value as Json, json};
 
+/// The key of the tests' stores (encrypted, as a coordinator's is).
+const STORE_KEY: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
 fn zoufang(store: Option<&Path>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoufang"));
     cmd.args(args)
         .env_remove("ZOUFANG_STORE")
-        .env_remove("ZOUFANG_STORE_KEY");
+        .env("ZOUFANG_STORE_KEY", STORE_KEY);
     if let Some(s) = store {
         cmd.env("ZOUFANG_STORE", s);
     }
@@ -211,7 +214,7 @@ fn a_desk_user_records_a_visit_end_to_end() {
     let out = Command::new(env!("CARGO_BIN_EXE_zoufang"))
         .args(["--json", "visit", "complete", &visit])
         .env("ZOUFANG_STORE", &store)
-        .env_remove("ZOUFANG_STORE_KEY")
+        .env("ZOUFANG_STORE_KEY", STORE_KEY)
         .env("RUST_LOG", "zoufang_core=trace")
         .output()
         .unwrap();
@@ -292,6 +295,24 @@ fn a_desk_user_works_on_an_encrypted_store_with_the_key_from_the_environment() {
         let help = run(Some(key), &["--help"]);
         assert!(!String::from_utf8_lossy(&help.stdout).contains(key));
     }
+    // No key: a new store in clear only when asked for, and never with a key too.
+    let _ = std::fs::remove_file(&store);
+    let out = run(None, &["init", "--user", "u"]);
+    assert!(
+        stderr(&out).starts_with("error[plaintext_refused]"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!store.exists());
+    let out = run(Some(key), &["--plaintext", "init", "--user", "u"]);
+    assert!(!out.status.success());
+    assert!(!store.exists());
+    assert!(
+        run(None, &["--plaintext", "init", "--user", "u"])
+            .status
+            .success()
+    );
+    assert!(run(None, &["counts"]).status.success());
 }
 
 #[test]
@@ -489,12 +510,22 @@ fn serve_admin_and_device_commands_work_together() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
+    // The server refuses to start without a key (or --plaintext); with one from a file, its
+    // data is encrypted.
+    let refused = zoufang(None, &["--json", "admin", "--data", data_s, "stats"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no_server_key"));
+    let key_file = dir.path().join("server.key");
+    let key_s = key_file.to_str().unwrap();
+    ok_json(None, &["admin", "new-key", "--out", key_s]);
     ok_json(
         None,
         &[
             "admin",
             "--data",
             data_s,
+            "--key-file",
+            key_s,
             "user-add",
             "coord-1",
             "--role",
@@ -505,13 +536,29 @@ fn serve_admin_and_device_commands_work_together() {
     );
     let token = ok_json(
         None,
-        &["admin", "--data", data_s, "enroll-token", "coord-1"],
+        &[
+            "admin",
+            "--data",
+            data_s,
+            "--key-file",
+            key_s,
+            "enroll-token",
+            "coord-1",
+        ],
     )["token"]
         .as_str()
         .unwrap()
         .to_owned();
     let server = Command::new(env!("CARGO_BIN_EXE_zoufang"))
-        .args(["serve", "--data", data_s, "--listen", &listen])
+        .args([
+            "serve",
+            "--data",
+            data_s,
+            "--key-file",
+            key_s,
+            "--listen",
+            &listen,
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -542,7 +589,20 @@ fn serve_admin_and_device_commands_work_together() {
             r#"{"phone": "13812345678"}"#,
         ],
     );
-    let report = device(&["sync"]);
+    // The desk sync at TRACE: an administrator sees what it did, and nothing personal.
+    let traced = Command::new(env!("CARGO_BIN_EXE_zoufang"))
+        .args(["--json", "device", "--server", &url, "sync"])
+        .env("ZOUFANG_STORE", &store)
+        .env("ZOUFANG_STORE_KEY", STORE_KEY)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(traced.status.success(), "{}", stderr(&traced));
+    let logged = stderr(&traced);
+    assert!(logged.contains("sync finished"), "{logged}");
+    assert!(logged.contains("pushed=1"), "{logged}");
+    assert!(!logged.contains("13812345678"), "{logged}");
+    let report: Json = serde_json::from_slice(&traced.stdout).unwrap();
     assert_eq!(
         (report["pushed"].clone(), report["accepted"].clone()),
         (json!(1), json!(1))
@@ -582,6 +642,9 @@ fn serve_admin_and_device_commands_work_together() {
         "request spans name the route: {logs}"
     );
     assert!(!logs.contains("13812345678"), "no personal data in logs");
-    let stats = ok_json(None, &["admin", "--data", data_s, "stats"]);
+    let stats = ok_json(
+        None,
+        &["admin", "--data", data_s, "--key-file", key_s, "stats"],
+    );
     assert_eq!(stats["households"], json!(1));
 }

@@ -118,6 +118,9 @@ impl Device {
 #[derive(Debug)]
 struct Local(RefCell<Device>);
 
+/// The possession challenge the scripted server's catalog issues.
+const SCRIPT_NONCE: &str = "1767225600.0123456789abcdef0123456789abcdef";
+
 impl LocalState for Local {
     fn credentials(&self) -> Result<Option<(String, String)>> {
         Ok(Some(("device-1".into(), "token-1".into())))
@@ -227,6 +230,7 @@ impl LocalState for Local {
             .map(|(h, b)| ContentRef {
                 content_hash: h.clone(),
                 size_bytes: b.len() as u64,
+                proof: None,
             })
             .collect())
     }
@@ -238,6 +242,14 @@ impl LocalState for Local {
         let bytes = &d.contents[hash];
         let start = offset as usize;
         Ok(bytes[start..(start + len).min(bytes.len())].to_vec())
+    }
+    fn content_proof(&self, hash: &str, nonce: &str) -> Result<String> {
+        let d = self.0.borrow();
+        Ok(zoufang_core::protocol::possession::ContentProof::of(
+            HashAlgorithm::Sha256,
+            nonce,
+            &d.contents[hash],
+        ))
     }
     fn mark_uploaded(&self, hash: &str) -> Result<()> {
         self.0.borrow_mut().uploaded.insert(hash.into());
@@ -553,6 +565,7 @@ impl Server {
                     audit,
                     user: None,
                     visit_frequencies: Default::default(),
+                    possession_nonce: Some(SCRIPT_NONCE.into()),
                 })
             }
             "/v1/push" => {
@@ -586,6 +599,12 @@ impl Server {
             }
             "/v1/attachments/status" => {
                 let r: m::AttachmentStatusRequest = m::decode(&req.body).unwrap();
+                // A first question proves possession under the catalog's nonce; a recheck of an
+                // upload in progress needs none.
+                if let Some(nonce) = &r.possession_nonce {
+                    assert_eq!(nonce, SCRIPT_NONCE);
+                    assert!(r.contents.iter().all(|c| c.proof.is_some()));
+                }
                 let contents = r
                     .contents
                     .iter()

@@ -49,6 +49,7 @@ impl Transport for HeldServer {
                     audit: None,
                     user: None,
                     visit_frequencies: Default::default(),
+                    possession_nonce: None,
                 })
             }
             _ => {

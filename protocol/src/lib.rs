@@ -1,7 +1,8 @@
 //! Everything Zoufang's devices and its server must agree on, byte for byte, and nothing else:
 //! the wire messages and their compression ([`messages`]), the framing of attachment chunks
 //! ([`frames`]), per-village checksums ([`checksum`]), the canonical JSON form every hash covers
-//! ([`canonical`]) and the audit trail's hash chain ([`audit`]). No I/O, no storage, no codecs:
+//! ([`canonical`]), the audit trail's hash chain ([`audit`]) and proofs of holding a content
+//! ([`possession`]). No I/O, no storage, no codecs:
 //! the server links this and the model, not the mobile core.
 
 pub mod audit;
@@ -9,3 +10,4 @@ pub mod canonical;
 pub mod checksum;
 pub mod frames;
 pub mod messages;
+pub mod possession;

@@ -408,6 +408,10 @@ pub struct CatalogResponse {
     /// set by the server, not typed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub visit_frequencies: BTreeMap<String, u32>,
+    /// The challenge this device answers to prove it holds an attachment's bytes (a server
+    /// never tells a device it holds a content the device has not proved it has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub possession_nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -489,6 +493,10 @@ pub struct ErrorDetail {
 pub struct ContentRef {
     pub content_hash: String,
     pub size_bytes: u64,
+    /// The device's answer to the request's possession challenge: a keyed hash of the whole
+    /// content under its nonce (`possession::ContentProof`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// `POST /v1/attachments/status`: how much of each content the server holds.
@@ -497,14 +505,19 @@ pub struct AttachmentStatusRequest {
     pub protocol: u32,
     pub hash_algorithm: crate::audit::HashAlgorithm,
     pub contents: Vec<ContentRef>,
+    /// The nonce the contents' proofs answer, as the catalog issued it to this device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub possession_nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContentStatus {
-    /// Stored and verified: never to be sent again (from any device).
+    /// Stored, verified, and this device proved it holds it (it sent every byte, or answered
+    /// the possession challenge): never to be sent again by it.
     Complete,
-    /// Send from `received` on.
+    /// Send from `received` on (this device's own upload; the server may hold the content
+    /// from elsewhere, and says so only to a device that proves possession).
     Receiving,
     /// No visit the caller may see names this content (its visit is not pushed yet, or was
     /// refused): nothing to send now.

@@ -2,11 +2,13 @@
 //! [`storage::Storage`] trait, with the embedded SQLite implementation in [`sqlite`].
 
 pub mod api;
+pub mod at_rest;
 pub mod blobs;
 pub mod merge;
 pub mod pg;
 mod private;
 pub mod repo;
+pub mod rotation;
 pub mod service;
 pub mod sqlite;
 pub mod storage;

@@ -131,12 +131,30 @@ pub trait AuditRepo {
 /// Which visits name which attachment contents, and the contents held whole and verified
 /// (their bytes are in the `BlobStore`).
 pub trait ContentsRepo {
-    /// (village, size) of every visit that names this content.
-    fn naming_visits(&mut self, key: &ContentKey) -> Result<Vec<(String, u64)>>;
+    /// Every visit that names this content.
+    fn naming_visits(&mut self, key: &ContentKey) -> Result<Vec<NamingVisit>>;
+    /// Has this device proved it holds the content's bytes (uploaded them, or answered a
+    /// possession challenge)?
+    fn is_holder(&mut self, key: &ContentKey, device_id: &str) -> Result<bool>;
+    fn record_holder(&mut self, key: &ContentKey, device_id: &str, at: &str) -> Result<()>;
+    /// The deployment's secret of this name (every node of a deployment shares it).
+    fn server_secret(&mut self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Makes the secret from `fresh` unless another node made it first; returns the one kept.
+    fn create_server_secret(&mut self, name: &str, fresh: &[u8]) -> Result<Vec<u8>>;
     fn content_recorded(&mut self, key: &ContentKey) -> Result<bool>;
     fn record_content(&mut self, key: &ContentKey, size: u64, at: &str) -> Result<()>;
     /// Visits naming a content the server does not hold whole yet.
     fn visits_awaiting_attachments(&mut self) -> Result<Vec<String>>;
+}
+
+/// A visit naming a content: its village, the size it names, and the device that pushed it
+/// (`None` for a visit pushed before possession was recorded: such a reference was readable by
+/// the rules of its day and stays so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamingVisit {
+    pub village_code: String,
+    pub size_bytes: u64,
+    pub pushed_by: Option<String>,
 }
 
 /// One field of a household or member as the server holds it, with who wrote it.
@@ -224,8 +242,8 @@ pub trait ConflictsRepo {
 pub trait VisitsRepo {
     /// A visit's village, server sequence number and body.
     fn visit(&mut self, id: &str) -> Result<Option<(String, u64, VisitRecord)>>;
-    /// Stores a new visit and the attachment contents it names.
-    fn insert_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()>;
+    /// Stores a new visit, pushed by `device_id`, and the attachment contents it names.
+    fn insert_visit(&mut self, visit: &VisitRecord, seq: u64, device_id: &str) -> Result<()>;
     fn update_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()>;
 }
 

@@ -278,18 +278,22 @@ pub trait Storage: Send + Sync + 'static {
         to_village: &str,
         now: DateTime<Utc>,
     ) -> Result<()>;
-    // Attachments: contents by hash. A caller may see or send a content only if a visit in its
-    // areas names it; to anyone else it does not exist.
-    /// How much of each content the server holds.
+    // Attachments: contents by hash. A caller may send a content only if a visit in its areas
+    // names it, and read it only if such a visit's device proved it holds the bytes.
+    /// How much of each content the caller's upload holds, or that it is complete for it; the
+    /// proofs in `contents` answer `nonce` (`possession_nonce`).
     fn attachment_status(
         &self,
         auth: &DeviceAuth,
         algorithm: HashAlgorithm,
         contents: &[ContentRef],
+        nonce: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<ContentState>>;
-    /// Appends verified bytes of a content of `size` bytes at `offset` (exactly what the server
-    /// holds); reaching its size, the content is checked against its hash.
+    /// A fresh possession challenge for the caller.
+    fn possession_nonce(&self, auth: &DeviceAuth, now: DateTime<Utc>) -> Result<String>;
+    /// Appends verified bytes of a content of `size` bytes at `offset` of the caller's upload
+    /// (exactly what it holds); reaching its size, the content is checked against its hash.
     fn append_attachment(
         &self,
         auth: &DeviceAuth,

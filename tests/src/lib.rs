@@ -18,6 +18,7 @@ use chrono::Utc;
 use zoufang_core::protocol::messages::{Role, UserInfo};
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
+use zoufang_server::at_rest::{AtRest, CipherSuite, ServerKey};
 use zoufang_server::{AppState, BackgroundServer, PgStorage, SqliteStorage, Storage};
 
 /// The environment variable naming a PostgreSQL cluster (a libpq connection string for an
@@ -55,11 +56,31 @@ pub fn open_storage(dir: &std::path::Path) -> Arc<dyn Storage> {
     )
 }
 
+/// The server key of the tests' servers (64 hex digits; a real one comes from
+/// `zoufang admin new-key`).
+pub const TEST_SERVER_KEY: &str =
+    "3c1f6a0e9b7d25c48e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f";
+
+/// How the tests' servers keep their data: encrypted (AES-256), as a deployment should.
+pub fn test_at_rest() -> AtRest {
+    AtRest::Encrypted(Arc::new(
+        ServerKey::parse(TEST_SERVER_KEY, CipherSuite::Aes256).expect("test key"),
+    ))
+}
+
 /// A storage over `dir` and, when given, that PostgreSQL database.
 fn open_storage_at(dir: &std::path::Path, database: &Option<String>) -> Arc<dyn Storage> {
+    open_storage_kept(dir, database, &test_at_rest())
+}
+
+fn open_storage_kept(
+    dir: &std::path::Path,
+    database: &Option<String>,
+    at_rest: &AtRest,
+) -> Arc<dyn Storage> {
     match database {
-        Some(url) => Arc::new(PgStorage::open(url, dir).expect("postgres storage")),
-        None => Arc::new(SqliteStorage::open(dir).expect("server storage")),
+        Some(url) => Arc::new(PgStorage::open(url, dir, at_rest).expect("postgres storage")),
+        None => Arc::new(SqliteStorage::open(dir, at_rest).expect("server storage")),
     }
 }
 
@@ -135,11 +156,25 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_kept(&test_at_rest())
+    }
+
+    /// A server keeping its data as `at_rest` says.
+    pub fn start_kept(at_rest: &AtRest) -> Self {
         let database = std::env::var(POSTGRES_ENV)
             .ok()
             .map(|admin| fresh_postgres_database(&admin));
-        let storage = open_storage_at(dir.path(), &database);
+        Self::start_on(at_rest, database)
+    }
+
+    /// A server on SQLite whatever the suite's backend (its whole data in one directory).
+    pub fn start_on_sqlite(at_rest: &AtRest) -> Self {
+        Self::start_on(at_rest, None)
+    }
+
+    fn start_on(at_rest: &AtRest, database: Option<String>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = open_storage_kept(dir.path(), &database, at_rest);
         zoufang_server::publish_defaults(storage.as_ref()).expect("publish the default form");
         let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0")
             .expect("server started");
@@ -150,6 +185,19 @@ impl TestServer {
             database,
             _server: server,
         }
+    }
+
+    /// Stops the server and closes its storage, leaving its data directory.
+    pub fn stop(self) -> tempfile::TempDir {
+        let Self {
+            dir,
+            storage,
+            _server,
+            ..
+        } = self;
+        drop(_server);
+        drop(storage);
+        dir
     }
 
     /// A second node over the same storage (nodes keep no state of their own).

@@ -177,10 +177,10 @@ fn the_same_photo_from_two_devices_is_stored_and_sent_once() {
         })
         .collect();
     assert_eq!(files.len(), 1);
-    assert_eq!(
-        std::fs::read(&files[0]).unwrap(),
-        a.collector.attachment_content(&on_a.content_hash).unwrap()
-    );
+    // Sealed on the disk (encrypted at rest), whole when served.
+    let photo = a.collector.attachment_content(&on_a.content_hash).unwrap();
+    assert_ne!(std::fs::read(&files[0]).unwrap(), photo);
+    assert_eq!(fetched(&b.collector, &server, &on_a.content_hash), photo);
     assert_eq!(
         server.storage.stats().unwrap().visits_awaiting_attachments,
         0

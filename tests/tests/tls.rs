@@ -21,7 +21,8 @@ fn a_device_syncs_over_tls_only_with_a_trusted_certificate() {
     };
     std::fs::write(&tls.certificate_chain, certified.cert.pem()).unwrap();
     std::fs::write(&tls.private_key, certified.signing_key.serialize_pem()).unwrap();
-    let storage = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+    let storage =
+        Arc::new(SqliteStorage::open(dir.path(), &zoufang_tests::test_at_rest()).unwrap());
     zoufang_server::publish_defaults(storage.as_ref()).unwrap();
     let server =
         BackgroundServer::start_tls(AppState::new(storage.clone()), "127.0.0.1:0", tls).unwrap();

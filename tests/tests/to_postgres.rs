@@ -19,7 +19,7 @@ fn a_sqlite_server_moves_into_postgres_and_its_phones_sync_on() {
         std::env::var(POSTGRES_ENV).expect("the PostgreSQL pass sets ZOUFANG_TEST_POSTGRES");
     // The pilot, on SQLite.
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+    let sqlite = Arc::new(SqliteStorage::open(dir.path(), &zoufang_tests::test_at_rest()).unwrap());
     zoufang_server::publish_defaults(sqlite.as_ref()).unwrap();
     let pilot = BackgroundServer::start(AppState::new(sqlite.clone()), "127.0.0.1:0").unwrap();
     let token = {
@@ -59,11 +59,15 @@ fn a_sqlite_server_moves_into_postgres_and_its_phones_sync_on() {
 
     // The move.
     let url = fresh_postgres_database(&admin);
-    let pg = Arc::new(PgStorage::open(&url, dir.path()).unwrap());
-    let report = pg.copy_from_sqlite(dir.path()).unwrap();
+    let pg = Arc::new(PgStorage::open(&url, dir.path(), &zoufang_tests::test_at_rest()).unwrap());
+    let report = pg
+        .copy_from_sqlite(dir.path(), &zoufang_tests::test_at_rest())
+        .unwrap();
     assert!(report.iter().any(|(t, n)| t == "feed" && *n > 0));
     assert_eq!(
-        pg.copy_from_sqlite(dir.path()).unwrap_err().code(),
+        pg.copy_from_sqlite(dir.path(), &zoufang_tests::test_at_rest())
+            .unwrap_err()
+            .code(),
         "database_not_empty",
         "a second copy is refused"
     );

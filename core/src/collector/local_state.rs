@@ -119,6 +119,10 @@ impl LocalState for Collector {
         Collector::read_content(self, content_hash, offset, len)
     }
 
+    fn content_proof(&self, content_hash: &str, nonce: &str) -> Result<String> {
+        Collector::content_proof(self, content_hash, nonce)
+    }
+
     fn mark_uploaded(&self, content_hash: &str) -> Result<()> {
         Collector::mark_uploaded(self, content_hash)
     }

@@ -339,6 +339,19 @@ impl Collector {
         Ok(hasher.finish() == content_hash)
     }
 
+    /// The keyed hash of a whole stored content under `nonce` (a possession proof).
+    pub(crate) fn content_proof(&self, content_hash: &str, nonce: &str) -> Result<String> {
+        let mut proof =
+            zoufang_protocol::possession::ContentProof::new(self.hash_algorithm(), nonce);
+        self.read(|conn| {
+            let blob = store::attachments::open_blob(conn, content_hash)?;
+            io::copy(&mut BufReader::with_capacity(READ_PIECE, blob), &mut proof)
+                .map_err(|e| Error::Storage(format!("a stored content could not be read ({e})")))?;
+            Ok(())
+        })?;
+        Ok(proof.finish())
+    }
+
     /// The server holds this content whole and verified.
     pub(crate) fn mark_uploaded(&self, content_hash: &str) -> Result<()> {
         let at = timestamp(self.now());

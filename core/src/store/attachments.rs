@@ -246,6 +246,7 @@ pub(crate) fn uploadable(conn: &Connection) -> Result<Vec<ContentRef>> {
         Ok(ContentRef {
             content_hash: r.get(0)?,
             size_bytes: size_of(r.get(1)?),
+            proof: None,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

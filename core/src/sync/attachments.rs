@@ -89,14 +89,24 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
 
     fn status_request(
         &mut self,
-        contents: Vec<ContentRef>,
+        mut contents: Vec<ContentRef>,
         recheck: bool,
         now: Moment,
     ) -> Result<HttpRequest> {
+        // A first question about a content carries the proof that this device holds it: the
+        // server may hold it already (from another device) and says so only to a holder. A
+        // recheck asks about this device's own upload in progress: no proof needed.
+        let nonce = self.uploads.nonce.clone().filter(|_| !recheck);
+        if let Some(nonce) = &nonce {
+            for c in &mut contents {
+                c.proof = Some(self.local.content_proof(&c.content_hash, nonce)?);
+            }
+        }
         let body = encode(&AttachmentStatusRequest {
             protocol: PROTOCOL_VERSION,
             hash_algorithm: self.local.content_algorithm(),
             contents: contents.clone(),
+            possession_nonce: nonce,
         })?;
         Ok(self.send(
             "POST",

@@ -209,6 +209,8 @@ pub(super) struct Uploads {
     pub stalled: u32,
     /// Bytes of the contents finished this sync.
     pub finished_bytes: u64,
+    /// The catalog's possession challenge, answered for each content asked about.
+    pub nonce: Option<String>,
 }
 
 /// The sync state machine of one device.
@@ -259,6 +261,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 chunk: FIRST_CHUNK_BYTES.min(config.max_chunk_bytes.max(MIN_CHUNK_BYTES)),
                 stalled: 0,
                 finished_bytes: 0,
+                nonce: None,
             },
             phase_done: 0,
             phase_total: 0,
@@ -543,6 +546,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                     self.apply_audit_ack(ack, last)?;
                 }
                 self.local.install_catalog(&catalog)?;
+                self.uploads.nonce = catalog.possession_nonce;
                 let waiting = self.local.outbox_len()?;
                 self.enter(SyncPhase::Push, waiting);
             }
@@ -684,6 +688,20 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
     /// Records the sync's end and returns its report.
     pub fn finish(self) -> Result<SyncReport> {
         self.local.record_sync(&self.report)?;
+        let r = &self.report;
+        // Counts only: what a sync did, for whoever reads the app's or the desk tool's log.
+        tracing::info!(
+            pushed = r.pushed,
+            accepted = r.accepted,
+            conflicts = r.conflicts,
+            rejected = r.rejected,
+            pulled = r.pulled,
+            round_trips = r.round_trips,
+            bytes_sent = r.bytes_sent,
+            attachments_uploaded = r.attachments_uploaded,
+            attachments_waiting = r.attachments_waiting,
+            "sync finished"
+        );
         Ok(self.report)
     }
 }

@@ -51,6 +51,9 @@ pub trait LocalState {
     fn uploadable_contents(&self) -> Result<Vec<ContentRef>>;
     fn content_intact(&self, content_hash: &str) -> Result<bool>;
     fn read_content(&self, content_hash: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// The keyed hash of a whole content under the server's `nonce`: proof this device holds
+    /// the bytes, not just their name (`zoufang_protocol::possession`).
+    fn content_proof(&self, content_hash: &str, nonce: &str) -> Result<String>;
     fn mark_uploaded(&self, content_hash: &str) -> Result<()>;
 
     /// The server ordered this device wiped: recorded in the audit trail before it goes up.

@@ -1,6 +1,6 @@
 //! Attachment contents over HTTP: how much of each the server holds, chunks of framed bytes
 //! kept frame by frame even when the connection drops, and downloads to those whose areas
-//! cover a visit naming the content.
+//! cover a visit naming the content whose device proved it holds the bytes.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -49,9 +49,11 @@ pub(super) async fn attachment_status(
         }
     }
     let (storage, now) = (state.storage.clone(), (state.clock)());
-    let contents =
-        blocking(move || storage.attachment_status(&auth, req.hash_algorithm, &req.contents, now))
-            .await?;
+    let contents = blocking(move || {
+        let nonce = req.possession_nonce.as_deref();
+        storage.attachment_status(&auth, req.hash_algorithm, &req.contents, nonce, now)
+    })
+    .await?;
     reply(&AttachmentStatusResponse {
         protocol: PROTOCOL_VERSION,
         contents,
@@ -90,8 +92,9 @@ pub(super) async fn put_chunk(
         let asked = [ContentRef {
             content_hash: key.hash().to_owned(),
             size_bytes: query.size,
+            proof: None,
         }];
-        blocking(move || storage.attachment_status(&auth, key.algorithm, &asked, now))
+        blocking(move || storage.attachment_status(&auth, key.algorithm, &asked, None, now))
             .await?
             .pop()
             .ok_or_else(|| ServerError::Storage("no status for a content".into()))?
@@ -205,7 +208,8 @@ fn chunk_answer(device: &str, stored: &ContentState, outcome: Result<(), FrameEr
 }
 
 /// `GET /v1/attachments/{algorithm}/{hash}`: a complete content, to a user whose areas cover a
-/// visit that names it (404 to anyone else, as if it did not exist).
+/// visit that names it, pushed by a device that proved it holds the bytes (404 to anyone else,
+/// as if it did not exist).
 pub(super) async fn get_attachment(
     State(state): State<AppState>,
     Device(auth): Device,

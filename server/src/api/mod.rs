@@ -370,7 +370,7 @@ async fn catalog(
 ) -> ApiResult {
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let user = auth.user.clone();
-    let (forms, code_lists, audit, visit_frequencies) = blocking(move || {
+    let (forms, code_lists, audit, visit_frequencies, possession_nonce) = blocking(move || {
         let audit = match req.audit.take() {
             Some(batch) => Some(storage.upload_audit(
                 &auth,
@@ -385,7 +385,14 @@ async fn catalog(
             None => None,
         };
         let (forms, code_lists) = storage.catalog(&req)?;
-        Ok((forms, code_lists, audit, storage.visit_frequencies()?))
+        let nonce = storage.possession_nonce(&auth, now)?;
+        Ok((
+            forms,
+            code_lists,
+            audit,
+            storage.visit_frequencies()?,
+            nonce,
+        ))
     })
     .await?;
     reply(&CatalogResponse {
@@ -396,6 +403,7 @@ async fn catalog(
         audit,
         user: Some(user),
         visit_frequencies,
+        possession_nonce: Some(possession_nonce),
     })
 }
 

@@ -9,6 +9,7 @@ use postgres::types::ToSql;
 use rusqlite::types::Value;
 
 use super::PgStorage;
+use crate::at_rest::AtRest;
 use crate::storage::{Result, ServerError};
 
 /// Every table, parents before children (foreign keys).
@@ -33,6 +34,8 @@ const TABLES: &[&str] = &[
     "former_areas",
     "handovers",
     "visit_frequencies",
+    "content_holders",
+    "server_secrets",
 ];
 
 /// Rows copied, per table.
@@ -47,6 +50,7 @@ fn param(value: Value, pg_type: &str) -> Result<Box<dyn ToSql + Sync>> {
         ("boolean", Value::Null) => Box::new(None::<bool>),
         ("text", Value::Text(t)) => Box::new(t),
         ("text", Value::Null) => Box::new(None::<String>),
+        ("bytea", Value::Blob(b)) => Box::new(b),
         (t, v) => {
             return Err(ServerError::Storage(format!(
                 "cannot copy a {:?} value into a {t} column",
@@ -57,12 +61,14 @@ fn param(value: Value, pg_type: &str) -> Result<Box<dyn ToSql + Sync>> {
 }
 
 impl PgStorage {
-    /// Copies the SQLite storage of `data_dir` into this (empty) database.
-    pub fn copy_from_sqlite(&self, data_dir: &Path) -> Result<CopyReport> {
+    /// Copies the SQLite storage of `data_dir` (kept as `at_rest` says) into this (empty)
+    /// database.
+    pub fn copy_from_sqlite(&self, data_dir: &Path, at_rest: &AtRest) -> Result<CopyReport> {
         let source = rusqlite::Connection::open_with_flags(
             data_dir.join("server.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
+        crate::at_rest::key_connection(&source, at_rest)?;
         let mut conn = self.connection()?;
         let mut tx = conn.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&super::WRITE_LOCK])?;

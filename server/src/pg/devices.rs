@@ -8,8 +8,8 @@ use zoufang_protocol::messages::UserInfo;
 use super::PgTx;
 use crate::blobs::ContentKey;
 use crate::repo::{
-    AuditRepo, CatalogRepo, ContentsRepo, DeviceRecord, DevicesRepo, EnrollmentToken, NewDevice,
-    ServerAuditRepo, UsersRepo, from_db, to_db, user_from_row,
+    AuditRepo, CatalogRepo, ContentsRepo, DeviceRecord, DevicesRepo, EnrollmentToken, NamingVisit,
+    NewDevice, ServerAuditRepo, UsersRepo, from_db, to_db, user_from_row,
 };
 use crate::storage::{DeviceInfo, Result, Stats};
 
@@ -387,16 +387,54 @@ impl AuditRepo for PgTx<'_, '_> {
 }
 
 impl ContentsRepo for PgTx<'_, '_> {
-    fn naming_visits(&mut self, key: &ContentKey) -> Result<Vec<(String, u64)>> {
+    fn naming_visits(&mut self, key: &ContentKey) -> Result<Vec<NamingVisit>> {
         Ok(self
             .query(
-                "SELECT v.village_code, va.size_bytes FROM visit_attachments va JOIN visits v ON v.id = va.visit_id
+                "SELECT v.village_code, va.size_bytes, va.pushed_by FROM visit_attachments va JOIN visits v ON v.id = va.visit_id
                  WHERE va.hash_algorithm = $1 AND va.content_hash = $2",
                 &[&key.algorithm.as_str(), &key.hash()],
             )?
             .iter()
-            .map(|r| (r.get(0), from_db(r.get(1))))
+            .map(|r| NamingVisit {
+                village_code: r.get(0),
+                size_bytes: from_db(r.get(1)),
+                pushed_by: r.get(2),
+            })
             .collect())
+    }
+
+    fn is_holder(&mut self, key: &ContentKey, device_id: &str) -> Result<bool> {
+        Ok(self
+            .query_opt(
+                "SELECT 1 FROM content_holders WHERE hash_algorithm = $1 AND content_hash = $2 AND device_id = $3",
+                &[&key.algorithm.as_str(), &key.hash(), &device_id],
+            )?
+            .is_some())
+    }
+
+    fn record_holder(&mut self, key: &ContentKey, device_id: &str, at: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO content_holders (hash_algorithm, content_hash, device_id, proven_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[&key.algorithm.as_str(), &key.hash(), &device_id, &at],
+        )?;
+        Ok(())
+    }
+
+    fn server_secret(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .query_opt("SELECT value FROM server_secrets WHERE name = $1", &[&name])?
+            .map(|r| r.get(0)))
+    }
+
+    fn create_server_secret(&mut self, name: &str, fresh: &[u8]) -> Result<Vec<u8>> {
+        self.execute(
+            "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&name, &fresh],
+        )?;
+        Ok(self
+            .query_one("SELECT value FROM server_secrets WHERE name = $1", &[&name])?
+            .get(0))
     }
 
     fn content_recorded(&mut self, key: &ContentKey) -> Result<bool> {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use postgres::{IsolationLevel, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
+use crate::at_rest::AtRest;
 use crate::blobs::{BlobStore, FsBlobStore};
 use crate::repo::{Transactions, Tx};
 use crate::storage::{Result, ServerError};
@@ -44,6 +45,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/postgres/0004_visit_frequencies.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_possession.sql"),
     ),
 ];
 
@@ -84,9 +89,14 @@ fn pool_error(e: r2d2::Error) -> ServerError {
 
 impl PgStorage {
     /// Connects to `url` (`postgres://user@host:port/db`), migrating the schema if needed,
-    /// with attachment contents in `data_dir/attachments` (a directory every node shares).
-    pub fn open(url: &str, data_dir: &Path) -> Result<Self> {
-        let blobs = FsBlobStore::open(&data_dir.join("attachments"))
+    /// with attachment contents in `data_dir/attachments` (a directory every node shares),
+    /// sealed as `at_rest` says. (The database's own files are PostgreSQL's to protect: disk or
+    /// volume encryption on the database host.)
+    pub fn open(url: &str, data_dir: &Path, at_rest: &AtRest) -> Result<Self> {
+        crate::private::dir(data_dir)
+            .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
+        crate::at_rest::check_directory(data_dir, at_rest)?;
+        let blobs = FsBlobStore::open(&data_dir.join("attachments"), at_rest.objects())
             .map_err(|e| ServerError::Storage(format!("cannot open the attachment store: {e}")))?;
         Self::open_with(url, Arc::new(blobs))
     }

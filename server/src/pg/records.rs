@@ -254,7 +254,7 @@ impl VisitsRepo for PgTx<'_, '_> {
         .transpose()
     }
 
-    fn insert_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()> {
+    fn insert_visit(&mut self, visit: &VisitRecord, seq: u64, device_id: &str) -> Result<()> {
         self.execute(
             "INSERT INTO visits (id, village_code, seq, body) VALUES ($1, $2, $3, $4)",
             &[
@@ -266,9 +266,9 @@ impl VisitsRepo for PgTx<'_, '_> {
         )?;
         for a in &visit.attachments {
             self.execute(
-                "INSERT INTO visit_attachments (visit_id, attachment_id, hash_algorithm, content_hash, size_bytes)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[&visit.id, &a.id, &a.hash_algorithm.as_str(), &a.content_hash, &to_db(a.size_bytes)],
+                "INSERT INTO visit_attachments (visit_id, attachment_id, hash_algorithm, content_hash, size_bytes, pushed_by)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&visit.id, &a.id, &a.hash_algorithm.as_str(), &a.content_hash, &to_db(a.size_bytes), &device_id],
             )?;
         }
         Ok(())

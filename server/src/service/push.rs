@@ -223,7 +223,7 @@ fn submit_visit(
         return Ok(refusal);
     }
     let server_seq = next_seq(tx)?;
-    tx.insert_visit(visit, server_seq)?;
+    tx.insert_visit(visit, server_seq, &ctx.auth.device_id)?;
     let item = FeedItem::Visit {
         visit: Box::new(visit.clone()),
     };

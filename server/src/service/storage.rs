@@ -12,7 +12,9 @@ use zoufang_protocol::messages::{
     ContentState, Entity, PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
 };
 
-use super::{access, admin, attachments, audit, catalog, due, handover, merges, pull, push};
+use super::{
+    access, admin, attachments, audit, catalog, due, handover, merges, possession, pull, push,
+};
 use crate::blobs::ContentKey;
 use crate::repo::{self, Transactions};
 use crate::storage::{DeviceAuth, DeviceInfo, Enrolled, PossibleDuplicate, Result, Stats, Storage};
@@ -64,9 +66,18 @@ impl<D: Transactions + 'static> Storage for D {
         auth: &DeviceAuth,
         algorithm: HashAlgorithm,
         contents: &[ContentRef],
+        nonce: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<ContentState>> {
-        attachments::status(self, self.blobs(), auth, algorithm, contents, now)
+        attachments::status(self, self.blobs(), auth, algorithm, contents, nonce, now)
+    }
+
+    fn possession_nonce(&self, auth: &DeviceAuth, now: DateTime<Utc>) -> Result<String> {
+        Ok(possession::issue(
+            &possession::secret(self)?,
+            &auth.device_id,
+            now,
+        ))
     }
 
     fn append_attachment(

@@ -1,25 +1,64 @@
 //! Which visits name which contents, and the contents held whole, in SQLite.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{AWAITING_ATTACHMENTS, SqliteTx};
 use crate::blobs::ContentKey;
-use crate::repo::ContentsRepo;
+use crate::repo::{ContentsRepo, NamingVisit};
 use crate::storage::Result;
 
 impl ContentsRepo for SqliteTx<'_, '_> {
-    fn naming_visits(&mut self, key: &ContentKey) -> Result<Vec<(String, u64)>> {
+    fn naming_visits(&mut self, key: &ContentKey) -> Result<Vec<NamingVisit>> {
         let mut stmt = self.0.prepare_cached(
-            "SELECT v.village_code, va.size_bytes FROM visit_attachments va JOIN visits v ON v.id = va.visit_id
+            "SELECT v.village_code, va.size_bytes, va.pushed_by FROM visit_attachments va JOIN visits v ON v.id = va.visit_id
              WHERE va.hash_algorithm = ?1 AND va.content_hash = ?2",
         )?;
         let rows = stmt.query_map(params![key.algorithm.as_str(), key.hash()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-            ))
+            Ok(NamingVisit {
+                village_code: r.get(0)?,
+                size_bytes: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                pushed_by: r.get(2)?,
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn is_holder(&mut self, key: &ContentKey, device_id: &str) -> Result<bool> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT 1 FROM content_holders WHERE hash_algorithm = ?1 AND content_hash = ?2 AND device_id = ?3",
+            )?
+            .exists(params![key.algorithm.as_str(), key.hash(), device_id])?)
+    }
+
+    fn record_holder(&mut self, key: &ContentKey, device_id: &str, at: &str) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT OR IGNORE INTO content_holders (hash_algorithm, content_hash, device_id, proven_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key.algorithm.as_str(), key.hash(), device_id, at])?;
+        Ok(())
+    }
+
+    fn server_secret(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT value FROM server_secrets WHERE name = ?1")?
+            .query_row(params![name], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn create_server_secret(&mut self, name: &str, fresh: &[u8]) -> Result<Vec<u8>> {
+        self.0
+            .prepare_cached("INSERT OR IGNORE INTO server_secrets (name, value) VALUES (?1, ?2)")?
+            .execute(params![name, fresh])?;
+        Ok(self.0.query_row(
+            "SELECT value FROM server_secrets WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?)
     }
 
     fn content_recorded(&mut self, key: &ContentKey) -> Result<bool> {

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
+use crate::at_rest::AtRest;
 use crate::blobs::{BlobStore, FsBlobStore};
 use crate::storage::{Result, ServerError};
 
@@ -81,6 +82,24 @@ CREATE TABLE visit_frequencies (
     updated_at TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX visits_by_household ON visits (json_extract(body, '$.household_id'));
+"#;
+
+/// Possession: which device pushed each visit naming a content, and which devices proved they
+/// hold a content's bytes. References made before this schema keep no pusher (`NULL`) and stay
+/// readable as they were. Plus the deployment's secrets (the possession nonces' key).
+const SCHEMA_V7: &str = r#"
+ALTER TABLE visit_attachments ADD COLUMN pushed_by TEXT;
+CREATE TABLE content_holders (
+    hash_algorithm TEXT NOT NULL,
+    content_hash   TEXT NOT NULL,
+    device_id      TEXT NOT NULL,
+    proven_at      TEXT NOT NULL,
+    PRIMARY KEY (hash_algorithm, content_hash, device_id)
+) WITHOUT ROWID;
+CREATE TABLE server_secrets (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// Visits naming a content the server does not hold whole yet.
@@ -253,23 +272,34 @@ impl std::fmt::Debug for SqliteStorage {
 
 impl SqliteStorage {
     /// Opens (creating and migrating) `server.db` in `data_dir`, with attachment contents in
-    /// its `attachments` directory.
-    pub fn open(data_dir: &Path) -> Result<Self> {
+    /// its `attachments` directory, both kept as `at_rest` says.
+    pub fn open(data_dir: &Path, at_rest: &AtRest) -> Result<Self> {
         crate::private::dir(data_dir)
             .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
-        let blobs = FsBlobStore::open(&data_dir.join("attachments"))
+        crate::at_rest::check_directory(data_dir, at_rest)?;
+        let blobs = FsBlobStore::open(&data_dir.join("attachments"), at_rest.objects())
             .map_err(|e| ServerError::Storage(format!("cannot open the attachment store: {e}")))?;
-        Self::open_with(data_dir, Arc::new(blobs))
+        Self::open_with(data_dir, at_rest, Arc::new(blobs))
     }
 
     /// As [`Self::open`], with the attachment contents in `blobs` (an object store, say).
-    pub fn open_with(data_dir: &Path, blobs: Arc<dyn BlobStore>) -> Result<Self> {
+    pub fn open_with(data_dir: &Path, at_rest: &AtRest, blobs: Arc<dyn BlobStore>) -> Result<Self> {
         crate::private::dir(data_dir)
             .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
+        crate::at_rest::check_directory(data_dir, at_rest)?;
         let path = data_dir.join("server.db");
         crate::private::sqlite_file(&path)
             .map_err(|e| ServerError::Storage(format!("cannot create the database file: {e}")))?;
         let mut writer = Connection::open(&path)?;
+        crate::at_rest::key_connection(&writer, at_rest)?;
+        // The first read is where a wrong key shows: say so, not "file is not a database".
+        writer
+            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(|_| ServerError::Conflict {
+                code: "wrong_server_key",
+                message: "server.db cannot be read with this key (or is not a Zoufang database)"
+                    .into(),
+            })?;
         // First, so that every later statement waits for another process (admin and serve
         // share the file) instead of failing at once.
         writer.busy_timeout(Duration::from_secs(30))?;
@@ -283,11 +313,20 @@ impl SqliteStorage {
             M::up(SCHEMA_V4),
             M::up(SCHEMA_V5),
             M::up(SCHEMA_V6),
+            M::up(SCHEMA_V7),
         ])
         .to_latest(&mut writer)
         .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;
-        let manager = r2d2_sqlite::SqliteConnectionManager::file(&path)
-            .with_init(|c| c.busy_timeout(Duration::from_secs(30)));
+        let keyed = at_rest.clone();
+        let manager = r2d2_sqlite::SqliteConnectionManager::file(&path).with_init(move |c| {
+            crate::at_rest::key_connection(c, &keyed).map_err(|e| {
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH),
+                    Some(e.to_string()),
+                )
+            })?;
+            c.busy_timeout(Duration::from_secs(30))
+        });
         let readers = r2d2::Pool::builder()
             .max_size(reader_count())
             .connection_timeout(Duration::from_secs(30))

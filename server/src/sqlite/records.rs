@@ -283,7 +283,7 @@ impl VisitsRepo for SqliteTx<'_, '_> {
             .transpose()
     }
 
-    fn insert_visit(&mut self, visit: &VisitRecord, seq: u64) -> Result<()> {
+    fn insert_visit(&mut self, visit: &VisitRecord, seq: u64, device_id: &str) -> Result<()> {
         self.0
             .prepare_cached(
                 "INSERT INTO visits (id, village_code, seq, body) VALUES (?1, ?2, ?3, ?4)",
@@ -297,15 +297,16 @@ impl VisitsRepo for SqliteTx<'_, '_> {
         for a in &visit.attachments {
             self.0
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO visit_attachments (visit_id, attachment_id, hash_algorithm, content_hash, size_bytes)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO visit_attachments (visit_id, attachment_id, hash_algorithm, content_hash, size_bytes, pushed_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
                 .execute(params![
                     visit.id,
                     a.id,
                     a.hash_algorithm.as_str(),
                     a.content_hash,
-                    to_db(a.size_bytes)
+                    to_db(a.size_bytes),
+                    device_id
                 ])?;
         }
         Ok(())

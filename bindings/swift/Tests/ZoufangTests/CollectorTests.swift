@@ -10,7 +10,9 @@ let village = "513431104201"
 func openStore() throws -> Collector {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zoufang-swift-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    return try Collector.open(path: dir.appendingPathComponent("store.db").path, encryptionKey: nil)
+    // Encrypted with a random key, as an app's store is (Keychain-held).
+    let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+    return try Collector.open(path: dir.appendingPathComponent("store.db").path, protection: .encrypted(key: key, cipher: .aes256))
 }
 
 extension Collector {
@@ -223,19 +225,19 @@ final class CollectorTests: XCTestCase {
             let path = dir.appendingPathComponent("store.db").path
             var household = ""
             do {
-                let c = try Collector.open(path: path, encryptionKey: key, cipher: cipher)
+                let c = try Collector.open(path: path, protection: .encrypted(key: key, cipher: cipher))
                 try c.signIn(userId: "coord-1")
                 household = try c.newHousehold()
                 try c.rotateKey(newKey: newKey)
             }
             let other: Cipher = cipher == .aes256 ? .sm4 : .aes256
             for (k, suite) in [(key, cipher), (newKey, other)] {
-                XCTAssertThrowsError(try Collector.open(path: path, encryptionKey: k, cipher: suite)) { error in
+                XCTAssertThrowsError(try Collector.open(path: path, protection: .encrypted(key: k, cipher: suite))) { error in
                     guard case let ZoufangError.Storage(code, _) = error else { return XCTFail("\(error)") }
                     XCTAssertEqual(code, "wrong_key_or_not_a_store")
                 }
             }
-            let c = try Collector.open(path: path, encryptionKey: newKey, cipher: cipher)
+            let c = try Collector.open(path: path, protection: .encrypted(key: newKey, cipher: cipher))
             XCTAssertEqual(try c.household(id: household).members.count, 1)
         }
     }

@@ -28,7 +28,10 @@ private val tempDirs = CopyOnWriteArrayList<File>().also { dirs ->
 
 fun tempDir(prefix: String): File = Files.createTempDirectory(prefix).toFile().also { tempDirs.add(it) }
 
-fun openStore(): Collector = Collector.open(tempDir("zoufang-kotlin").resolve("store.db").path, null)
+/** A fresh store, encrypted with a random key as an app's would be (Keystore-held). */
+fun openStore(): Collector = Collector.open(tempDir("zoufang-kotlin").resolve("store.db").path, StoreProtection.Encrypted(randomKey(), Cipher.AES256))
+
+fun randomKey(): String = ByteArray(32).also { java.security.SecureRandom().nextBytes(it) }.joinToString("") { "%02x".format(it) }
 
 fun Collector.newHousehold(phone: String = "13812345678"): String = addHousehold(
     VILLAGE,
@@ -160,7 +163,7 @@ class CollectorTest {
         assertEquals("not_found", assertFailsWith<ZoufangException.NotFound> { c.visit("nope") }.code)
         assertEquals("not_enrolled", assertFailsWith<ZoufangException.InvalidState> { runBlocking { c.sync("http://127.0.0.1:9", null) } }.code)
         val junk = tempDir("zoufang-bad").resolve("junk.db").apply { writeBytes(ByteArray(8192) { 0x5a }) }
-        assertEquals("wrong_key_or_not_a_store", assertFailsWith<ZoufangException.Storage> { Collector.open(junk.path, null) }.code)
+        assertEquals("wrong_key_or_not_a_store", assertFailsWith<ZoufangException.Storage> { Collector.open(junk.path, StoreProtection.Plaintext) }.code)
     }
 
     @Test
@@ -194,16 +197,17 @@ class CollectorTest {
         val newKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
         for (cipher in Cipher.entries) {
             val path = tempDir("zoufang-key").resolve("store.db").path
-            val household = Collector.open(path, key, cipher).use { c ->
+            val household = Collector.open(path, StoreProtection.Encrypted(key, cipher)).use { c ->
                 c.signIn("coord-1")
                 c.newHousehold().also { c.rotateKey(newKey) }
             }
             val other = if (cipher == Cipher.AES256) Cipher.SM4 else Cipher.AES256
-            for ((k, suite) in listOf(key to cipher, newKey to other, null to cipher)) {
-                val e = assertFailsWith<ZoufangException.Storage> { Collector.open(path, k, suite) }
+            val wrong = listOf(StoreProtection.Encrypted(key, cipher), StoreProtection.Encrypted(newKey, other), StoreProtection.Plaintext)
+            for (protection in wrong) {
+                val e = assertFailsWith<ZoufangException.Storage> { Collector.open(path, protection) }
                 assertEquals("wrong_key_or_not_a_store", e.code)
             }
-            Collector.open(path, newKey, cipher).use { c ->
+            Collector.open(path, StoreProtection.Encrypted(newKey, cipher)).use { c ->
                 assertEquals(1, c.household(household).members.size)
             }
         }

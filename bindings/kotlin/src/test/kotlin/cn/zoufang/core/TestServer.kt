@@ -13,8 +13,14 @@ class TestServer : AutoCloseable {
     val url = "http://127.0.0.1:$port"
     private val process: Process
 
+    /** The server's data is encrypted at rest, as a deployment's is: a fresh key per server. */
+    private val serverKey = ByteArray(32).also { java.security.SecureRandom().nextBytes(it) }
+        .joinToString("") { "%02x".format(it) }
+
+    private fun keyed(builder: ProcessBuilder) = builder.apply { environment()["ZOUFANG_SERVER_KEY"] = serverKey }
+
     init {
-        process = ProcessBuilder(cli, "serve", "--data", data.path, "--listen", "127.0.0.1:$port")
+        process = keyed(ProcessBuilder(cli, "serve", "--data", data.path, "--listen", "127.0.0.1:$port"))
             .redirectErrorStream(true)
             .redirectOutput(File(data, "server.log"))
             .start()
@@ -29,7 +35,7 @@ class TestServer : AutoCloseable {
     }
 
     private fun admin(vararg args: String): String {
-        val p = ProcessBuilder(listOf(cli, "admin", "--data", data.path) + args).redirectErrorStream(true).start()
+        val p = keyed(ProcessBuilder(listOf(cli, "admin", "--data", data.path) + args)).redirectErrorStream(true).start()
         val out = p.inputStream.bufferedReader().readText().trim()
         check(p.waitFor() == 0) { "admin ${args.toList()} failed: $out" }
         return out

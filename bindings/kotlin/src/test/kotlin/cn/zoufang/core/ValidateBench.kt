@@ -16,8 +16,8 @@ fun main() {
     val dir = Files.createTempDirectory("zoufang-bench-validate").toFile()
     try {
         val store = File(dir, "store.db").path
-        val visitId = runCli(cli, "--store", store, "bench-validate", "--prepare").trim()
-        Collector.open(store, null).use { collector ->
+        val visitId = runCli(cli, "--plaintext", "--store", store, "bench-validate", "--prepare").trim()
+        Collector.open(store, StoreProtection.Plaintext).use { collector ->
             collector.signIn("bench-coordinator")
             // Warm the JIT, JNA's stubs and SQLite's page cache, as the Rust side warms its cache.
             repeat(System.getProperty("zoufang.bench.warmup")?.toInt() ?: 500) { collector.validateVisit(visitId) }
