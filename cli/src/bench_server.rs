@@ -16,6 +16,8 @@ use crate::{Failure, fail};
 
 const BATCHES_PER_DEVICE: usize = 5;
 const BATCH: usize = 100;
+/// Changes one device pushes in `push_at_once`.
+pub(crate) const CHANGES_PER_DEVICE: usize = BATCHES_PER_DEVICE * BATCH;
 
 fn server_err(e: zoufang_server::ServerError) -> Failure {
     fail(e.code(), e.to_string())
@@ -64,7 +66,10 @@ fn device_pushes(storage: &dyn Storage, i: usize) -> Result<(String, Vec<Vec<u8>
 }
 
 /// All devices push at once, device `i` to node `i % nodes`: (changes per second, p99).
-fn push_at_once(nodes: &[Arc<dyn Storage>], devices: usize) -> Result<(f64, Duration), Failure> {
+pub(crate) fn push_at_once(
+    nodes: &[Arc<dyn Storage>],
+    devices: usize,
+) -> Result<(f64, Duration), Failure> {
     let servers = nodes
         .iter()
         .map(|s| BackgroundServer::start(AppState::new(s.clone()), "127.0.0.1:0"))

@@ -581,7 +581,7 @@ fn run(cli: Cli) -> CliResult {
                 report.extend(bench_server::run(devices, cli.json)?);
             }
             if suite == "crypto" || suite == "all" {
-                report.extend(bench_crypto::run(households / 5, rounds, cli.json)?);
+                report.extend(bench_crypto::run(households / 5, rounds, devices, cli.json)?);
             }
             if suite == "attachments" || suite == "all" {
                 report.extend(bench_attachments::run(rounds, cli.json)?);

@@ -441,6 +441,8 @@ fn the_benchmark_runs_and_reports_ratios() {
             "save_full_visit_sm4",
             "search_by_name_aes256",
             "search_by_name_sm4",
+            "server_push_aes256",
+            "server_push_sm4",
             "upload_loopback",
             "upload_cut_every_64kb",
             "upload_weak_link"
@@ -450,6 +452,13 @@ fn the_benchmark_runs_and_reports_ratios() {
     for b in &report["benchmarks"].as_array().unwrap()[13..17] {
         assert!(
             b["ratio"].as_f64().unwrap() > 0.0 && b["households"] == json!(60),
+            "{b}"
+        );
+    }
+    // The server's share: every change of 4 devices pushed into each server.
+    for b in &report["benchmarks"].as_array().unwrap()[17..19] {
+        assert!(
+            b["ratio"].as_f64().unwrap() > 0.0 && b["changes"] == json!(2000),
             "{b}"
         );
     }
@@ -478,11 +487,11 @@ fn the_benchmark_runs_and_reports_ratios() {
             && photo["ratio"].as_f64().unwrap() > 1.0
     );
     // Photos: a real upload, and over links that drop, little more than the photo goes up.
-    let upload = &report["benchmarks"][17];
+    let upload = &report["benchmarks"][19];
     assert!(
         upload["ratio"].as_f64().unwrap() > 0.0 && upload["bytes"].as_u64().unwrap() > 5_000_000
     );
-    for b in &report["benchmarks"].as_array().unwrap()[18..] {
+    for b in &report["benchmarks"].as_array().unwrap()[20..] {
         let ratio = b["ratio"].as_f64().unwrap();
         assert!(
             (1.0..1.3).contains(&ratio) && b["cuts"].as_u64().unwrap() > 50,
