@@ -141,7 +141,6 @@ pub trait ContentsRepo {
     fn server_secret(&mut self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Makes the secret from `fresh` unless another node made it first; returns the one kept.
     fn create_server_secret(&mut self, name: &str, fresh: &[u8]) -> Result<Vec<u8>>;
-    fn content_recorded(&mut self, key: &ContentKey) -> Result<bool>;
     fn record_content(&mut self, key: &ContentKey, size: u64, at: &str) -> Result<()>;
     /// Visits naming a content the server does not hold whole yet.
     fn visits_awaiting_attachments(&mut self) -> Result<Vec<String>>;

@@ -437,15 +437,6 @@ impl ContentsRepo for PgTx<'_, '_> {
             .get(0))
     }
 
-    fn content_recorded(&mut self, key: &ContentKey) -> Result<bool> {
-        Ok(self
-            .query_opt(
-                "SELECT 1 FROM contents WHERE hash_algorithm = $1 AND content_hash = $2",
-                &[&key.algorithm.as_str(), &key.hash()],
-            )?
-            .is_some())
-    }
-
     fn record_content(&mut self, key: &ContentKey, size: u64, at: &str) -> Result<()> {
         self.execute(
             "INSERT INTO contents (hash_algorithm, content_hash, size_bytes, stored_at) VALUES ($1, $2, $3, $4)

@@ -61,15 +61,6 @@ impl ContentsRepo for SqliteTx<'_, '_> {
         )?)
     }
 
-    fn content_recorded(&mut self, key: &ContentKey) -> Result<bool> {
-        Ok(self
-            .0
-            .prepare_cached(
-                "SELECT 1 FROM contents WHERE hash_algorithm = ?1 AND content_hash = ?2",
-            )?
-            .exists(params![key.algorithm.as_str(), key.hash()])?)
-    }
-
     fn record_content(&mut self, key: &ContentKey, size: u64, at: &str) -> Result<()> {
         self.0
             .prepare_cached(
