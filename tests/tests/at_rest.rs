@@ -22,19 +22,6 @@ fn key(hex_byte: &str, suite: CipherSuite) -> AtRest {
     ))
 }
 
-fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// Which of the personal values (and a piece of the photo) some file under `dir` holds.
 fn found_in_clear(dir: &std::path::Path, photo: &[u8]) -> Vec<&'static str> {
     let needles: [(&str, Vec<u8>); 4] = [
@@ -46,7 +33,7 @@ fn found_in_clear(dir: &std::path::Path, photo: &[u8]) -> Vec<&'static str> {
             photo[photo.len() / 2..photo.len() / 2 + 32].to_vec(),
         ),
     ];
-    let contents: Vec<Vec<u8>> = files(dir)
+    let contents: Vec<Vec<u8>> = zoufang_tests::files_under(dir)
         .iter()
         .map(|f| std::fs::read(f).unwrap())
         .collect();

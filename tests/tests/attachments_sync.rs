@@ -169,7 +169,7 @@ fn the_same_photo_from_two_devices_is_stored_and_sent_once() {
 
     // One file on the server's disk for the photo, named by its hash.
     let objects = server.dir.path().join("attachments/objects/sha256");
-    let files: Vec<_> = walk(&objects)
+    let files: Vec<_> = zoufang_tests::files_under(&objects)
         .into_iter()
         .filter(|p| {
             p.file_name()
@@ -185,19 +185,6 @@ fn the_same_photo_from_two_devices_is_stored_and_sent_once() {
         server.storage.stats().unwrap().visits_awaiting_attachments,
         0
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]
