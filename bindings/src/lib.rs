@@ -54,6 +54,7 @@ impl From<zoufang_core::Error> for ZoufangError {
             | E::WrongUser
             | E::DeviceWiped
             | E::NotEnrolled
+            | E::TokenExpired
             | E::VisitNotEditable { .. }
             | E::VisitWrongStatus { .. }
             | E::VisitUnsigned { .. }
@@ -484,6 +485,9 @@ impl From<core_sync::SyncReport> for SyncReport {
 pub struct SyncStatus {
     pub enrolled: bool,
     pub user: Option<UserInfo>,
+    /// When the device's token expires unless a sync renews it first (each sync does); past
+    /// it, `enroll` again with a new code: unsent work is kept.
+    pub token_expires_at: Option<String>,
     pub pending_changes: u64,
     pub open_conflicts: u64,
     pub rejected_changes: u64,
@@ -1159,6 +1163,7 @@ impl Collector {
         Ok(SyncStatus {
             enrolled: s.enrolled,
             user: s.user.map(Into::into),
+            token_expires_at: s.token_expires_at,
             pending_changes: s.pending_changes,
             open_conflicts: s.open_conflicts,
             rejected_changes: s.rejected_changes,

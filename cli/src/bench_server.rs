@@ -7,9 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
-use zoufang_core::protocol::messages::{self, Change, ChangeOp, PushRequest, Role, UserInfo};
+use zoufang_core::protocol::messages::{
+    self, Change, ChangeOp, EnrollRequest, PushRequest, Role, UserInfo,
+};
 use zoufang_core::sync::{HttpRequest, ReqwestTransport, Transport};
-use zoufang_server::{AppState, BackgroundServer, PgStorage, SqliteStorage, Storage};
+use zoufang_server::{
+    AppState, BackgroundServer, DEVICE_TOKEN_LIFETIME, PgStorage, SqliteStorage, Storage,
+};
 
 use crate::bench::{ms, percentile};
 use crate::{Failure, fail};
@@ -35,7 +39,13 @@ fn device_pushes(storage: &dyn Storage, i: usize) -> Result<(String, Vec<Vec<u8>
     let token = storage
         .issue_enrollment(&user.id, Duration::from_secs(3600), now)
         .map_err(server_err)?;
-    let enrolled = storage.enroll(&token, "load", now).map_err(server_err)?;
+    let enrolled = storage
+        .enroll(
+            &EnrollRequest::new(&token, "load"),
+            DEVICE_TOKEN_LIFETIME,
+            now,
+        )
+        .map_err(server_err)?;
     let bodies = (0..BATCHES_PER_DEVICE)
         .map(|round| {
             let changes = (0..BATCH)

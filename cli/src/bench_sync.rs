@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json, json};
 use zoufang_core::protocol::messages::{
-    self, Change, ChangeOp, PushRequest, Role, UserInfo, VisitRecord,
+    self, Change, ChangeOp, EnrollRequest, PushRequest, Role, UserInfo, VisitRecord,
 };
 use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::{HttpRequest, ReqwestTransport, SyncConfig, Transport};
 use zoufang_core::{Collector, StoreOptions};
-use zoufang_server::{AppState, BackgroundServer, DeviceAuth, SqliteStorage, Storage};
+use zoufang_server::{
+    AppState, BackgroundServer, DEVICE_TOKEN_LIFETIME, DeviceAuth, SqliteStorage, Storage,
+};
 
 use crate::bench::{bare_db, bench_err, ms};
 use crate::sample::{self, Rng};
@@ -282,14 +284,14 @@ pub fn run(
     drop(b);
 
     // 4. Pulling a township: seed the server directly, then pull in a separate process.
-    let seed = DeviceAuth {
-        device_id: "seed".into(),
-        user: UserInfo {
+    let seed = DeviceAuth::new(
+        "seed",
+        UserInfo {
             id: "seed".into(),
             role: Role::Administrator,
             areas: vec!["513431".into()],
         },
-    };
+    );
     let mut seq = 0u64;
     let mut pending = Vec::new();
     let mut members = 0usize;
@@ -394,7 +396,11 @@ pub fn run(
                 "513431244",
             )?;
             storage
-                .enroll(&t, "load", chrono::Utc::now())
+                .enroll(
+                    &EnrollRequest::new(&t, "load"),
+                    DEVICE_TOKEN_LIFETIME,
+                    chrono::Utc::now(),
+                )
                 .map(|e| (e.device_id, e.device_token))
                 .map_err(server_err)
         })
@@ -465,14 +471,14 @@ pub fn run(
     let concurrent = started.elapsed();
     let total = devices * per_device_batches * batch_size;
     // Baseline: the same number of changes applied by the storage directly, one caller.
-    let direct_auth = DeviceAuth {
-        device_id: "direct".into(),
-        user: UserInfo {
+    let direct_auth = DeviceAuth::new(
+        "direct",
+        UserInfo {
             id: "direct".into(),
             role: Role::Coordinator,
             areas: vec!["513431244".into()],
         },
-    };
+    );
     let started = Instant::now();
     for r in 0..(devices * per_device_batches) {
         let now = chrono::Utc::now();

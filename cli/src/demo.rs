@@ -488,14 +488,14 @@ fn tell_sync(story: &mut Story, dir: &std::path::Path) -> Result<(), Failure> {
         ),
     );
 
-    let reviewer = DeviceAuth {
-        device_id: "review-desk".into(),
-        user: UserInfo {
+    let reviewer = DeviceAuth::new(
+        "review-desk",
+        UserInfo {
             id: "county-reviewer".into(),
             role: Role::CountyReviewer,
             areas: vec![village.into()],
         },
-    };
+    );
     let on_server = storage.conflicts(&reviewer).map_err(server_err)?;
     let on_a = a.conflicts()?;
     let on_b = b.conflicts()?;

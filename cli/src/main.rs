@@ -100,6 +100,11 @@ enum Command {
         /// Behind our own reverse proxy: rate limits key on the last X-Forwarded-For address.
         #[arg(long)]
         behind_proxy: bool,
+        /// Days a device token lives without a sync; each sync renews it, so only a device
+        /// silent this long must enrol again (keeping its unsent work).
+        #[arg(long, env = "ZOUFANG_DEVICE_TOKEN_DAYS", default_value_t = 180,
+              value_parser = clap::value_parser!(u32).range(1..=3650))]
+        device_token_days: u32,
         #[command(flatten)]
         at_rest: server_key::AtRestArgs,
     },
@@ -554,13 +559,18 @@ fn run(cli: Cli) -> CliResult {
             let counts = open(&store)?.counts()?;
             out.emit(&counts, || format!("{counts:#?}"))
         }
-        Command::Serve { data, database, listen, tls_cert, tls_key, behind_proxy, at_rest } => {
+        Command::Serve { data, database, listen, tls_cert, tls_key, behind_proxy, device_token_days, at_rest } => {
             let tls = tls_cert.zip(tls_key).map(|(certificate_chain, private_key)| {
                 zoufang_server::TlsFiles { certificate_chain, private_key }
             });
             net::init_logs();
             let server = net::ServerData { data, database, at_rest: at_rest.at_rest(cli.plaintext)? };
-            net::serve(&server, &listen, tls, behind_proxy)
+            let options = net::ServeOptions {
+                tls,
+                behind_proxy,
+                device_token_lifetime: std::time::Duration::from_secs(u64::from(device_token_days) * 24 * 3600),
+            };
+            net::serve(&server, &listen, options)
         }
         Command::Admin { data, database, at_rest, command } => {
             net::admin(command, &data, &database, &at_rest, cli.plaintext, &out)

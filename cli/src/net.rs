@@ -219,12 +219,19 @@ pub fn init_logs() {
         .try_init();
 }
 
-pub fn serve(
-    server: &ServerData,
-    listen: &str,
-    tls: Option<zoufang_server::TlsFiles>,
-    behind_proxy: bool,
-) -> CliResult {
+/// How `serve` runs, besides where its data is.
+pub struct ServeOptions {
+    pub tls: Option<zoufang_server::TlsFiles>,
+    pub behind_proxy: bool,
+    pub device_token_lifetime: Duration,
+}
+
+pub fn serve(server: &ServerData, listen: &str, options: ServeOptions) -> CliResult {
+    let ServeOptions {
+        tls,
+        behind_proxy,
+        device_token_lifetime,
+    } = options;
     let storage = server.storage()?;
     if let Some(key) = server.at_rest.key() {
         tracing::info!(key = %key.id(), "server data encrypted at rest");
@@ -250,6 +257,7 @@ pub fn serve(
         let shutdown = zoufang_server::shutdown_signal();
         let state = AppState {
             trust_forwarded_for: behind_proxy,
+            device_token_lifetime,
             ..AppState::new(storage)
         };
         let served = match tls {
@@ -347,11 +355,16 @@ pub fn admin(
                 devices
                     .iter()
                     .map(|d| {
+                        let succeeded = match &d.successor_id {
+                            Some(next) => format!("  enrolled again as {next}"),
+                            None => String::new(),
+                        };
                         format!(
-                            "{}  {}  {}  revoked {}",
+                            "{}  {}  {}  token until {}  revoked {}{succeeded}",
                             d.id,
                             d.user_id,
                             d.name,
+                            d.token_expires_at,
                             d.revoked_at.as_deref().unwrap_or("no")
                         )
                     })
@@ -667,12 +680,12 @@ pub fn device(
 
 /// The administrator acting from the command line, over `area`.
 fn admin_auth(area: String) -> zoufang_server::DeviceAuth {
-    zoufang_server::DeviceAuth {
-        device_id: "admin-cli".into(),
-        user: UserInfo {
+    zoufang_server::DeviceAuth::new(
+        "admin-cli",
+        UserInfo {
             id: "admin-cli".into(),
             role: Role::Administrator,
             areas: vec![area],
         },
-    }
+    )
 }

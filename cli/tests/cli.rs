@@ -572,7 +572,8 @@ fn serve_admin_and_device_commands_work_together() {
         .spawn()
         .unwrap();
     let url = format!("http://{listen}");
-    for _ in 0..100 {
+    // Up to 30 s: a loaded CI machine starts the server slowly.
+    for _ in 0..600 {
         if std::net::TcpStream::connect(&listen).is_ok() {
             break;
         }
@@ -624,6 +625,14 @@ fn serve_admin_and_device_commands_work_together() {
         ),
         (json!(true), json!(0))
     );
+    // The token's expiry, renewed by the sync, as the server lists it (180 days by default).
+    let expires = status["token_expires_at"].as_str().unwrap_or_default();
+    let listed = ok_json(
+        None,
+        &["admin", "--data", data_s, "--key-file", key_s, "device-list"],
+    );
+    assert_eq!(listed[0]["token_expires_at"], json!(expires));
+    assert!(expires.len() >= 20, "{status}");
     assert_eq!(device(&["conflicts"]), json!([]));
     // The token works once.
     let again = zoufang(

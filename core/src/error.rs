@@ -56,6 +56,10 @@ pub enum Error {
     InvalidInput(String),
     #[error("this device is not enrolled with a server yet")]
     NotEnrolled,
+    #[error(
+        "this device's token expired after a long time without a sync; enrol this store again with a new enrolment code from an administrator: its unsent work is kept and goes up then"
+    )]
+    TokenExpired,
     #[error("the server could not be reached ({0}); nothing was lost, sync again later")]
     Transport(String),
     #[error("the server refused the request ({code}, HTTP {status}): {message}")]
@@ -95,6 +99,7 @@ impl Error {
             Self::DeviceWiped => "device_wiped",
             Self::InvalidInput(_) => "invalid_input",
             Self::NotEnrolled => "not_enrolled",
+            Self::TokenExpired => "token_expired",
             Self::Transport(_) => "transport",
             Self::Server { .. } => "server",
             Self::Cancelled => "cancelled",

@@ -128,6 +128,9 @@ impl LocalState for Local {
     fn save_enrolment(&self, _: &m::EnrollResponse) -> Result<()> {
         Ok(())
     }
+    fn save_token_expiry(&self, _: &str) -> Result<()> {
+        Ok(())
+    }
     fn installed_forms(&self) -> Result<Vec<(String, u32)>> {
         Ok(vec![("household_visit".into(), 1)])
     }
@@ -566,6 +569,7 @@ impl Server {
                     user: None,
                     visit_frequencies: Default::default(),
                     possession_nonce: Some(SCRIPT_NONCE.into()),
+                    token_expires_at: None,
                 })
             }
             "/v1/push" => {

@@ -37,6 +37,7 @@ impl Transport for HeldServer {
                     areas: vec!["513431104201".into()],
                 },
                 server_time: NOW.into(),
+                predecessor: None,
             }),
             "/v1/catalog" => {
                 self.arrived.lock().unwrap().send(()).unwrap();
@@ -50,6 +51,7 @@ impl Transport for HeldServer {
                     user: None,
                     visit_frequencies: Default::default(),
                     possession_nonce: None,
+                    token_expires_at: None,
                 })
             }
             _ => {
@@ -148,6 +150,7 @@ impl Transport for ContentServer {
                     areas: vec!["513431104".into()],
                 },
                 server_time: NOW.into(),
+                predecessor: None,
             };
             return answer(200, m::encode(&enrolled).unwrap());
         }

@@ -61,6 +61,38 @@ pub struct EnrollRequest {
     pub protocol: u32,
     pub enrollment_token: String,
     pub device_name: String,
+    /// A store enrolled before (its token expired after a season offline, say) names the
+    /// device it was: the new device is that one's successor, and its unsent changes, audit
+    /// chain and uploads continue where they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predecessor: Option<Predecessor>,
+}
+
+impl EnrollRequest {
+    /// A first enrolment (no predecessor).
+    pub fn new(enrollment_token: &str, device_name: &str) -> Self {
+        Self {
+            protocol: PROTOCOL_VERSION,
+            enrollment_token: enrollment_token.to_owned(),
+            device_name: device_name.to_owned(),
+            predecessor: None,
+        }
+    }
+}
+
+/// The device a store was enrolled as, proved by its token (an expired one still proves it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Predecessor {
+    pub device_id: String,
+    pub device_token: String,
+}
+
+impl std::fmt::Debug for Predecessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Predecessor")
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +104,9 @@ pub struct EnrollResponse {
     pub token_expires_at: String,
     pub user: UserInfo,
     pub server_time: String,
+    /// The device this one succeeds, when the request named one and the server accepted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predecessor: Option<String>,
 }
 
 /// The record kinds that are edited field by field.
@@ -412,6 +447,9 @@ pub struct CatalogResponse {
     /// never tells a device it holds a content the device has not proved it has).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub possession_nonce: Option<String>,
+    /// When the device's token expires now: each sync renews it (sliding expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

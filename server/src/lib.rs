@@ -39,5 +39,6 @@ pub use api::{
     shutdown_signal,
 };
 pub use pg::PgStorage;
+pub use service::access::DEVICE_TOKEN_LIFETIME;
 pub use sqlite::SqliteStorage;
 pub use storage::{DeviceAuth, ServerError, Storage};

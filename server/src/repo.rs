@@ -29,9 +29,12 @@ pub struct EnrollmentToken {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
     pub id: String,
+    /// Its own id, or the first device's of the line it succeeds.
+    pub lineage: String,
     pub token_expires_at: String,
     pub revoked_at: Option<String>,
     pub wipe_requested_at: Option<String>,
+    pub successor_id: Option<String>,
     pub user: UserInfo,
 }
 
@@ -44,6 +47,8 @@ pub struct NewDevice<'a> {
     pub token_hash: &'a str,
     pub token_expires_at: &'a str,
     pub enrolled_at: &'a str,
+    /// For a successor: the device it succeeds, and that one's lineage.
+    pub predecessor: Option<(&'a str, &'a str)>,
 }
 
 pub trait UsersRepo {
@@ -66,6 +71,11 @@ pub trait DevicesRepo {
     fn mark_enrollment_token_used(&mut self, token_hash: &str, at: &str) -> Result<()>;
     fn insert_device(&mut self, device: &NewDevice<'_>) -> Result<()>;
     fn device_by_token(&mut self, token_hash: &str) -> Result<Option<DeviceRecord>>;
+    /// `false` when the device has a successor already.
+    fn set_successor(&mut self, device_id: &str, successor_id: &str) -> Result<bool>;
+    fn renew_device_token(&mut self, device_id: &str, expires_at: &str) -> Result<()>;
+    /// The lineage of a device (see [`DeviceRecord::lineage`]).
+    fn device_lineage(&mut self, device_id: &str) -> Result<Option<String>>;
     /// `false` when there is no such device, or it is revoked already.
     fn revoke_device(&mut self, device_id: &str, at: &str) -> Result<bool>;
     /// `false` when there is no such active device, or a wipe is ordered already.

@@ -9,7 +9,8 @@ use zoufang_model::code_list::CodeList;
 use zoufang_protocol::audit::HashAlgorithm;
 use zoufang_protocol::messages::{
     Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ConflictInfo, ContentRef,
-    ContentState, PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
+    ContentState, EnrollRequest, PullRequest, PullResponse, RecordState, SnapshotResponse,
+    UserInfo,
 };
 
 use crate::blobs::{BlobError, ContentKey};
@@ -17,11 +18,29 @@ use crate::blobs::{BlobError, ContentKey};
 /// An authenticated caller: the device and its user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceAuth {
+    /// The enrolled device the token belongs to.
     pub device_id: String,
+    /// The device as its data knows it: its own id, or, for a store enrolled again as a
+    /// successor, the first device's. Change numbers, the audit chain, feed echoes, uploads and
+    /// possession continue under it, so nothing is applied twice across a re-enrolment.
+    pub lineage: String,
+    /// When the token expires (`None` for callers without one: reviewers, the server itself).
+    pub token_expires_at: Option<String>,
     pub user: UserInfo,
 }
 
 impl DeviceAuth {
+    /// A caller acting without a device token (a reviewer in the console, the server's rules).
+    pub fn new(device_id: impl Into<String>, user: UserInfo) -> Self {
+        let device_id = device_id.into();
+        Self {
+            lineage: device_id.clone(),
+            device_id,
+            token_expires_at: None,
+            user,
+        }
+    }
+
     /// Is this village inside one of the user's areas?
     pub fn covers(&self, village_code: &str) -> bool {
         self.user
@@ -43,6 +62,10 @@ pub struct DeviceInfo {
     pub revoked_at: Option<String>,
     pub last_seen_at: Option<String>,
     pub clock_offset_ms: Option<i64>,
+    /// The device this one was enrolled to succeed, and the one that succeeded it (its token
+    /// then stops working).
+    pub predecessor_id: Option<String>,
+    pub successor_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +74,7 @@ pub struct Enrolled {
     pub device_token: String,
     pub token_expires_at: String,
     pub user: UserInfo,
+    pub predecessor: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -74,6 +98,10 @@ pub struct Stats {
 pub enum ServerError {
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error(
+        "the device token has expired; enrol this store again with a new enrolment code: its unsent work is kept"
+    )]
+    TokenExpired,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0} not found")]
@@ -100,6 +128,7 @@ impl ServerError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized(_) => "unauthorized",
+            Self::TokenExpired => "token_expired",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::BadRequest { code, .. } => code,
@@ -113,7 +142,7 @@ impl ServerError {
 
     pub fn status(&self) -> u16 {
         match self {
-            Self::Unauthorized(_) => 401,
+            Self::Unauthorized(_) | Self::TokenExpired => 401,
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::BadRequest { .. } => 400,
@@ -197,12 +226,22 @@ pub trait Storage: Send + Sync + 'static {
     fn visit_frequencies(&self) -> Result<std::collections::BTreeMap<String, u32>>;
 
     // Devices.
+    /// Exchanges a one-time enrolment token for a device and its token, valid for `lifetime`
+    /// (renewed by each sync); a request naming a predecessor enrols its successor.
     fn enroll(
         &self,
-        enrollment_token: &str,
-        device_name: &str,
+        request: &EnrollRequest,
+        lifetime: Duration,
         now: DateTime<Utc>,
     ) -> Result<Enrolled>;
+    /// Sliding expiry: the token's expiry moved to `now + lifetime` (written at most once a
+    /// day per device); the expiry now in force.
+    fn renew_token(
+        &self,
+        auth: &DeviceAuth,
+        lifetime: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String>;
     fn authenticate(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth>;
     /// As `authenticate`, but also for a device ordered wiped: its audit upload is accepted.
     fn authenticate_for_audit(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth>;

@@ -12,9 +12,9 @@ pub mod fault_proxy;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use chrono::Utc;
+use chrono::{DateTime, TimeDelta, Utc};
 use zoufang_core::protocol::messages::{Role, UserInfo};
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
@@ -164,20 +164,31 @@ impl TestServer {
         let database = std::env::var(POSTGRES_ENV)
             .ok()
             .map(|admin| fresh_postgres_database(&admin));
-        Self::start_on(at_rest, database)
+        Self::start_on(at_rest, database, None)
     }
 
     /// A server on SQLite whatever the suite's backend (its whole data in one directory).
     pub fn start_on_sqlite(at_rest: &AtRest) -> Self {
-        Self::start_on(at_rest, None)
+        Self::start_on(at_rest, None, None)
     }
 
-    fn start_on(at_rest: &AtRest, database: Option<String>) -> Self {
+    /// A server whose clock reads `calendar` (months pass in a test).
+    pub fn start_on_calendar(calendar: &Calendar) -> Self {
+        let database = std::env::var(POSTGRES_ENV)
+            .ok()
+            .map(|admin| fresh_postgres_database(&admin));
+        Self::start_on(&test_at_rest(), database, Some(calendar))
+    }
+
+    fn start_on(at_rest: &AtRest, database: Option<String>, calendar: Option<&Calendar>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = open_storage_kept(dir.path(), &database, at_rest);
         zoufang_server::publish_defaults(storage.as_ref()).expect("publish the default form");
-        let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0")
-            .expect("server started");
+        let mut state = AppState::new(storage.clone());
+        if let Some(calendar) = calendar {
+            state.clock = calendar.clock();
+        }
+        let server = BackgroundServer::start(state, "127.0.0.1:0").expect("server started");
         Self {
             url: server.url.clone(),
             storage,
@@ -225,6 +236,25 @@ impl TestServer {
 
     pub fn addr(&self) -> std::net::SocketAddr {
         self._server.addr
+    }
+}
+
+/// A calendar a test moves forward by days: the server's and the phones' clocks read it.
+#[derive(Clone, Default)]
+pub struct Calendar(Arc<AtomicI64>);
+
+impl Calendar {
+    pub fn set_day(&self, day: i64) {
+        self.0.store(day, Ordering::SeqCst);
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + TimeDelta::days(self.0.load(Ordering::SeqCst))
+    }
+
+    pub fn clock(&self) -> Arc<dyn Fn() -> DateTime<Utc> + Send + Sync> {
+        let days = self.0.clone();
+        Arc::new(move || Utc::now() + TimeDelta::days(days.load(Ordering::SeqCst)))
     }
 }
 

@@ -642,10 +642,10 @@ fn a_visit_naming_a_malformed_attachment_is_refused() {
         &noisy_jpeg(300, 200, 2),
         &PhotoLimits::default(),
     );
-    let auth = zoufang_server::DeviceAuth {
-        device_id: c.sync_status().unwrap().device_id.unwrap(),
-        user: c.sync_status().unwrap().user.unwrap(),
-    };
+    let auth = zoufang_server::DeviceAuth::new(
+        c.sync_status().unwrap().device_id.unwrap(),
+        c.sync_status().unwrap().user.unwrap(),
+    );
     let record = c.visit_submission(&visit).unwrap();
     type Spoil = fn(&mut messages::AttachmentRecord);
     let spoil: [(&str, Spoil); 4] = [
@@ -704,10 +704,7 @@ fn a_visit_that_misstates_a_contents_size_cannot_hold_up_its_upload() {
         .retain(|a| a.content_hash == photo.content_hash);
     lie.attachments[0].size_bytes += 10_000;
     let status = liar.collector.sync_status().unwrap();
-    let auth = zoufang_server::DeviceAuth {
-        device_id: status.device_id.unwrap(),
-        user: status.user.unwrap(),
-    };
+    let auth = zoufang_server::DeviceAuth::new(status.device_id.unwrap(), status.user.unwrap());
     let now = chrono::Utc::now();
     let change = Change {
         seq: 1,

@@ -112,14 +112,14 @@ fn server_fields_of(server: &TestServer, entity: Entity, id: &str) -> Map<String
 
 /// The server's whole feed, as a reader of every village would pull it (on either storage).
 fn server_feed(server: &TestServer) -> Vec<FeedItem> {
-    let auditor = zoufang_server::DeviceAuth {
-        device_id: "auditor".into(),
-        user: zoufang_core::protocol::messages::UserInfo {
+    let auditor = zoufang_server::DeviceAuth::new(
+        "auditor",
+        zoufang_core::protocol::messages::UserInfo {
             id: "auditor".into(),
             role: Role::Administrator,
             areas: vec!["5".into()],
         },
-    };
+    );
     let mut cursors = std::collections::BTreeMap::new();
     let mut items = Vec::new();
     loop {
@@ -196,14 +196,11 @@ proptest! {
                                  "relationship": "20", "lives_together": "yes", "health": "healthy"}).as_object().cloned().unwrap()],
         }).unwrap();
         let member2 = last.household(&h2).unwrap().members[0].id.clone();
-        let reviewer = zoufang_server::DeviceAuth {
-            device_id: "reviewer".into(),
-            user: zoufang_core::protocol::messages::UserInfo {
+        let reviewer = zoufang_server::DeviceAuth::new("reviewer", zoufang_core::protocol::messages::UserInfo {
                 id: "township-1".into(),
                 role: Role::TownshipStaff,
                 areas: vec!["513431104".into()],
-            },
-        };
+            });
         // Twice: the last device's household reaches the others on the second round.
         for d in devices.iter().chain(&devices) {
             d.collector.sync(&t, None, None).unwrap();

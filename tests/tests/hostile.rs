@@ -20,7 +20,9 @@ use zoufang_core::protocol::messages::{
 use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
-use zoufang_server::{AppState, BackgroundServer, DeviceAuth, RateLimits, Storage};
+use zoufang_server::{
+    AppState, BackgroundServer, DEVICE_TOKEN_LIFETIME, DeviceAuth, RateLimits, Storage,
+};
 
 const VILLAGE: &str = "513431104201";
 const OTHER_VILLAGE: &str = "513431104202";
@@ -73,14 +75,14 @@ impl Server {
     /// Everything a hostile request could have changed.
     fn state(&self) -> String {
         let stats = self.storage.stats().unwrap();
-        let auditor = DeviceAuth {
-            device_id: "audit".into(),
-            user: UserInfo {
+        let auditor = DeviceAuth::new(
+            "audit",
+            UserInfo {
                 id: "auditor".into(),
                 role: Role::CountyReviewer,
                 areas: vec!["5134".into()],
             },
-        };
+        );
         let records: Vec<String> = [VILLAGE, OTHER_VILLAGE]
             .iter()
             .map(|v| {
@@ -208,7 +210,11 @@ fn hostile_requests_are_refused_and_change_nothing() {
         let t = server.enrolment_token("coord-b2", Role::Coordinator, OTHER_VILLAGE);
         server
             .storage
-            .enroll(&t, "b2", Utc::now())
+            .enroll(
+                &messages::EnrollRequest::new(&t, "b2"),
+                DEVICE_TOKEN_LIFETIME,
+                Utc::now(),
+            )
             .unwrap()
             .device_token
     };
@@ -347,7 +353,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
     server.days_ahead.store(400, Ordering::SeqCst);
     assert_eq!(
         code(&post(&t, "/v1/pull", &a_token, pull())),
-        (401, "unauthorized".into())
+        (401, "token_expired".into())
     );
     server.days_ahead.store(0, Ordering::SeqCst);
     assert_eq!(post(&t, "/v1/pull", &a_token, pull()).status, 200);
@@ -364,12 +370,7 @@ fn enrolment_and_failed_authentication_are_rate_limited_per_address() {
     let server = Server::start(RateLimits::per_minute(3, 4));
     let t = server.transport();
     let enroll = |token: &str| {
-        let body = messages::encode(&messages::EnrollRequest {
-            protocol: PROTOCOL_VERSION,
-            enrollment_token: token.into(),
-            device_name: "guess".into(),
-        })
-        .unwrap();
+        let body = messages::encode(&messages::EnrollRequest::new(token, "guess")).unwrap();
         t.send(&HttpRequest {
             method: "POST".into(),
             path: "/v1/enroll".into(),
@@ -402,7 +403,11 @@ fn enrolment_and_failed_authentication_are_rate_limited_per_address() {
         let t2 = server.enrolment_token("coord-b", Role::Coordinator, VILLAGE);
         server
             .storage
-            .enroll(&t2, "b", Utc::now())
+            .enroll(
+                &messages::EnrollRequest::new(&t2, "b"),
+                DEVICE_TOKEN_LIFETIME,
+                Utc::now(),
+            )
             .unwrap()
             .device_token
     };

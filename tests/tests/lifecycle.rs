@@ -106,10 +106,7 @@ fn departed_households_leave_the_due_list_but_stay_findable_and_a_member_who_die
         assert_eq!(refused.unwrap_err().code(), "invalid_value");
     }
     let status = a.sync_status().unwrap();
-    let auth = DeviceAuth {
-        device_id: status.device_id.unwrap(),
-        user: status.user.unwrap(),
-    };
+    let auth = DeviceAuth::new(status.device_id.unwrap(), status.user.unwrap());
     let forged = Change {
         seq: 900_000,
         hlc: String::new(),

@@ -21,10 +21,7 @@ const OTHER_VILLAGE: &str = "513431104202";
 
 fn auth_of(phone: &Device) -> zoufang_server::DeviceAuth {
     let status = phone.collector.sync_status().unwrap();
-    zoufang_server::DeviceAuth {
-        device_id: status.device_id.unwrap(),
-        user: status.user.unwrap(),
-    }
+    zoufang_server::DeviceAuth::new(status.device_id.unwrap(), status.user.unwrap())
 }
 
 /// `liar` pushes a visit in its own village naming `photo` (hash and size), as a tampered app

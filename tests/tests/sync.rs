@@ -17,14 +17,14 @@ const VILLAGE: &str = "513431104201";
 
 /// The server-side view of someone reviewing the village.
 fn reviewer() -> DeviceAuth {
-    DeviceAuth {
-        device_id: "review-desk".into(),
-        user: UserInfo {
+    DeviceAuth::new(
+        "review-desk",
+        UserInfo {
             id: "reviewer".into(),
             role: Role::CountyReviewer,
             areas: vec![VILLAGE.into()],
         },
-    }
+    )
 }
 
 fn new_household(c: &Collector) -> String {
@@ -273,14 +273,14 @@ fn a_coordinator_never_receives_nor_writes_another_villages_households() {
         "the local record is not dropped"
     );
     // Even a hand-made change naming their household is refused by the server.
-    let auth = DeviceAuth {
-        device_id: "forged".into(),
-        user: UserInfo {
+    let auth = DeviceAuth::new(
+        "forged",
+        UserInfo {
             id: "coord-a".into(),
             role: Role::Coordinator,
             areas: vec![VILLAGE.into()],
         },
-    };
+    );
     let change = zoufang_core::protocol::messages::Change {
         seq: 1,
         hlc: "0".into(),
@@ -488,7 +488,11 @@ fn old_clients_revoked_devices_and_bad_bodies_get_clear_errors() {
         let e = server.user("coord-c", Role::Coordinator, &[VILLAGE]);
         let enrolled = server
             .storage
-            .enroll(&e, "raw", chrono::Utc::now())
+            .enroll(
+                &zoufang_core::protocol::messages::EnrollRequest::new(&e, "raw"),
+                zoufang_server::DEVICE_TOKEN_LIFETIME,
+                chrono::Utc::now(),
+            )
             .unwrap();
         enrolled.device_token
     };
@@ -542,7 +546,11 @@ fn a_reviewer_resolves_on_the_server_and_coordinators_may_not() {
         let e = server.user(user, role, &[VILLAGE]);
         server
             .storage
-            .enroll(&e, "desk", chrono::Utc::now())
+            .enroll(
+                &zoufang_core::protocol::messages::EnrollRequest::new(&e, "desk"),
+                zoufang_server::DEVICE_TOKEN_LIFETIME,
+                chrono::Utc::now(),
+            )
             .unwrap()
             .device_token
     };

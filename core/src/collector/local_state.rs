@@ -23,9 +23,17 @@ impl LocalState for Collector {
             s.device_id = Some(enrolled.device_id.clone());
             s.device_token = Some(enrolled.device_token.clone());
             s.user = Some(enrolled.user.clone());
-            s.cursors.clear();
+            s.token_expires_at = Some(enrolled.token_expires_at.clone());
+            if enrolled.predecessor.is_none() {
+                s.cursors.clear();
+            }
         })?;
         self.sign_in(&enrolled.user.id)
+    }
+
+    fn save_token_expiry(&self, expires_at: &str) -> Result<()> {
+        self.update_settings(|s| s.token_expires_at = Some(expires_at.to_owned()))?;
+        Ok(())
     }
 
     fn installed_forms(&self) -> Result<Vec<(String, u32)>> {

@@ -220,6 +220,7 @@ impl Collector {
             enrolled: settings.device_token.is_some(),
             user: settings.user,
             device_id: settings.device_id,
+            token_expires_at: settings.token_expires_at,
             pending_changes,
             open_conflicts,
             rejected_changes,
@@ -369,7 +370,7 @@ impl Collector {
         device_name: &str,
     ) -> Result<UserInfo> {
         let _running = self.sync_lock.try_lock().ok_or(Error::SyncRunning)?;
-        let mut engine = SyncEngine::enrolment(self, enrollment_token, device_name);
+        let mut engine = SyncEngine::enrolment(self, enrollment_token, device_name)?;
         let clock = || self.now();
         driver::drive(
             &mut engine,

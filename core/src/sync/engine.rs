@@ -28,8 +28,8 @@ use crate::error::{Error, Result};
 use crate::records::timestamp;
 use zoufang_protocol::messages::{
     AuditBatch, AuditUploadRequest, AuditUploadResponse, CatalogRequest, CatalogResponse,
-    ContentRef, EnrollRequest, EnrollResponse, PROTOCOL_VERSION, PullRequest, PullResponse,
-    PushRequest, PushResponse, SnapshotRequest, SnapshotResponse, UserInfo,
+    ContentRef, EnrollRequest, EnrollResponse, PROTOCOL_VERSION, Predecessor, PullRequest,
+    PullResponse, PushRequest, PushResponse, SnapshotRequest, SnapshotResponse, UserInfo,
 };
 
 /// The time, as the engine is told it: the wall clock (for the server-offset measurement and
@@ -281,15 +281,24 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
 
     /// Enrolment: one exchange of a one-time token for the device's credentials, kept through
     /// [`LocalState::save_enrolment`]; the machine is done after it (the next sync starts
-    /// from the catalog).
-    pub fn enrolment(local: &'a L, enrollment_token: &str, device_name: &str) -> Self {
+    /// from the catalog). A store enrolled before (its token expired after a season offline,
+    /// say) names the device it was: the server enrols a successor that continues its outbox,
+    /// audit chain and uploads.
+    pub fn enrolment(local: &'a L, enrollment_token: &str, device_name: &str) -> Result<Self> {
+        let predecessor = local
+            .credentials()?
+            .map(|(device_id, device_token)| Predecessor {
+                device_id,
+                device_token,
+            });
         let mut engine = Self::with(local, SyncConfig::default(), SyncPhase::Enroll);
         engine.enrolment = Some(EnrollRequest {
             protocol: PROTOCOL_VERSION,
             enrollment_token: enrollment_token.trim().to_owned(),
             device_name: device_name.to_owned(),
+            predecessor,
         });
-        engine
+        Ok(engine)
     }
 
     pub fn phase(&self) -> SyncPhase {
@@ -547,6 +556,9 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 }
                 self.local.install_catalog(&catalog)?;
                 self.uploads.nonce = catalog.possession_nonce;
+                if let Some(expires) = &catalog.token_expires_at {
+                    self.local.save_token_expiry(expires)?;
+                }
                 let waiting = self.local.outbox_len()?;
                 self.enter(SyncPhase::Push, waiting);
             }

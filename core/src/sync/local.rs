@@ -17,8 +17,11 @@ use zoufang_protocol::messages::{
 pub trait LocalState {
     /// (device id, device token) once enrolled.
     fn credentials(&self) -> Result<Option<(String, String)>>;
-    /// Keeps what enrolment gave (and signs the user in).
+    /// Keeps what enrolment gave (and signs the user in). A successor keeps its pull cursors:
+    /// it continues where its predecessor was.
     fn save_enrolment(&self, enrolled: &EnrollResponse) -> Result<()>;
+    /// The token's expiry as the server last said (each sync renews it).
+    fn save_token_expiry(&self, expires_at: &str) -> Result<()>;
 
     fn installed_forms(&self) -> Result<Vec<(String, u32)>>;
     fn code_list_versions(&self) -> Result<BTreeMap<String, u32>>;

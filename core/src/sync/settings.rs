@@ -15,6 +15,9 @@ use zoufang_protocol::messages::UserInfo;
 pub struct SyncSettings {
     pub device_id: Option<String>,
     pub device_token: Option<String>,
+    /// When the token expires unless a sync renews it first.
+    #[serde(default)]
+    pub token_expires_at: Option<String>,
     pub user: Option<UserInfo>,
     #[serde(default)]
     pub cursors: BTreeMap<String, u64>,

@@ -12,6 +12,9 @@ pub struct SyncStatus {
     pub enrolled: bool,
     pub user: Option<UserInfo>,
     pub device_id: Option<String>,
+    /// When the device's token expires unless a sync renews it first: past it, the store must
+    /// be enrolled again (its unsent work is kept).
+    pub token_expires_at: Option<String>,
     pub pending_changes: u64,
     pub open_conflicts: u64,
     pub rejected_changes: u64,

@@ -31,6 +31,7 @@ pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>> {
 /// A non-2xx response as an error with the server's code.
 pub(crate) fn server_error(response: &HttpResponse) -> Error {
     match messages::decode::<ErrorBody>(&response.body) {
+        Ok(b) if response.status == 401 && b.error.code == "token_expired" => Error::TokenExpired,
         Ok(b) => Error::Server {
             status: response.status,
             code: b.error.code,

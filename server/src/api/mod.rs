@@ -53,6 +53,8 @@ pub struct AppState {
     /// proxy appended), not the proxy's socket. Off unless the proxy is ours.
     pub trust_forwarded_for: bool,
     pub uploads: Arc<UploadsInFlight>,
+    /// How long a device token lives without a sync (each sync renews it).
+    pub device_token_lifetime: Duration,
 }
 
 /// The chunk being received for each content. A device whose connection dropped mid-chunk
@@ -152,6 +154,7 @@ impl AppState {
             limits: Arc::new(RateLimits::default()),
             trust_forwarded_for: false,
             uploads: Arc::default(),
+            device_token_lifetime: crate::service::access::DEVICE_TOKEN_LIFETIME,
         }
     }
 }
@@ -350,9 +353,19 @@ async fn enroll(
     RateLimits::check(&state.limits.enroll, client_ip(&state, &headers, peer))?;
     let req: EnrollRequest = message(&body)?;
     let (storage, now) = (state.storage.clone(), (state.clock)());
-    let enrolled =
-        blocking(move || storage.enroll(&req.enrollment_token, &req.device_name, now)).await?;
-    tracing::info!(device = %enrolled.device_id, user = %enrolled.user.id, "device enrolled");
+    let lifetime = state.device_token_lifetime;
+    let enrolled = blocking(move || storage.enroll(&req, lifetime, now)).await?;
+    match &enrolled.predecessor {
+        Some(former) => tracing::info!(
+            device = %enrolled.device_id,
+            user = %enrolled.user.id,
+            predecessor = %former,
+            "device enrolled again, succeeding its former enrolment"
+        ),
+        None => {
+            tracing::info!(device = %enrolled.device_id, user = %enrolled.user.id, "device enrolled");
+        }
+    }
     reply(&EnrollResponse {
         protocol: PROTOCOL_VERSION,
         device_id: enrolled.device_id,
@@ -360,6 +373,7 @@ async fn enroll(
         token_expires_at: enrolled.token_expires_at,
         user: enrolled.user,
         server_time: now.to_rfc3339(),
+        predecessor: enrolled.predecessor,
     })
 }
 
@@ -370,31 +384,36 @@ async fn catalog(
 ) -> ApiResult {
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let user = auth.user.clone();
-    let (forms, code_lists, audit, visit_frequencies, possession_nonce) = blocking(move || {
-        let audit = match req.audit.take() {
-            Some(batch) => Some(storage.upload_audit(
-                &auth,
-                &messages::AuditUploadRequest {
-                    protocol: PROTOCOL_VERSION,
-                    device_id: auth.device_id.clone(),
-                    chain_hash: batch.chain_hash,
-                    entries: batch.entries,
-                },
-                now,
-            )?),
-            None => None,
-        };
-        let (forms, code_lists) = storage.catalog(&req)?;
-        let nonce = storage.possession_nonce(&auth, now)?;
-        Ok((
-            forms,
-            code_lists,
-            audit,
-            storage.visit_frequencies()?,
-            nonce,
-        ))
-    })
-    .await?;
+    let lifetime = state.device_token_lifetime;
+    let (forms, code_lists, audit, visit_frequencies, possession_nonce, expires) =
+        blocking(move || {
+            let audit = match req.audit.take() {
+                Some(batch) => Some(storage.upload_audit(
+                    &auth,
+                    &messages::AuditUploadRequest {
+                        protocol: PROTOCOL_VERSION,
+                        device_id: auth.device_id.clone(),
+                        chain_hash: batch.chain_hash,
+                        entries: batch.entries,
+                    },
+                    now,
+                )?),
+                None => None,
+            };
+            let (forms, code_lists) = storage.catalog(&req)?;
+            let nonce = storage.possession_nonce(&auth, now)?;
+            // Every sync starts here: the sliding renewal of the device's token.
+            let expires = storage.renew_token(&auth, lifetime, now)?;
+            Ok((
+                forms,
+                code_lists,
+                audit,
+                storage.visit_frequencies()?,
+                nonce,
+                expires,
+            ))
+        })
+        .await?;
     reply(&CatalogResponse {
         protocol: PROTOCOL_VERSION,
         server_time: now.to_rfc3339(),
@@ -404,6 +423,7 @@ async fn catalog(
         user: Some(user),
         visit_frequencies,
         possession_nonce: Some(possession_nonce),
+        token_expires_at: Some(expires),
     })
 }
 

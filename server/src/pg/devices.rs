@@ -84,29 +84,66 @@ impl DevicesRepo for PgTx<'_, '_> {
 
     fn insert_device(&mut self, d: &NewDevice<'_>) -> Result<()> {
         self.execute(
-            "INSERT INTO devices (id, user_id, name, token_hash, token_expires_at, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&d.id, &d.user_id, &d.name, &d.token_hash, &d.token_expires_at, &d.enrolled_at],
+            "INSERT INTO devices (id, user_id, name, token_hash, token_expires_at, enrolled_at, predecessor_id, lineage_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &d.id,
+                &d.user_id,
+                &d.name,
+                &d.token_hash,
+                &d.token_expires_at,
+                &d.enrolled_at,
+                &d.predecessor.map(|p| p.0),
+                &d.predecessor.map(|p| p.1),
+            ],
         )?;
         Ok(())
     }
 
     fn device_by_token(&mut self, token_hash: &str) -> Result<Option<DeviceRecord>> {
-        self
-            .query_opt(
-                "SELECT d.id, d.token_expires_at, d.revoked_at, d.wipe_requested_at, u.id, u.role, u.areas
-                 FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = $1",
-                &[&token_hash],
-            )?
-            .map(|r| {
-                Ok(DeviceRecord {
-                    id: r.get(0),
-                    token_expires_at: r.get(1),
-                    revoked_at: r.get(2),
-                    wipe_requested_at: r.get(3),
-                    user: user_from_row(r.get(4), r.get(5), r.get(6))?,
-                })
+        self.query_opt(
+            "SELECT d.id, coalesce(d.lineage_id, d.id), d.token_expires_at, d.revoked_at,
+                    d.wipe_requested_at, d.successor_id, u.id, u.role, u.areas
+             FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = $1",
+            &[&token_hash],
+        )?
+        .map(|r| {
+            Ok(DeviceRecord {
+                id: r.get(0),
+                lineage: r.get(1),
+                token_expires_at: r.get(2),
+                revoked_at: r.get(3),
+                wipe_requested_at: r.get(4),
+                successor_id: r.get(5),
+                user: user_from_row(r.get(6), r.get(7), r.get(8))?,
             })
-            .transpose()
+        })
+        .transpose()
+    }
+
+    fn set_successor(&mut self, device_id: &str, successor_id: &str) -> Result<bool> {
+        let n = self.execute(
+            "UPDATE devices SET successor_id = $2 WHERE id = $1 AND successor_id IS NULL",
+            &[&device_id, &successor_id],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn renew_device_token(&mut self, device_id: &str, expires_at: &str) -> Result<()> {
+        self.execute(
+            "UPDATE devices SET token_expires_at = $2 WHERE id = $1",
+            &[&device_id, &expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn device_lineage(&mut self, device_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .query_opt(
+                "SELECT coalesce(lineage_id, id) FROM devices WHERE id = $1",
+                &[&device_id],
+            )?
+            .map(|r| r.get(0)))
     }
 
     fn revoke_device(&mut self, device_id: &str, at: &str) -> Result<bool> {
@@ -128,7 +165,9 @@ impl DevicesRepo for PgTx<'_, '_> {
     fn devices(&mut self) -> Result<Vec<DeviceInfo>> {
         Ok(self
             .query(
-                "SELECT id, user_id, name, enrolled_at, token_expires_at, revoked_at, last_seen_at, clock_offset_ms FROM devices ORDER BY enrolled_at",
+                "SELECT id, user_id, name, enrolled_at, token_expires_at, revoked_at, last_seen_at, clock_offset_ms,
+                        predecessor_id, successor_id
+                 FROM devices ORDER BY enrolled_at",
                 &[],
             )?
             .iter()
@@ -141,6 +180,8 @@ impl DevicesRepo for PgTx<'_, '_> {
                 revoked_at: r.get(5),
                 last_seen_at: r.get(6),
                 clock_offset_ms: r.get(7),
+                predecessor_id: r.get(8),
+                successor_id: r.get(9),
             })
             .collect())
     }

@@ -50,6 +50,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/postgres/0005_possession.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_successors.sql"),
+    ),
 ];
 
 /// The advisory lock every write transaction holds (any constant; ours spells "zf").

@@ -10,11 +10,19 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use super::{server_audit, ts};
-use crate::repo::{NewDevice, Tx};
+use zoufang_protocol::messages::{EnrollRequest, Predecessor};
+
+use crate::repo::{DeviceRecord, NewDevice, Tx};
 use crate::storage::{DeviceAuth, Enrolled, Result, ServerError};
 
-/// How long a device token lives before the device must enrol again.
+/// How long a device token lives without a sync, unless the deployment says otherwise
+/// (`zoufang server serve --device-token-days`): each sync renews it, so only a device silent
+/// this long must enrol again.
 pub const DEVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(180 * 24 * 3600);
+
+/// A token's expiry is written again only when it would move by more than this: a device that
+/// syncs every hour costs one write a day, not one per sync.
+const RENEWAL_STEP: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 /// Tokens are 256 random bits; a plain SHA-256 is the right hash for such secrets (no
 /// dictionary to guess from), and it is what the server stores.
@@ -49,20 +57,28 @@ pub fn normalize_areas(areas: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Exchanges a one-time enrolment token for a new device and its token.
+fn expiry(now: DateTime<Utc>, lifetime: Duration) -> DateTime<Utc> {
+    now + chrono::TimeDelta::from_std(lifetime).unwrap_or(chrono::TimeDelta::days(180))
+}
+
+/// Exchanges a one-time enrolment token for a new device and its token. A request naming a
+/// predecessor (a store enrolled before, proved by its token, expired or not) enrols its
+/// successor: same user, not revoked, not ordered wiped, not succeeded already. The
+/// predecessor's token stops working; the successor continues its lineage.
 pub fn enroll(
     tx: &mut dyn Tx,
-    enrollment_token: &str,
-    device_name: &str,
+    request: &EnrollRequest,
+    lifetime: Duration,
     now: DateTime<Utc>,
 ) -> Result<Enrolled> {
-    let name: String = device_name
+    let name: String = request
+        .device_name
         .trim()
         .chars()
         .filter(|c| !c.is_control())
         .take(100)
         .collect();
-    let token_hash = hash_token(enrollment_token);
+    let token_hash = hash_token(&request.enrollment_token);
     let Some(token) = tx.enrollment_token(&token_hash)? else {
         return Err(ServerError::Unauthorized(
             "the enrolment token is not valid",
@@ -76,11 +92,13 @@ pub fn enroll(
     if token.expires_at < ts(now) {
         return Err(ServerError::Unauthorized("the enrolment token has expired"));
     }
+    let predecessor = match &request.predecessor {
+        Some(p) => Some(check_predecessor(tx, p, &token.user_id)?),
+        None => None,
+    };
     tx.mark_enrollment_token_used(&token_hash, &ts(now))?;
     let device_token = new_token("zfd_");
-    let expires = now
-        + chrono::TimeDelta::from_std(DEVICE_TOKEN_LIFETIME)
-            .unwrap_or(chrono::TimeDelta::days(180));
+    let expires = expiry(now, lifetime);
     let device_id = uuid::Uuid::now_v7().to_string();
     tx.insert_device(&NewDevice {
         id: &device_id,
@@ -89,18 +107,90 @@ pub fn enroll(
         token_hash: &hash_token(&device_token),
         token_expires_at: &ts(expires),
         enrolled_at: &ts(now),
+        predecessor: predecessor
+            .as_ref()
+            .map(|p| (p.id.as_str(), p.lineage.as_str())),
     })?;
     let user = tx
         .user(&token.user_id)?
         .ok_or_else(|| ServerError::Storage("an enrolment token names no user".into()))?;
     let subject = Some(("device", device_id.as_str()));
-    server_audit::append(tx, now, &user.id, "device_enrolled", subject, Json::Null)?;
+    let detail = match &predecessor {
+        Some(p) => {
+            if !tx.set_successor(&p.id, &device_id)? {
+                return Err(successor_refused("the device was enrolled again already"));
+            }
+            serde_json::json!({"predecessor": p.id})
+        }
+        None => Json::Null,
+    };
+    server_audit::append(tx, now, &user.id, "device_enrolled", subject, detail)?;
     Ok(Enrolled {
         device_id,
         device_token,
         token_expires_at: ts(expires),
         user,
+        predecessor: predecessor.map(|p| p.id),
     })
+}
+
+fn successor_refused(why: &str) -> ServerError {
+    ServerError::Forbidden(format!(
+        "this store cannot be enrolled again as its former device: {why}"
+    ))
+}
+
+/// The device a re-enrolment succeeds, if its token proves it and nothing forbids it.
+fn check_predecessor(tx: &mut dyn Tx, p: &Predecessor, user_id: &str) -> Result<DeviceRecord> {
+    let Some(device) = tx.device_by_token(&hash_token(&p.device_token))? else {
+        return Err(ServerError::Unauthorized(
+            "the former device's token is not valid",
+        ));
+    };
+    if device.id != p.device_id {
+        return Err(ServerError::Unauthorized(
+            "the former device's token is not valid",
+        ));
+    }
+    if device.user.id != user_id {
+        return Err(successor_refused("the enrolment code is for another user"));
+    }
+    if device.revoked_at.is_some() {
+        return Err(successor_refused("an administrator revoked it"));
+    }
+    if device.wipe_requested_at.is_some() {
+        return Err(successor_refused("an administrator ordered it wiped"));
+    }
+    if device.successor_id.is_some() {
+        return Err(successor_refused("it was enrolled again already"));
+    }
+    Ok(device)
+}
+
+/// Moves the token's expiry to `now + lifetime` when that is more than a day later than the
+/// expiry in force; the expiry in force afterwards.
+pub fn renew(
+    tx: &mut dyn Tx,
+    auth: &DeviceAuth,
+    lifetime: Duration,
+    now: DateTime<Utc>,
+) -> Result<String> {
+    match &auth.token_expires_at {
+        Some(current) if !renewal_due(auth, lifetime, now) => Ok(current.clone()),
+        _ => {
+            let renewed = ts(expiry(now, lifetime));
+            tx.renew_device_token(&auth.device_id, &renewed)?;
+            Ok(renewed)
+        }
+    }
+}
+
+/// Whether [`renew`] would write: the expiry in force is more than a day short of a full
+/// lifetime from now.
+pub fn renewal_due(auth: &DeviceAuth, lifetime: Duration, now: DateTime<Utc>) -> bool {
+    auth.token_expires_at
+        .as_ref()
+        .is_none_or(|current| *current < ts(expiry(now, lifetime) - RENEWAL_STEP))
 }
 
 /// The device of a token. A device an administrator ordered wiped may only upload its audit
@@ -117,16 +207,21 @@ pub fn authenticate(
     if device.revoked_at.is_some() {
         return Err(ServerError::Unauthorized("this device was revoked"));
     }
-    if device.token_expires_at < ts(now) {
+    if device.successor_id.is_some() {
         return Err(ServerError::Unauthorized(
-            "the device token has expired; enrol again",
+            "this store was enrolled again; the former device's token no longer works",
         ));
+    }
+    if device.token_expires_at < ts(now) {
+        return Err(ServerError::TokenExpired);
     }
     if device.wipe_requested_at.is_some() && !audit_upload {
         return Err(ServerError::Wiped);
     }
     Ok(DeviceAuth {
         device_id: device.id,
+        lineage: device.lineage,
+        token_expires_at: Some(device.token_expires_at),
         user: device.user,
     })
 }

@@ -88,7 +88,7 @@ pub fn status(
                 let Some(size) = referenced_size(tx, auth, &key, c.size_bytes)? else {
                     return Ok(None);
                 };
-                let holder = tx.is_holder(&key, &auth.device_id)?;
+                let holder = tx.is_holder(&key, &auth.lineage)?;
                 let proof = c.proof.clone().filter(|_| nonce_ok);
                 Ok(Some(Asked {
                     key,
@@ -115,7 +115,7 @@ pub fn status(
                 };
             if proven {
                 repo::write(db, |tx| {
-                    tx.record_holder(&a.key, &auth.device_id, &ts(now))?;
+                    tx.record_holder(&a.key, &auth.lineage, &ts(now))?;
                     tx.record_content(&a.key, a.size, &ts(now))
                 })?;
                 tracing::debug!(device = %auth.device_id, "possession of a content proven");
@@ -124,7 +124,7 @@ pub fn status(
                 return Ok(state(c, ContentStatus::Complete, a.size));
             }
             let held = blobs
-                .partial(&a.key, &auth.device_id)
+                .partial(&a.key, &auth.lineage)
                 .map_err(BlobError::from)?;
             Ok(state(c, ContentStatus::Receiving, held))
         })
@@ -158,7 +158,7 @@ pub fn append(
     let size = repo::read(db, |tx| referenced_size(tx, auth, key, size))?
         .ok_or_else(|| ServerError::NotFound("attachment content".into()))?;
     let held = blobs
-        .append(key, &auth.device_id, offset, size, bytes)
+        .append(key, &auth.lineage, offset, size, bytes)
         .inspect_err(|e| {
             if matches!(e, BlobError::HashMismatch) {
                 tracing::warn!(device = %auth.device_id, "an uploaded content did not match its hash; discarded");
@@ -168,7 +168,7 @@ pub fn append(
         Held::Complete => {
             repo::write(db, |tx| {
                 tx.record_content(key, size, &ts(now))?;
-                tx.record_holder(key, &auth.device_id, &ts(now))
+                tx.record_holder(key, &auth.lineage, &ts(now))
             })?;
             tracing::info!(device = %auth.device_id, bytes = size, "attachment content stored");
             (ContentStatus::Complete, size)

@@ -32,7 +32,8 @@ pub fn upload(
             "at most 5000 audit entries per upload",
         ));
     }
-    let device = auth.device_id.as_str();
+    // The chain is the lineage's: a successor continues its predecessor's.
+    let device = auth.lineage.as_str();
     let head = tx.device_audit_head(device)?;
     let (last_seq, last_hash) = head
         .as_ref()
@@ -72,8 +73,8 @@ pub fn upload(
         through = e.seq;
         wiped |= e.action == "wipe";
     }
-    if wiped && tx.confirm_wipe(device, &ts(now))? {
-        let subject = Some(("device", device));
+    if wiped && tx.confirm_wipe(&auth.device_id, &ts(now))? {
+        let subject = Some(("device", auth.device_id.as_str()));
         server_audit::append(
             tx,
             now,
@@ -106,8 +107,10 @@ fn fresh_entries(
     Ok(fresh)
 }
 
+/// The trail of a device's lineage (a successor's is its predecessor's, continued).
 pub fn device_audit(tx: &mut dyn Tx, device_id: &str) -> Result<Vec<AuditEntry>> {
-    tx.device_audit(device_id)
+    let lineage = tx.device_lineage(device_id)?;
+    tx.device_audit(lineage.as_deref().unwrap_or(device_id))
 }
 
 /// Re-verifies every stored chain (each device's and the server's own): the problems found.

@@ -103,14 +103,14 @@ pub fn apply_rule(tx: &mut dyn Tx, household: &str, village: &str, at: &str) -> 
     if current.as_ref().map(|f| &f.value) == Some(&due) {
         return Ok(());
     }
-    let server = DeviceAuth {
-        device_id: "server".into(),
-        user: UserInfo {
+    let server = DeviceAuth::new(
+        "server",
+        UserInfo {
             id: "server".into(),
             role: Role::Administrator,
             areas: Vec::new(),
         },
-    };
+    );
     let record = (Entity::Household, household, village);
     write_fields_as_server(tx, &server, record, &[("next_visit_due", due)], at)
 }

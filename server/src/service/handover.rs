@@ -74,7 +74,7 @@ pub fn hand_over_if_former(
         return Ok(None);
     }
     tx.insert_handover(&Handover {
-        device_id: auth.device_id.clone(),
+        device_id: auth.lineage.clone(),
         seq: change.seq,
         user_id: auth.user.id.clone(),
         village_code: village,

@@ -68,7 +68,7 @@ pub fn merge_households(
         merged: merged.to_owned(),
         survivor: survivor.to_owned(),
     };
-    tx.append_feed(seq, &village, &auth.device_id, &item)?;
+    tx.append_feed(seq, &village, &auth.lineage, &item)?;
     let detail = json!({"survivor": survivor, "members": members.len(), "visits": visits});
     server_audit::append(
         tx,
@@ -171,12 +171,7 @@ pub fn move_household(
     for mut record in ordered {
         record.village_code = to_village.to_owned();
         let seq = next_seq(tx)?;
-        tx.append_feed(
-            seq,
-            to_village,
-            &auth.device_id,
-            &FeedItem::Record { record },
-        )?;
+        tx.append_feed(seq, to_village, &auth.lineage, &FeedItem::Record { record })?;
     }
     let visits = tx.visits_of_household(household)?;
     for (_, visit) in &visits {
@@ -184,7 +179,7 @@ pub fn move_household(
         let item = FeedItem::Visit {
             visit: Box::new(visit.clone()),
         };
-        tx.append_feed(seq, to_village, &auth.device_id, &item)?;
+        tx.append_feed(seq, to_village, &auth.lineage, &item)?;
     }
     let detail = json!({"from": from, "to": to_village, "visits": visits.len()});
     server_audit::append(

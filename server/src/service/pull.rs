@@ -38,7 +38,7 @@ pub fn pull(
             continue;
         }
         let room = limit - entries.len();
-        let page = tx.feed_page(area, cursor, head, &auth.device_id, room)?;
+        let page = tx.feed_page(area, cursor, head, &auth.lineage, room)?;
         let full = page.len() == room;
         let last = page.last().map(|e| e.seq);
         entries.extend(page);

@@ -35,7 +35,7 @@ pub fn push(
     let mut acks = Vec::with_capacity(changes.len());
     let former = handover::former_areas(tx, &auth.user.id, now)?;
     for change in changes {
-        if let Some(ack) = tx.previous_ack(&auth.device_id, change.seq)? {
+        if let Some(ack) = tx.previous_ack(&auth.lineage, change.seq)? {
             // A re-push after a lost acknowledgement: the same answer, nothing applied twice.
             acks.push(ack);
             continue;
@@ -44,7 +44,7 @@ pub fn push(
             Some(ack) => ack,
             None => apply_change(tx, &ctx, change)?,
         };
-        tx.record_ack(&auth.device_id, change.seq, &ack)?;
+        tx.record_ack(&auth.lineage, change.seq, &ack)?;
         acks.push(ack);
     }
     tx.device_seen(&auth.device_id, &ts(now), offset.num_milliseconds())?;
@@ -171,7 +171,7 @@ fn set_visit_status(
         reason: reason.map(str::to_owned),
         at: at.to_owned(),
     };
-    tx.append_feed(server_seq, &village, &ctx.auth.device_id, &item)?;
+    tx.append_feed(server_seq, &village, &ctx.auth.lineage, &item)?;
     Ok(applied(seq, Outcome::Applied, server_seq, None, None))
 }
 
@@ -223,11 +223,11 @@ fn submit_visit(
         return Ok(refusal);
     }
     let server_seq = next_seq(tx)?;
-    tx.insert_visit(visit, server_seq, &ctx.auth.device_id)?;
+    tx.insert_visit(visit, server_seq, &ctx.auth.lineage)?;
     let item = FeedItem::Visit {
         visit: Box::new(visit.clone()),
     };
-    tx.append_feed(server_seq, &visit.village_code, &ctx.auth.device_id, &item)?;
+    tx.append_feed(server_seq, &visit.village_code, &ctx.auth.lineage, &item)?;
     if let Some(h) = &visit.household_id {
         // The next visit follows the household's category, from this one.
         super::due::apply_rule(tx, h, &visit.village_code, &ctx.received_at)?;

@@ -34,7 +34,7 @@ pub struct PushContext<'a> {
 impl PushContext<'_> {
     fn writer(&self, seq: u64, device_time: &str) -> StoredWriter {
         StoredWriter {
-            device: self.auth.device_id.clone(),
+            device: self.auth.lineage.clone(),
             seq,
             user: self.auth.user.id.clone(),
             received_at: self.received_at.clone(),
@@ -196,7 +196,7 @@ pub fn create_record(
         fields: state,
     };
     let item = FeedItem::Record { record };
-    tx.append_feed(seq, r.village, &ctx.auth.device_id, &item)?;
+    tx.append_feed(seq, r.village, &ctx.auth.lineage, &item)?;
     let ack = applied(device_seq, Outcome::Applied, seq, None, None);
     match (r.entity, r.fields.get("id_number"), r.household_id) {
         (Entity::Member, Some(id_number), Some(household)) => {
@@ -375,7 +375,7 @@ fn decision_for(
         &Edit {
             value: e.value,
             base: e.base,
-            device: &ctx.auth.device_id,
+            device: &ctx.auth.lineage,
             after: e.after,
         },
     )
@@ -443,7 +443,7 @@ fn apply_edit(
         value: e.value.clone(),
         version: seq,
     };
-    tx.append_feed(seq, place.village, &ctx.auth.device_id, &item)?;
+    tx.append_feed(seq, place.village, &ctx.auth.lineage, &item)?;
     let value = Some(e.value.clone());
     let ack = applied(e.device_seq, Outcome::Applied, seq, value, None);
     if e.entity == Entity::Member && e.field == "id_number" {
@@ -457,7 +457,7 @@ fn competitor(ctx: &PushContext<'_>, e: &FieldEdit<'_>, seq: u64) -> CompetingVa
     CompetingValue {
         value: e.value.clone(),
         user: ctx.auth.user.id.clone(),
-        device: ctx.auth.device_id.clone(),
+        device: ctx.auth.lineage.clone(),
         received_at: ctx.received_at.clone(),
         device_time: e.device_time.to_owned(),
         seq,
@@ -556,7 +556,7 @@ fn commit_conflict(
     let item = FeedItem::Conflict {
         conflict: info.clone(),
     };
-    tx.append_feed(seq, place.village, &ctx.auth.device_id, &item)?;
+    tx.append_feed(seq, place.village, &ctx.auth.lineage, &item)?;
     let value = Some(e.value.clone());
     Ok(applied(e.device_seq, outcome, seq, value, Some(info)))
 }

@@ -9,7 +9,8 @@ use zoufang_model::code_list::CodeList;
 use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
 use zoufang_protocol::messages::{
     Ack, AuditUploadRequest, AuditUploadResponse, CatalogRequest, Change, ConflictInfo, ContentRef,
-    ContentState, Entity, PullRequest, PullResponse, RecordState, SnapshotResponse, UserInfo,
+    ContentState, EnrollRequest, Entity, PullRequest, PullResponse, RecordState, SnapshotResponse,
+    UserInfo,
 };
 
 use super::{
@@ -107,13 +108,24 @@ impl<D: Transactions + 'static> Storage for D {
 
     fn enroll(
         &self,
-        enrollment_token: &str,
-        device_name: &str,
+        request: &EnrollRequest,
+        lifetime: Duration,
         now: DateTime<Utc>,
     ) -> Result<Enrolled> {
-        repo::write(self, |tx| {
-            access::enroll(tx, enrollment_token, device_name, now)
-        })
+        repo::write(self, |tx| access::enroll(tx, request, lifetime, now))
+    }
+
+    fn renew_token(
+        &self,
+        auth: &DeviceAuth,
+        lifetime: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String> {
+        match &auth.token_expires_at {
+            // Most syncs: nothing to write, no write transaction taken.
+            Some(current) if !access::renewal_due(auth, lifetime, now) => Ok(current.clone()),
+            _ => repo::write(self, |tx| access::renew(tx, auth, lifetime, now)),
+        }
     }
 
     fn authenticate(&self, device_token: &str, now: DateTime<Utc>) -> Result<DeviceAuth> {

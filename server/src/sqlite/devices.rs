@@ -93,44 +93,80 @@ impl DevicesRepo for SqliteTx<'_, '_> {
 
     fn insert_device(&mut self, d: &NewDevice<'_>) -> Result<()> {
         self.0.execute(
-            "INSERT INTO devices (id, user_id, name, token_hash, token_expires_at, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![d.id, d.user_id, d.name, d.token_hash, d.token_expires_at, d.enrolled_at],
+            "INSERT INTO devices (id, user_id, name, token_hash, token_expires_at, enrolled_at, predecessor_id, lineage_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                d.id,
+                d.user_id,
+                d.name,
+                d.token_hash,
+                d.token_expires_at,
+                d.enrolled_at,
+                d.predecessor.map(|p| p.0),
+                d.predecessor.map(|p| p.1)
+            ],
         )?;
         Ok(())
     }
 
     fn device_by_token(&mut self, token_hash: &str) -> Result<Option<DeviceRecord>> {
-        type Row = (
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            String,
-            String,
-            String,
-        );
-        let row: Option<Row> = self
+        let row = self
             .0
             .prepare_cached(
-                "SELECT d.id, d.token_expires_at, d.revoked_at, d.wipe_requested_at, u.id, u.role, u.areas
+                "SELECT d.id, coalesce(d.lineage_id, d.id), d.token_expires_at, d.revoked_at,
+                        d.wipe_requested_at, d.successor_id, u.id, u.role, u.areas
                  FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
             )?
             .query_row([token_hash], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                Ok((
+                    [r.get::<_, String>(0)?, r.get(1)?, r.get(2)?],
+                    [r.get::<_, Option<String>>(3)?, r.get(4)?, r.get(5)?],
+                    [r.get::<_, String>(6)?, r.get(7)?, r.get(8)?],
+                ))
             })
             .optional()?;
         row.map(
-            |(id, token_expires_at, revoked_at, wipe_requested_at, uid, role, areas)| {
+            |(
+                [id, lineage, token_expires_at],
+                [revoked_at, wipe_requested_at, successor_id],
+                [uid, role, areas],
+            )| {
                 Ok(DeviceRecord {
                     id,
+                    lineage,
                     token_expires_at,
                     revoked_at,
                     wipe_requested_at,
+                    successor_id,
                     user: user_from_row(uid, &role, &areas)?,
                 })
             },
         )
         .transpose()
+    }
+
+    fn set_successor(&mut self, device_id: &str, successor_id: &str) -> Result<bool> {
+        let n = self.0.execute(
+            "UPDATE devices SET successor_id = ?2 WHERE id = ?1 AND successor_id IS NULL",
+            params![device_id, successor_id],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn renew_device_token(&mut self, device_id: &str, expires_at: &str) -> Result<()> {
+        self.0.execute(
+            "UPDATE devices SET token_expires_at = ?2 WHERE id = ?1",
+            params![device_id, expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn device_lineage(&mut self, device_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT coalesce(lineage_id, id) FROM devices WHERE id = ?1")?
+            .query_row([device_id], |r| r.get(0))
+            .optional()?)
     }
 
     fn revoke_device(&mut self, device_id: &str, at: &str) -> Result<bool> {
@@ -151,7 +187,9 @@ impl DevicesRepo for SqliteTx<'_, '_> {
 
     fn devices(&mut self) -> Result<Vec<DeviceInfo>> {
         let mut stmt = self.0.prepare_cached(
-            "SELECT id, user_id, name, enrolled_at, token_expires_at, revoked_at, last_seen_at, clock_offset_ms FROM devices ORDER BY enrolled_at",
+            "SELECT id, user_id, name, enrolled_at, token_expires_at, revoked_at, last_seen_at, clock_offset_ms,
+                    predecessor_id, successor_id
+             FROM devices ORDER BY enrolled_at",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(DeviceInfo {
@@ -163,6 +201,8 @@ impl DevicesRepo for SqliteTx<'_, '_> {
                 revoked_at: r.get(5)?,
                 last_seen_at: r.get(6)?,
                 clock_offset_ms: r.get(7)?,
+                predecessor_id: r.get(8)?,
+                successor_id: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

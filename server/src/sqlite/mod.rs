@@ -102,6 +102,15 @@ CREATE TABLE server_secrets (
 ) WITHOUT ROWID;
 "#;
 
+/// Re-enrolment: a store enrolled again (its token expired offline) gets a device that succeeds
+/// the old one. The old one's token stops working; the new one continues its lineage (change
+/// numbers, audit chain, uploads). `lineage_id` NULL is the device's own id.
+const SCHEMA_V8: &str = r#"
+ALTER TABLE devices ADD COLUMN lineage_id TEXT;
+ALTER TABLE devices ADD COLUMN predecessor_id TEXT;
+ALTER TABLE devices ADD COLUMN successor_id TEXT;
+"#;
+
 /// Visits naming a content the server does not hold whole yet.
 const AWAITING_ATTACHMENTS: &str = "SELECT DISTINCT va.visit_id FROM visit_attachments va
      WHERE NOT EXISTS (SELECT 1 FROM contents c
@@ -314,6 +323,7 @@ impl SqliteStorage {
             M::up(SCHEMA_V5),
             M::up(SCHEMA_V6),
             M::up(SCHEMA_V7),
+            M::up(SCHEMA_V8),
         ])
         .to_latest(&mut writer)
         .map_err(|e| ServerError::Storage(format!("migration failed: {e}")))?;
