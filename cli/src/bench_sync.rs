@@ -59,7 +59,7 @@ fn routine_answers(due: &str) -> Map<String, Json> {
         "location": {"lat": 28.0108, "lon": 102.8456, "accuracy_m": 9.5, "provider": "gps", "mock": false},
         "language_used": "ii", "basic_living_difficulty": "no", "risk_level": "low", "recommendation": "monitor",
         "emergency": "no", "next_visit_due": due, "investigator_1_name": "马海木呷", "consent_privacy": "yes",
-        "started_at": "2026-11-28T09:00:00+08:00", "ended_at": "2026-11-28T09:25:00+08:00"
+        "started_at": sample::hours_ago(0.5), "ended_at": sample::hours_ago(0.1)
     })
     .as_object()
     .cloned()

@@ -149,7 +149,7 @@ pub fn application_survey(rng: &mut Rng) -> Map<String, Json> {
     json!({
         "visit_type": "application_survey", "trigger_source": "self_report",
         "village_code": village(rng), "village_code_year": 2023, "village_group": "三组", "address": "三组12号",
-        "started_at": "2026-11-28T09:00:00+08:00", "ended_at": "2026-11-28T10:10:00+08:00",
+        "started_at": hours_ago(1.2), "ended_at": hours_ago(0.1),
         "location": {"lat": 28.0108, "lon": 102.8456, "accuracy_m": 9.5, "provider": "gps", "mock": false},
         "outcome": "completed", "language_used": "ii", "interviewee_name": format!("{surname}阿呷"), "interviewee_relation": "02",
         "urban_rural": "rural", "household_phone": "13812345678", "cadre_related": "no", "supporters_elsewhere": 1,
@@ -192,6 +192,13 @@ pub fn application_survey(rng: &mut Rng) -> Map<String, Json> {
 }
 
 /// How many answers (leaf values) a visit-shaped object holds.
+/// A time `hours` before now, as the form's datetime answers hold it: sample visits happen
+/// today, after the form they use was published.
+pub fn hours_ago(hours: f64) -> String {
+    let ago = chrono::TimeDelta::seconds((hours * 3600.0) as i64);
+    (chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 pub fn answer_count(answers: &Map<String, Json>) -> usize {
     answers
         .values()

@@ -629,7 +629,14 @@ fn serve_admin_and_device_commands_work_together() {
     let expires = status["token_expires_at"].as_str().unwrap_or_default();
     let listed = ok_json(
         None,
-        &["admin", "--data", data_s, "--key-file", key_s, "device-list"],
+        &[
+            "admin",
+            "--data",
+            data_s,
+            "--key-file",
+            key_s,
+            "device-list",
+        ],
     );
     assert_eq!(listed[0]["token_expires_at"], json!(expires));
     assert!(expires.len() >= 20, "{status}");

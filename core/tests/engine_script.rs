@@ -570,6 +570,7 @@ impl Server {
                     visit_frequencies: Default::default(),
                     possession_nonce: Some(SCRIPT_NONCE.into()),
                     token_expires_at: None,
+                    form_publications: Vec::new(),
                 })
             }
             "/v1/push" => {

@@ -52,6 +52,7 @@ impl Transport for HeldServer {
                     visit_frequencies: Default::default(),
                     possession_nonce: None,
                     token_expires_at: None,
+                    form_publications: Vec::new(),
                 })
             }
             _ => {

@@ -450,6 +450,17 @@ pub struct CatalogResponse {
     /// When the device's token expires now: each sync renews it (sliding expiry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expires_at: Option<String>,
+    /// When each form version was published (all of them, installed or not): a visit dated
+    /// before its form existed is implausible.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub form_publications: Vec<FormPublication>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormPublication {
+    pub form_id: String,
+    pub version: u32,
+    pub published_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

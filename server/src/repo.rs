@@ -9,7 +9,8 @@
 use serde_json::Value as Json;
 use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
 use zoufang_protocol::messages::{
-    Ack, ConflictInfo, Entity, FeedEntry, FeedItem, Handover, RecordState, UserInfo, VisitRecord,
+    Ack, ConflictInfo, Entity, FeedEntry, FeedItem, FormPublication, Handover, RecordState,
+    UserInfo, VisitRecord,
 };
 
 use zoufang_model::code_list::CodeList;
@@ -101,6 +102,9 @@ pub trait CatalogRepo {
     ) -> Result<()>;
     /// Every published form as (id, version, definition JSON), by id and version.
     fn forms(&mut self) -> Result<Vec<(String, u32, String)>>;
+    /// When each form version was published, by id and version.
+    fn form_publications(&mut self) -> Result<Vec<FormPublication>>;
+    fn form_published_at(&mut self, form_id: &str, version: u32) -> Result<Option<String>>;
     fn put_code_list(&mut self, list: &CodeList, at: &str) -> Result<()>;
     /// The newest version of every code list.
     fn latest_code_lists(&mut self) -> Result<Vec<CodeList>>;

@@ -260,6 +260,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Re-verifies every stored chain (each device's and the server's own): the problems found.
     fn verify_audit(&self) -> Result<Vec<String>>;
     fn catalog(&self, request: &CatalogRequest) -> Result<(Vec<Json>, Vec<CodeList>)>;
+    /// When each form version was published.
+    fn form_publications(&self) -> Result<Vec<zoufang_protocol::messages::FormPublication>>;
     fn push(
         &self,
         auth: &DeviceAuth,

@@ -206,3 +206,97 @@ fn a_phone_that_lies_about_author_household_revision_signature_village_or_ids_is
         json!("低保")
     );
 }
+
+#[test]
+fn a_visit_dated_before_its_form_existed_or_after_it_was_sent_is_refused() {
+    let server = TestServer::start();
+    let t = server.transport();
+    let aga = Device::enrolled(&server, "coord-aga", Role::Coordinator, &[VILLAGE_A]);
+    let a = &aga.collector;
+    let home = new_household(a, VILLAGE_A);
+    let visit = routine_visit(a, &home);
+    a.sync(&t, None, None).unwrap();
+
+    // On the phone: a start time typed years before the form was published blocks completion.
+    let draft = zoufang_tests::routine_draft(a, &home);
+    a.set_answer(&draft, "started_at", json!("2019-03-01T08:00:00+08:00"))
+        .unwrap();
+    let problems = a.validate_visit(&draft).unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.path == "started_at" && p.code == "datetime_before_form"),
+        "{problems:?}"
+    );
+    assert_eq!(
+        a.complete_visit(&draft).unwrap_err().code(),
+        "visit_has_problems"
+    );
+
+    // A tampered app sends such visits anyway: the server refuses each, whatever it claims.
+    let before = server.storage.stats().unwrap();
+    let real = a.visit_submission(&visit).unwrap();
+    let fresh = || VisitRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        ..real.clone()
+    };
+    let acks = forge(
+        &server,
+        &aga,
+        vec![
+            submit(VisitRecord {
+                completed_at: Some("2019-03-01T00:08:00Z".into()),
+                ..fresh()
+            }),
+            submit(VisitRecord {
+                completed_at: Some("2099-01-01T08:00:00Z".into()),
+                ..fresh()
+            }),
+            submit(VisitRecord {
+                form_version: 99,
+                ..fresh()
+            }),
+            submit(VisitRecord {
+                completed_at: Some("yesterday".into()),
+                ..fresh()
+            }),
+        ],
+    );
+    let codes: Vec<_> = acks.iter().map(|a| a.code.as_deref()).collect();
+    assert_eq!(
+        codes,
+        [
+            Some("implausible_time"),
+            Some("implausible_time"),
+            Some("unknown_form"),
+            Some("invalid_value")
+        ]
+    );
+    assert!(acks.iter().all(|a| a.outcome == Outcome::Rejected));
+    assert_eq!(server.storage.stats().unwrap(), before);
+}
+
+#[test]
+fn a_phone_whose_clock_runs_hours_fast_still_delivers_its_visits() {
+    let server = TestServer::start();
+    let t = server.transport();
+    let token = server.user("coord-aga", Role::Coordinator, &[VILLAGE_A]);
+    let dir = tempfile::tempdir().unwrap();
+    let fast = std::sync::Arc::new(|| chrono::Utc::now() + chrono::TimeDelta::hours(3));
+    let a = zoufang_core::Collector::open_with_clock(
+        &dir.path().join("fast.db"),
+        &zoufang_core::StoreOptions::default(),
+        fast,
+    )
+    .unwrap();
+    a.enroll(&t, &token, "fast").unwrap();
+    let home = new_household(&a, VILLAGE_A);
+    let visit = routine_visit(&a, &home);
+    // Its visit says it was completed three hours from now on the server's clock; read on the
+    // phone's own clock (its push says what time it thinks it is), it was a moment ago.
+    let report = a.sync(&t, None, None).unwrap();
+    assert!(report.clock_skewed);
+    assert_eq!(report.rejected, 0, "{report:?}");
+    assert_eq!(server.storage.stats().unwrap().visits, 1);
+    assert!(a.visit(&visit).is_ok());
+}

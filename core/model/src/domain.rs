@@ -201,6 +201,19 @@ pub fn check_region_code(code: &str) -> Result<(), RegionCodeError> {
     Ok(())
 }
 
+/// Checks a region-code prefix naming a whole division: a province (2 digits), prefecture (4),
+/// county (6), township (9) or village (12, checked as [`check_region_code`]).
+pub fn check_region_prefix(prefix: &str) -> Result<(), RegionCodeError> {
+    if !prefix.bytes().all(|b| b.is_ascii_digit()) || prefix.starts_with("00") {
+        return Err(RegionCodeError::Syntax);
+    }
+    match prefix.len() {
+        12 => check_region_code(prefix),
+        2 | 4 | 6 | 9 => Ok(()),
+        _ => Err(RegionCodeError::Syntax),
+    }
+}
+
 /// Number of Liangshan townships in the shipped table (for tests and the CLI).
 pub fn liangshan_township_count() -> usize {
     LIANGSHAN_TOWNSHIPS.len()
@@ -503,6 +516,34 @@ mod tests {
             .map(|(c, w)| c.to_digit(10).unwrap_or(0) * w)
             .sum();
         format!("{body17}{}", ID_CHECK_CHARS[(sum % 11) as usize])
+    }
+
+    #[test]
+    fn region_prefixes_name_whole_divisions() {
+        for ok in ["51", "5134", "513431", "513431104", "513431104201"] {
+            assert_eq!(check_region_prefix(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "5",
+            "513",
+            "5134311",
+            "5134311042",
+            "51343110420",
+            "00",
+            "51a431",
+        ] {
+            assert_eq!(
+                check_region_prefix(bad),
+                Err(RegionCodeError::Syntax),
+                "{bad:?}"
+            );
+        }
+        // A village of an unknown Liangshan township is refused like a whole code.
+        assert_eq!(
+            check_region_prefix("513431999201"),
+            Err(RegionCodeError::UnknownTownship)
+        );
     }
 
     #[test]

@@ -494,6 +494,29 @@ fn every_engine_rule_is_reported_with_its_code() {
             all.iter().map(|p| (&p.path, &p.code)).collect::<Vec<_>>()
         );
     }
+    // A visit dated before its form version existed: refused; on the day itself: fine.
+    let published = DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let mut early = application_survey();
+    early["started_at"] = json!("2019-03-01T08:00:00Z");
+    early["ended_at"] = json!("2026-05-31T09:00:00Z");
+    let early = obj(early);
+    let dated = Evaluation::new(&f, &early, &lists(), now())
+        .published_at(Some(published))
+        .validate();
+    let before: Vec<&str> = dated
+        .iter()
+        .filter(|p| p.code == "datetime_before_form")
+        .map(|p| p.path.as_str())
+        .collect();
+    assert_eq!(before, ["started_at"]);
+    assert!(
+        dated
+            .iter()
+            .any(|p| p.code == "datetime_before_form" && p.blocks_completion())
+    );
+
     // A code list the device has not received yet is a warning, not a block.
     let a = obj(application_survey());
     let none = CodeLists::default();

@@ -150,12 +150,7 @@ impl Collector {
         )?;
         let village_code = village.as_str().unwrap_or_default().to_owned();
         // Empty is no village: every household is filed under a valid 12-digit code.
-        if let Err(e) = zoufang_model::domain::check_region_code(&village_code) {
-            return Err(Error::InvalidValue {
-                field: "village_code".into(),
-                code: e.code(),
-            });
-        }
+        check_village(&village_code)?;
         fields.insert("village_code".into(), village);
         let coordinator = self.is_coordinator()?;
         for (k, v) in new.fields {
@@ -380,6 +375,7 @@ impl Collector {
         limit: u32,
         offset: u32,
     ) -> Result<Vec<HouseholdSummary>> {
+        check_village(village_code)?;
         let page = (limit.min(MAX_PAGE), offset);
         self.read(|c| store::households::in_village(c, village_code, page, Scope::Active))
     }
@@ -392,6 +388,9 @@ impl Collector {
         village_code: Option<&str>,
         limit: u32,
     ) -> Result<Vec<HouseholdSummary>> {
+        if let Some(v) = village_code {
+            check_village(v)?;
+        }
         self.read(|c| store::households::due(c, on_or_before, village_code, limit.min(MAX_PAGE)))
     }
 
@@ -428,4 +427,12 @@ impl Collector {
         let limit = limit.min(MAX_PAGE);
         self.read(|c| store::households::with_member_prefix(c, key, &prefix, limit, scope))
     }
+}
+
+/// A village code as it enters from an app or the CLI: a valid 12-digit region code.
+fn check_village(village_code: &str) -> Result<()> {
+    zoufang_model::domain::check_region_code(village_code).map_err(|e| Error::InvalidValue {
+        field: "village_code".into(),
+        code: e.code(),
+    })
 }

@@ -59,7 +59,14 @@ impl LocalState for Collector {
             self.take_user(user)?;
         }
         let frequencies = catalog.visit_frequencies.clone();
-        self.update_settings(|s| s.visit_frequencies = frequencies)?;
+        let publications = catalog.form_publications.clone();
+        self.update_settings(|s| {
+            s.visit_frequencies = frequencies;
+            // An older server says nothing: what it said before stands.
+            if !publications.is_empty() {
+                s.form_publications = publications;
+            }
+        })?;
         Ok(())
     }
 

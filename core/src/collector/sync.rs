@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufReader};
 
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Transaction};
 use serde_json::Value as Json;
 
@@ -32,6 +33,15 @@ const READ_PIECE: usize = 256 * 1024;
 impl Collector {
     pub(crate) fn sync_settings(&self) -> Result<SyncSettings> {
         self.read(SyncSettings::load)
+    }
+
+    /// When a form version was published, as the server last said (`None` before any sync).
+    pub(crate) fn form_published_at(
+        &self,
+        form_id: &str,
+        version: u32,
+    ) -> Result<Option<DateTime<Utc>>> {
+        self.read(|c| form_published_at(c, form_id, version))
     }
 
     pub(crate) fn update_settings(
@@ -443,4 +453,18 @@ impl Collector {
         }
         Ok(())
     }
+}
+
+/// When a form version was published, as the sync settings in `conn` hold it.
+pub(crate) fn form_published_at(
+    conn: &Connection,
+    form_id: &str,
+    version: u32,
+) -> Result<Option<DateTime<Utc>>> {
+    Ok(SyncSettings::load(conn)?
+        .form_publications
+        .iter()
+        .find(|p| p.form_id == form_id && p.version == version)
+        .and_then(|p| DateTime::parse_from_rfc3339(&p.published_at).ok())
+        .map(|t| t.to_utc()))
 }

@@ -330,7 +330,10 @@ impl Collector {
         let visit = self.load_visit(visit_id)?;
         let form = self.form(&visit.form_id, visit.form_version)?;
         let lists = self.code_lists();
-        let mut problems = Evaluation::new(&form, &visit.answers, &lists, self.now()).validate();
+        let published = self.form_published_at(&visit.form_id, visit.form_version)?;
+        let mut problems = Evaluation::new(&form, &visit.answers, &lists, self.now())
+            .published_at(published)
+            .validate();
         self.read(|c| {
             problems.extend(self.stale_signature_problems(c, &form, visit_id, &visit.answers)?);
             problems.extend(village_problem(c, &visit)?);
@@ -402,7 +405,8 @@ impl Collector {
             let _ = engine::set_answer(&form, &mut visit.answers, "ended_at", end);
         }
         let lists = self.code_lists();
-        let ev = Evaluation::new(&form, &visit.answers, &lists, now);
+        let published = super::sync::form_published_at(tx, &visit.form_id, visit.form_version)?;
+        let ev = Evaluation::new(&form, &visit.answers, &lists, now).published_at(published);
         let mut problems = ev.validate();
         problems.extend(self.stale_signature_problems(tx, &form, visit_id, &visit.answers)?);
         problems.extend(village_problem(tx, &visit)?);

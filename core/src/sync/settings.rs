@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::store::meta;
-use zoufang_protocol::messages::UserInfo;
+use zoufang_protocol::messages::{FormPublication, UserInfo};
 
 /// What the device remembers about its server, in `meta` under `sync`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,10 @@ pub struct SyncSettings {
     /// one has its next due date set by the server.
     #[serde(default)]
     pub visit_frequencies: BTreeMap<String, u32>,
+    /// When each form version was published, as the server last said: a visit dated before
+    /// its form existed is a validation error.
+    #[serde(default)]
+    pub form_publications: Vec<FormPublication>,
 }
 
 impl SyncSettings {

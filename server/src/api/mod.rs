@@ -383,48 +383,38 @@ async fn catalog(
     Msg(mut req, _): Msg<CatalogRequest>,
 ) -> ApiResult {
     let (storage, now) = (state.storage.clone(), (state.clock)());
-    let user = auth.user.clone();
     let lifetime = state.device_token_lifetime;
-    let (forms, code_lists, audit, visit_frequencies, possession_nonce, expires) =
-        blocking(move || {
-            let audit = match req.audit.take() {
-                Some(batch) => Some(storage.upload_audit(
-                    &auth,
-                    &messages::AuditUploadRequest {
-                        protocol: PROTOCOL_VERSION,
-                        device_id: auth.device_id.clone(),
-                        chain_hash: batch.chain_hash,
-                        entries: batch.entries,
-                    },
-                    now,
-                )?),
-                None => None,
-            };
-            let (forms, code_lists) = storage.catalog(&req)?;
-            let nonce = storage.possession_nonce(&auth, now)?;
+    let response = blocking(move || {
+        let audit = match req.audit.take() {
+            Some(batch) => Some(storage.upload_audit(
+                &auth,
+                &messages::AuditUploadRequest {
+                    protocol: PROTOCOL_VERSION,
+                    device_id: auth.device_id.clone(),
+                    chain_hash: batch.chain_hash,
+                    entries: batch.entries,
+                },
+                now,
+            )?),
+            None => None,
+        };
+        let (forms, code_lists) = storage.catalog(&req)?;
+        Ok(CatalogResponse {
+            protocol: PROTOCOL_VERSION,
+            server_time: now.to_rfc3339(),
+            forms,
+            code_lists,
+            audit,
+            visit_frequencies: storage.visit_frequencies()?,
+            possession_nonce: Some(storage.possession_nonce(&auth, now)?),
             // Every sync starts here: the sliding renewal of the device's token.
-            let expires = storage.renew_token(&auth, lifetime, now)?;
-            Ok((
-                forms,
-                code_lists,
-                audit,
-                storage.visit_frequencies()?,
-                nonce,
-                expires,
-            ))
+            token_expires_at: Some(storage.renew_token(&auth, lifetime, now)?),
+            form_publications: storage.form_publications()?,
+            user: Some(auth.user),
         })
-        .await?;
-    reply(&CatalogResponse {
-        protocol: PROTOCOL_VERSION,
-        server_time: now.to_rfc3339(),
-        forms,
-        code_lists,
-        audit,
-        user: Some(user),
-        visit_frequencies,
-        possession_nonce: Some(possession_nonce),
-        token_expires_at: Some(expires),
     })
+    .await?;
+    reply(&response)
 }
 
 async fn push(

@@ -3,7 +3,7 @@
 
 use zoufang_model::code_list::CodeList;
 use zoufang_protocol::audit::{AuditEntry, HashAlgorithm};
-use zoufang_protocol::messages::UserInfo;
+use zoufang_protocol::messages::{FormPublication, UserInfo};
 
 use super::PgTx;
 use crate::blobs::ContentKey;
@@ -228,6 +228,30 @@ impl CatalogRepo for PgTx<'_, '_> {
             &[&form_id, &i64::from(version), &definition, &at],
         )?;
         Ok(())
+    }
+
+    fn form_publications(&mut self) -> Result<Vec<FormPublication>> {
+        Ok(self
+            .query(
+                "SELECT form_id, version, published_at FROM forms ORDER BY form_id, version",
+                &[],
+            )?
+            .iter()
+            .map(|r| FormPublication {
+                form_id: r.get(0),
+                version: u32::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                published_at: r.get(2),
+            })
+            .collect())
+    }
+
+    fn form_published_at(&mut self, form_id: &str, version: u32) -> Result<Option<String>> {
+        Ok(self
+            .query_opt(
+                "SELECT published_at FROM forms WHERE form_id = $1 AND version = $2",
+                &[&form_id, &i64::from(version)],
+            )?
+            .map(|r| r.get(0)))
     }
 
     fn forms(&mut self) -> Result<Vec<(String, u32, String)>> {

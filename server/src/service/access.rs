@@ -42,10 +42,10 @@ pub fn normalize_areas(areas: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for a in areas {
         let a = a.trim();
-        if a.is_empty() || a.len() > 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+        if zoufang_model::domain::check_region_prefix(a).is_err() {
             return Err(ServerError::bad(
                 "invalid_area",
-                "an area is 1 to 12 digits of a region code",
+                "an area is a region code's province (2 digits), prefecture (4), county (6), township (9) or village (12)",
             ));
         }
         out.push(a.to_owned());

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod due;
 pub mod handover;
 pub mod merges;
+pub mod plausible;
 pub mod possession;
 pub mod pull;
 pub mod push;

@@ -71,6 +71,12 @@ pub fn snapshot(
     village_code: &str,
     now: DateTime<Utc>,
 ) -> Result<SnapshotResponse> {
+    if zoufang_model::domain::check_region_code(village_code).is_err() {
+        return Err(ServerError::bad(
+            "invalid_village",
+            "a snapshot names a village's 12-digit region code",
+        ));
+    }
     if !auth.covers(village_code) {
         return Err(ServerError::Forbidden(
             "the village is outside the user's areas".into(),
@@ -169,6 +175,7 @@ pub fn resolve_conflict(
         auth,
         received_at: ts(now),
         skewed: false,
+        clock_offset: chrono::TimeDelta::zero(),
     };
     // Reviewer resolutions are not device changes: sequence 0, never deduplicated.
     let at = ts(now);

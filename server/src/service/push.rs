@@ -9,7 +9,7 @@ use zoufang_protocol::messages::{Ack, Change, ChangeOp, Entity, FeedItem, Outcom
 use super::records::{
     FieldEdit, NewRecord, PushContext, applied, create_record, id_in_use, next_seq, rejected,
 };
-use super::{handover, merges, records, ts};
+use super::{handover, merges, plausible, records, ts};
 use crate::repo::Tx;
 use crate::storage::{DeviceAuth, Result};
 
@@ -31,6 +31,7 @@ pub fn push(
         auth,
         received_at: ts(now),
         skewed: offset.abs() > CLOCK_SKEW_LIMIT,
+        clock_offset: offset,
     };
     let mut acks = Vec::with_capacity(changes.len());
     let former = handover::former_areas(tx, &auth.user.id, now)?;
@@ -200,6 +201,9 @@ fn submit_visit(
     if visit.author != ctx.auth.user.id {
         let m = "a visit's author is the user signed in on the device that sends it";
         return Ok(rejected(seq, "author_mismatch", m));
+    }
+    if let Some(refusal) = plausible::visit_time_refusal(tx, ctx, seq, visit)? {
+        return Ok(refusal);
     }
     if visit.status == "signed" && !has_signature(visit) {
         let m = "a signed visit carries its signatures";

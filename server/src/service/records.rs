@@ -29,6 +29,8 @@ pub struct PushContext<'a> {
     pub auth: &'a DeviceAuth,
     pub received_at: String,
     pub skewed: bool,
+    /// The sender's clock minus the server's, as its push reported it.
+    pub clock_offset: chrono::TimeDelta,
 }
 
 impl PushContext<'_> {
@@ -395,6 +397,7 @@ pub fn write_fields_as_server(
         auth,
         received_at: at.to_owned(),
         skewed: false,
+        clock_offset: chrono::TimeDelta::zero(),
     };
     let household = tx
         .locate(entity, id)?

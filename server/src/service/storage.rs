@@ -163,6 +163,10 @@ impl<D: Transactions + 'static> Storage for D {
         repo::read(self, |tx| catalog::catalog(tx, request))
     }
 
+    fn form_publications(&self) -> Result<Vec<zoufang_protocol::messages::FormPublication>> {
+        repo::read(self, |tx| tx.form_publications())
+    }
+
     fn push(
         &self,
         auth: &DeviceAuth,

@@ -2,6 +2,7 @@
 
 use rusqlite::{OptionalExtension, params};
 use zoufang_model::code_list::CodeList;
+use zoufang_protocol::messages::FormPublication;
 
 use super::{AWAITING_ATTACHMENTS_COUNT, SqliteTx};
 use crate::repo::CatalogRepo;
@@ -53,6 +54,28 @@ impl CatalogRepo for SqliteTx<'_, '_> {
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn form_publications(&mut self) -> Result<Vec<FormPublication>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT form_id, version, published_at FROM forms ORDER BY form_id, version",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FormPublication {
+                form_id: r.get(0)?,
+                version: r.get(1)?,
+                published_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn form_published_at(&mut self, form_id: &str, version: u32) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT published_at FROM forms WHERE form_id = ?1 AND version = ?2")?
+            .query_row(params![form_id, version], |r| r.get(0))
+            .optional()?)
     }
 
     fn put_code_list(&mut self, list: &CodeList, at: &str) -> Result<()> {

@@ -119,6 +119,13 @@ final class CollectorTests: XCTestCase {
         XCTAssertEqual(try c.searchHouseholds(query: "吉克", limit: 10).map(\.id), [h])
         XCTAssertEqual(try c.householdsHoldingIdNumber(idNumber: "11010519491231002x").map(\.id), [h])
         XCTAssertEqual(try c.householdsInVillage(villageCode: village, limit: 50, offset: 0).count, 1)
+        // A region code as it enters from the app is checked: an empty or short one is refused.
+        for bad in ["", "5134311042"] {
+            XCTAssertThrowsError(try c.householdsInVillage(villageCode: bad, limit: 50, offset: 0)) { error in
+                guard case let ZoufangError.InvalidInput(code, _) = error else { return XCTFail("\(error)") }
+                XCTAssertEqual(code, "invalid_value")
+            }
+        }
         XCTAssertEqual(try c.householdsDue(onOrBefore: "2026-12-31", villageCode: nil, limit: 50).count, 1)
         try c.editHouseholdField(householdId: h, field: "phone", valueJson: "\"0834-1234567\"")
         let shown = try c.household(id: h)

@@ -94,6 +94,8 @@ pub struct Evaluation<'a> {
     answers: &'a Map<String, Json>,
     code_lists: &'a CodeLists,
     now: DateTime<Utc>,
+    /// When the form version was published, if known: a time before it did not happen.
+    not_before: Option<DateTime<Utc>>,
     today: NaiveDate,
     values: RefCell<HashMap<(usize, Vec<usize>), Value>>,
     relevance: RefCell<HashMap<(Container, Vec<usize>), bool>>,
@@ -129,10 +131,19 @@ impl<'a> Evaluation<'a> {
             answers,
             code_lists,
             now,
+            not_before: None,
             today: local_today(now),
             values: RefCell::default(),
             relevance: RefCell::default(),
         }
+    }
+
+    /// Times before `published` (the form version's publication, less a day of clock slack)
+    /// are refused as `datetime_before_form`.
+    #[must_use]
+    pub fn published_at(mut self, published: Option<DateTime<Utc>>) -> Self {
+        self.not_before = published;
+        self
     }
 
     /// The answer object of a scope, if it exists.

@@ -11,6 +11,8 @@ use crate::form::{Container, FieldInfo, FieldKind, ItemRef, Severity};
 
 /// How far a recorded time may lie ahead of the phone's clock (clock drift between readings).
 const FUTURE_ALLOWANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+/// Slack for clocks around a form's publication (the server's own bound is the same).
+const PUBLICATION_ALLOWANCE: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 impl Evaluation<'_> {
     /// The built-in check of a field's kind on one canonical value, whatever the rest of the
@@ -242,6 +244,13 @@ impl Evaluation<'_> {
             (FieldKind::Datetime, Value::DateTime(t)) if *t > self.now + FUTURE_ALLOWANCE => {
                 Some("datetime_in_future")
             }
+            (FieldKind::Datetime, Value::DateTime(t))
+                if self
+                    .not_before
+                    .is_some_and(|p| *t < p - PUBLICATION_ALLOWANCE) =>
+            {
+                Some("datetime_before_form")
+            }
             _ => None,
         }
     }
@@ -407,6 +416,10 @@ pub fn message(code: &str) -> (&'static str, &'static str) {
         "datetime_in_future" => (
             "时间晚于现在，请检查手机时间",
             "The time is later than now; check the phone's clock",
+        ),
+        "datetime_before_form" => (
+            "时间早于本表单发布，请检查时间",
+            "The time is before this form was published; check it",
         ),
         "repeat_too_few" => ("条目数量不足", "Too few entries"),
         "repeat_too_many" => ("条目数量过多", "Too many entries"),

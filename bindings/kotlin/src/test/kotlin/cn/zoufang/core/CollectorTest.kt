@@ -89,6 +89,10 @@ class CollectorTest {
         assertEquals(h, c.householdsHoldingIdNumber("11010519491231002x").single().id)
         assertEquals(1, c.householdsInVillage(VILLAGE, 50u, 0u).size)
         assertEquals(1, c.householdsDue("2026-12-31", VILLAGE, 50u).size)
+        // A region code as it enters from the app is checked: an empty or short one is refused.
+        for (village in listOf("", "5134311042")) {
+            assertEquals("invalid_value", assertFailsWith<ZoufangException.InvalidInput> { c.householdsInVillage(village, 50u, 0u) }.code)
+        }
         c.editHouseholdField(h, "phone", "\"0834-1234567\"")
         val shown = c.household(h)
         assertEquals("吉克阿呷", shown.headName)
