@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every check of the project, as CI runs it: formatting, lints (warnings are errors), all tests
 # of the workspace (unit, property, store, crash, sync, CLI), the server suites again on
-# PostgreSQL (scripts/with-postgres.sh), then the Kotlin and Swift
-# bindings suites (bindings/test.sh). Ends with one line "tests: N passed, N failed" and a non-zero
-# exit if anything failed or no test ran.
+# PostgreSQL (scripts/with-postgres.sh), the Kotlin and Swift bindings suites (bindings/test.sh),
+# then each cargo-fuzz target for ZOUFANG_FUZZ_SECONDS (30) when a nightly toolchain is present
+# (fuzz/run.sh says plainly when it is not). Ends with one line "tests: N passed, N failed" and a
+# non-zero exit if anything failed, a fuzz target crashed, or no test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +43,16 @@ read -r kpassed kfailed < <(awk '/(kotlin|swift): [0-9]+ passed, [0-9]+ failed/ 
     sub(/.*(kotlin|swift): /, ""); p += $1; f += $3; n++ } END { print (n == 2 ? p : 0), f + 0 }' target/bindings.log)
 kpassed=${kpassed:-0}
 kfailed=${kfailed:-0}
+
+echo "== fuzz (each target ${ZOUFANG_FUZZ_SECONDS:-30} s, nightly only)"
+set +e
+fuzz/run.sh "${ZOUFANG_FUZZ_SECONDS:-30}" 2>&1 | tee target/fuzz.log
+fstatus=${PIPESTATUS[0]}
+set -e
 echo "tests: $((passed + kpassed)) passed, $((failed + kfailed)) failed"
-if [ "$status" -ne 0 ] || [ "$bstatus" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$kfailed" -ne 0 ] || [ "$passed" -eq 0 ] || [ "$kpassed" -eq 0 ]; then
+if [ "$fstatus" -ne 0 ]; then
+  echo "fuzz: a target crashed (its input is printed above)"
+fi
+if [ "$status" -ne 0 ] || [ "$bstatus" -ne 0 ] || [ "$fstatus" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$kfailed" -ne 0 ] || [ "$passed" -eq 0 ] || [ "$kpassed" -eq 0 ]; then
   exit 1
 fi
