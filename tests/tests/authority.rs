@@ -3,7 +3,9 @@
 //! village's household or visit, "signed" with no signature, its household moved to the other
 //! village by a field edit, the other village's ids reused, the assistance status set — is
 //! refused change by change, the refusal says nothing of the other village, and nothing on the
-//! server changes. The reviewer's assistance status flows down to the coordinator's phone.
+//! server changes. The reviewer's assistance status flows down to the coordinator's phone. A
+//! visit dated before its form existed or after it was sent is refused on the phone and on the
+//! server; a phone whose clock runs hours fast still delivers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +65,14 @@ fn set_field(id: &str, field: &str, value: serde_json::Value) -> ChangeOp {
     }
 }
 
+/// A visit as really recorded, under a new id: one claim is then changed.
+fn copy_of(real: &VisitRecord) -> VisitRecord {
+    VisitRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        ..real.clone()
+    }
+}
+
 fn submit(visit: VisitRecord) -> ChangeOp {
     ChangeOp::SubmitVisit {
         visit: Box::new(visit),
@@ -93,10 +103,7 @@ fn a_phone_that_lies_about_author_household_revision_signature_village_or_ids_is
 
     // Each lie starts from a visit Aga really recorded, with one claim changed.
     let real = a.visit_submission(&visit_a).unwrap();
-    let fresh = || VisitRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        ..real.clone()
-    };
+    let fresh = || copy_of(&real);
     let acks = forge(
         &server,
         &aga,
@@ -236,10 +243,7 @@ fn a_visit_dated_before_its_form_existed_or_after_it_was_sent_is_refused() {
     // A tampered app sends such visits anyway: the server refuses each, whatever it claims.
     let before = server.storage.stats().unwrap();
     let real = a.visit_submission(&visit).unwrap();
-    let fresh = || VisitRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        ..real.clone()
-    };
+    let fresh = || copy_of(&real);
     let acks = forge(
         &server,
         &aga,
