@@ -32,7 +32,9 @@ fn ok_json(store: Option<&Path>, args: &[&str]) -> Json {
     let out = zoufang(store, &all);
     assert!(
         out.status.success(),
-        "{args:?}: {}",
+        "{args:?}: {} {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
