@@ -121,6 +121,8 @@ impl ServerKey {
     /// A keyed derivation (HMAC-SHA256, or HMAC-SM3 in the national mode) of `label`, cut to the
     /// suite's key length: each use has its own key, and none reveals the master.
     fn derive(&self, label: &str, len: usize) -> Result<Vec<u8>> {
+        // PKey::hmac initialises OpenSSL with its exit-time cleanup unless this ran first.
+        zoufang_sqlcipher_sm::init();
         let digest = match self.suite {
             CipherSuite::Aes256 => MessageDigest::sha256(),
             CipherSuite::Sm4 => MessageDigest::sm3(),

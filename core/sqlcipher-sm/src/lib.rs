@@ -61,12 +61,22 @@ const PROVIDER_NAME: &str = "zoufang-sm";
 /// Serialises keying: while it is held with the SM suite, the SM provider is SQLCipher's default.
 static KEYING: Mutex<()> = Mutex::new(());
 
+/// Initialises OpenSSL without its exit-time cleanup; call it before the process's first SQLite
+/// open (SQLCipher's own initialisation would register the cleanup). At exit that cleanup frees
+/// OpenSSL's global state while pool threads may still be closing encrypted connections: a
+/// SIGSEGV in about one `zoufang admin` run in thirty. Idempotent and cheap; the core's and the
+/// server's openers call it, and so does [`with_suite`].
+pub fn init() {
+    openssl::init();
+}
+
 /// Runs `apply_key` (which must issue `PRAGMA key` on one connection) with `suite` as the
 /// provider SQLCipher gives that connection.
 pub fn with_suite<R>(
     suite: CipherSuite,
     apply_key: impl FnOnce() -> R,
 ) -> Result<R, ProviderError> {
+    init();
     let providers = provider::installed()?;
     let _keying = KEYING.lock();
     match suite {

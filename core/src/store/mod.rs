@@ -190,6 +190,9 @@ pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Connections> {
     }
     private::sqlite_file(path)
         .map_err(|e| Error::Storage(format!("cannot create the store file: {e}")))?;
+    // Before SQLite's first open initialises OpenSSL with an exit-time cleanup (see `init`).
+    #[cfg(feature = "sqlcipher")]
+    zoufang_sqlcipher_sm::init();
     let mut writer = Connection::open(path)?;
     apply_key(&writer, options)?;
     // Before anything reads: wait for another connection's lock instead of failing at once.
