@@ -296,3 +296,34 @@ fn enrolling_again_is_refused_when_the_former_device_may_not_be_succeeded() {
     assert!(err.to_string().contains("revoked"), "{err}");
     assert_eq!(c.sync_status().unwrap().device_id.unwrap(), revoked);
 }
+
+#[test]
+fn a_store_enrolled_with_another_server_enrols_here_as_a_first_device() {
+    let calendar = Calendar::default();
+    let pilot = TestServer::start_on_calendar(&calendar);
+    let province = TestServer::start_on_calendar(&calendar);
+    let (a, _dir) = phone(&calendar);
+    a.enroll(&pilot.transport(), &enrolment_code(&pilot, "coord-a"), "a")
+        .unwrap();
+    let pilot_device = a.sync_status().unwrap().device_id.unwrap();
+    let h = new_household(&a, VILLAGE);
+    // The province's server never knew the pilot's device: no successor, a first enrolment.
+    a.enroll(
+        &province.transport(),
+        &enrolment_code(&province, "coord-a"),
+        "a",
+    )
+    .unwrap();
+    let here = province.storage.devices().unwrap();
+    assert_eq!(here.len(), 1);
+    assert_ne!(here[0].id, pilot_device);
+    assert_eq!(here[0].predecessor_id, None);
+    a.sync(&province.transport(), None, None).unwrap();
+    assert!(
+        province
+            .storage
+            .record(Entity::Household, &h)
+            .unwrap()
+            .is_some()
+    );
+}

@@ -93,7 +93,7 @@ pub fn enroll(
         return Err(ServerError::Unauthorized("the enrolment token has expired"));
     }
     let predecessor = match &request.predecessor {
-        Some(p) => Some(check_predecessor(tx, p, &token.user_id)?),
+        Some(p) => check_predecessor(tx, p, &token.user_id)?,
         None => None,
     };
     tx.mark_enrollment_token_used(&token_hash, &ts(now))?;
@@ -140,9 +140,18 @@ fn successor_refused(why: &str) -> ServerError {
     ))
 }
 
-/// The device a re-enrolment succeeds, if its token proves it and nothing forbids it.
-fn check_predecessor(tx: &mut dyn Tx, p: &Predecessor, user_id: &str) -> Result<DeviceRecord> {
+/// The device a re-enrolment succeeds, if its token proves it and nothing forbids it. A former
+/// device this server never knew (the store was enrolled with another server) is no
+/// predecessor: the enrolment is a first one.
+fn check_predecessor(
+    tx: &mut dyn Tx,
+    p: &Predecessor,
+    user_id: &str,
+) -> Result<Option<DeviceRecord>> {
     let Some(device) = tx.device_by_token(&hash_token(&p.device_token))? else {
+        if tx.device_lineage(&p.device_id)?.is_none() {
+            return Ok(None);
+        }
         return Err(ServerError::Unauthorized(
             "the former device's token is not valid",
         ));
@@ -164,7 +173,7 @@ fn check_predecessor(tx: &mut dyn Tx, p: &Predecessor, user_id: &str) -> Result<
     if device.successor_id.is_some() {
         return Err(successor_refused("it was enrolled again already"));
     }
-    Ok(device)
+    Ok(Some(device))
 }
 
 /// Moves the token's expiry to `now + lifetime` when that is more than a day later than the
