@@ -2,10 +2,7 @@
 //! server, tampering detected), remote wipe, retention purge, and one store per user.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::Utc;
 use serde_json::json;
 use zoufang_core::protocol::messages::Role;
 use zoufang_core::{Collector, StoreOptions};
@@ -181,14 +178,14 @@ fn a_wiped_device_destroys_its_store_and_says_so_first() {
 fn synced_visits_leave_the_phone_after_the_retention_period() {
     let server = TestServer::start();
     let t = server.transport();
-    let days = Arc::new(AtomicI64::new(0));
-    let clock_days = days.clone();
-    let clock = Arc::new(move || -> DateTime<Utc> {
-        Utc::now() + TimeDelta::days(clock_days.load(Ordering::SeqCst))
-    });
+    let calendar = zoufang_tests::Calendar::default();
     let dir = tempfile::tempdir().unwrap();
-    let c = Collector::open_with_clock(&dir.path().join("p.db"), &StoreOptions::default(), clock)
-        .unwrap();
+    let c = Collector::open_with_clock(
+        &dir.path().join("p.db"),
+        &StoreOptions::default(),
+        calendar.clock(),
+    )
+    .unwrap();
     c.enroll(
         &t,
         &server.user("coord-a", Role::Coordinator, &[VILLAGE]),
@@ -201,7 +198,7 @@ fn synced_visits_leave_the_phone_after_the_retention_period() {
     let unsynced = routine_visit(&c, &h);
     let draft = c.start_visit(Some(&h), "routine").unwrap().id;
 
-    days.store(100, Ordering::SeqCst);
+    calendar.set_day(100);
     assert_eq!(
         c.purge_synced_visits(std::time::Duration::from_secs(90 * 86_400))
             .unwrap(),

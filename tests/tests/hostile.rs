@@ -8,9 +8,8 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
-use chrono::{TimeDelta, Utc};
+use chrono::Utc;
 use parking_lot::Mutex;
 use serde_json::{Map, Value as Json, json};
 use zoufang_core::protocol::messages::{
@@ -23,6 +22,7 @@ use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{
     AppState, BackgroundServer, DEVICE_TOKEN_LIFETIME, DeviceAuth, RateLimits, Storage,
 };
+use zoufang_tests::Calendar;
 
 const VILLAGE: &str = "513431104201";
 const OTHER_VILLAGE: &str = "513431104202";
@@ -30,7 +30,7 @@ const OTHER_VILLAGE: &str = "513431104202";
 /// A server whose clock can be moved forward (token expiry).
 struct Server {
     storage: Arc<dyn Storage>,
-    days_ahead: Arc<AtomicI64>,
+    calendar: Calendar,
     http: BackgroundServer,
     _dir: tempfile::TempDir,
 }
@@ -40,17 +40,16 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let storage = zoufang_tests::open_storage(dir.path());
         zoufang_server::publish_defaults(storage.as_ref()).unwrap();
-        let days_ahead = Arc::new(AtomicI64::new(0));
-        let ahead = days_ahead.clone();
+        let calendar = Calendar::default();
         let state = AppState {
-            clock: Arc::new(move || Utc::now() + TimeDelta::days(ahead.load(Ordering::SeqCst))),
+            clock: calendar.clock(),
             limits: Arc::new(limits),
             ..AppState::new(storage.clone())
         };
         let http = BackgroundServer::start(state, "127.0.0.1:0").unwrap();
         Self {
             storage,
-            days_ahead,
+            calendar,
             http,
             _dir: dir,
         }
@@ -350,12 +349,12 @@ fn hostile_requests_are_refused_and_change_nothing() {
         code(&post(&t, "/v1/pull", "zfd_guess", pull())),
         (401, "unauthorized".into())
     );
-    server.days_ahead.store(400, Ordering::SeqCst);
+    server.calendar.set_day(400);
     assert_eq!(
         code(&post(&t, "/v1/pull", &a_token, pull())),
         (401, "token_expired".into())
     );
-    server.days_ahead.store(0, Ordering::SeqCst);
+    server.calendar.set_day(0);
     assert_eq!(post(&t, "/v1/pull", &a_token, pull()).status, 200);
     assert_eq!(server.state(), before);
     server.storage.revoke_device(&a_device, Utc::now()).unwrap();

@@ -176,25 +176,20 @@ fn check_predecessor(
     Ok(Some(device))
 }
 
-/// Moves the token's expiry to `now + lifetime` when that is more than a day later than the
-/// expiry in force; the expiry in force afterwards.
+/// Moves the token's expiry to `now + lifetime`; the new expiry. Callers write only when
+/// [`renewal_due`].
 pub fn renew(
     tx: &mut dyn Tx,
     auth: &DeviceAuth,
     lifetime: Duration,
     now: DateTime<Utc>,
 ) -> Result<String> {
-    match &auth.token_expires_at {
-        Some(current) if !renewal_due(auth, lifetime, now) => Ok(current.clone()),
-        _ => {
-            let renewed = ts(expiry(now, lifetime));
-            tx.renew_device_token(&auth.device_id, &renewed)?;
-            Ok(renewed)
-        }
-    }
+    let renewed = ts(expiry(now, lifetime));
+    tx.renew_device_token(&auth.device_id, &renewed)?;
+    Ok(renewed)
 }
 
-/// Whether [`renew`] would write: the expiry in force is more than a day short of a full
+/// Whether a renewal is worth a write: the expiry in force is more than a day short of a full
 /// lifetime from now.
 pub fn renewal_due(auth: &DeviceAuth, lifetime: Duration, now: DateTime<Utc>) -> bool {
     auth.token_expires_at
