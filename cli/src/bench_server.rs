@@ -68,6 +68,7 @@ fn device_pushes(storage: &dyn Storage, i: usize) -> Result<(String, Vec<Vec<u8>
                 device_id: enrolled.device_id.clone(),
                 device_time: now.to_rfc3339(),
                 changes,
+                audit: None,
             })
             .map_err(|e| fail("bench", e.to_string()))
         })

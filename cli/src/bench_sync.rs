@@ -141,6 +141,7 @@ pub fn run(
             .first()
             .map(|r| vec![change(1, r)])
             .unwrap_or_default(),
+        audit: None,
     })
     .map_err(|e| fail("bench", e.to_string()))?;
     let batch = messages::encode(&PushRequest {
@@ -152,6 +153,7 @@ pub fn run(
             .enumerate()
             .map(|(i, r)| change(i as u64 + 1, r))
             .collect(),
+        audit: None,
     })
     .map_err(|e| fail("bench", e.to_string()))?;
     let zstd_one = *compressed_answers.first().unwrap_or(&1) as f64;
@@ -440,6 +442,7 @@ pub fn run(
                         device_id: device_id.clone(),
                         device_time: chrono::Utc::now().to_rfc3339(),
                         changes: make_batch(i, r),
+                        audit: None,
                     })
                     .ok()
                 })

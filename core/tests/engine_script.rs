@@ -434,6 +434,7 @@ impl Server {
             protocol: m::PROTOCOL_VERSION,
             server_time: NOW.into(),
             acks,
+            audit: None,
         }
     }
 
@@ -571,6 +572,7 @@ impl Server {
                     possession_nonce: Some(SCRIPT_NONCE.into()),
                     token_expires_at: None,
                     form_publications: Vec::new(),
+                    compact_audit: false,
                 })
             }
             "/v1/push" => {

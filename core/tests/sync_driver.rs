@@ -53,6 +53,7 @@ impl Transport for HeldServer {
                     possession_nonce: None,
                     token_expires_at: None,
                     form_publications: Vec::new(),
+                    compact_audit: false,
                 })
             }
             _ => {

@@ -140,7 +140,12 @@ pub struct AuditEntry {
     pub entity: Option<String>,
     pub entity_id: Option<String>,
     pub detail: Json,
+    /// Both hashes follow from the entries before and the entry itself: an upload may leave
+    /// them out (empty) and name only its last entry's hash (`head`), and the server computes
+    /// them (see [`rehash`]). They are a third of an entry's bytes and do not compress.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prev_hash: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
 }
 
@@ -203,6 +208,35 @@ pub fn verify(
         last_hash.clone_from(&e.hash);
     }
     Ok(())
+}
+
+/// Fills in the hashes of entries that travelled without them, from `prev_hash` (the hash of the
+/// entry before the first), and checks the last one is the `head` the device named: the
+/// entries are then exactly the device's chain, as if every hash had been sent and checked.
+pub fn rehash(
+    alg: HashAlgorithm,
+    prev_hash: &str,
+    entries: &mut [AuditEntry],
+    head: &str,
+) -> Result<(), ChainBreak> {
+    let mut prev = prev_hash.to_owned();
+    for e in entries.iter_mut() {
+        e.prev_hash = std::mem::take(&mut prev);
+        e.hash = entry_hash(alg, e);
+        prev.clone_from(&e.hash);
+    }
+    match entries.last() {
+        Some(last) if last.hash != head => Err(ChainBreak::Altered { seq: last.seq }),
+        _ => Ok(()),
+    }
+}
+
+/// The same entries without their hashes, for an upload that names its `head` instead.
+pub fn strip_hashes(entries: &mut [AuditEntry]) {
+    for e in entries {
+        e.prev_hash.clear();
+        e.hash.clear();
+    }
 }
 
 /// Builds the next entry of a chain.
@@ -309,6 +343,38 @@ mod tests {
                 _ => { let j = (k + 1) % n; broken.swap(k, j); }
             }
             prop_assert!(verify(alg, 0, GENESIS, &broken).is_err());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Entries sent without hashes are the device's chain again once rehashed from the entry
+        /// before them, when the head matches; any alteration, removal or swap among them makes
+        /// the head not match (the server then treats the chain as broken).
+        #[test]
+        fn rehashed_entries_match_the_chain_or_the_head_does_not(
+            n in 1usize..30, from in 0usize..30, sm3 in any::<bool>(), how in 0u8..4,
+        ) {
+            let alg = if sm3 { HashAlgorithm::Sm3 } else { HashAlgorithm::Sha256 };
+            let entries = chain(alg, n);
+            let k = from % n;
+            let prev = if k == 0 { GENESIS.to_owned() } else { entries[k - 1].hash.clone() };
+            let head = entries[n - 1].hash.clone();
+            let mut sent = entries[k..].to_vec();
+            strip_hashes(&mut sent);
+            prop_assert!(sent.iter().all(|e| e.hash.is_empty() && e.prev_hash.is_empty()));
+            let mut whole = sent.clone();
+            prop_assert!(rehash(alg, &prev, &mut whole, &head).is_ok());
+            prop_assert_eq!(&whole[..], &entries[k..]);
+            let m = sent.len();
+            let j = (k * 7) % m;
+            match how {
+                0 => { sent[j].detail = json!({"field": "address"}); }
+                1 if m > 1 => { sent.remove(j.min(m - 2)); }
+                2 if m > 1 => { sent.swap(j, (j + 1) % m); }
+                _ => { sent[j].user_id = "coord-2".into(); }
+            }
+            prop_assert!(rehash(alg, &prev, &mut sent, &head).is_err());
         }
     }
 }

@@ -233,6 +233,11 @@ pub struct PushRequest {
     /// The device's clock when sending, to measure its offset from the server.
     pub device_time: String,
     pub changes: Vec<Change>,
+    /// Audit entries written with these changes, riding in the same compressed body (their
+    /// record ids are the changes' ids, so they cost little more): answered in
+    /// [`PushResponse::audit`]. What is left goes up with `/v1/audit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditBatch>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +276,10 @@ pub struct PushResponse {
     pub protocol: u32,
     pub server_time: String,
     pub acks: Vec<Ack>,
+    /// The answer to the request's audit entries (absent from a server that ignored them:
+    /// they stay pending on the device and go up with `/v1/audit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditUploadResponse>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -424,6 +433,9 @@ pub struct CatalogRequest {
 pub struct AuditBatch {
     pub chain_hash: crate::audit::HashAlgorithm,
     pub entries: Vec<crate::audit::AuditEntry>,
+    /// With entries sent without their hashes: the hash of the last one (`audit::rehash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -454,6 +466,10 @@ pub struct CatalogResponse {
     /// before its form existed is implausible.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub form_publications: Vec<FormPublication>,
+    /// This server computes audit hashes itself and takes audit entries riding on pushes: the
+    /// device may send entries without their hashes (`AuditBatch::head`) and with its changes.
+    #[serde(default)]
+    pub compact_audit: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -602,6 +618,9 @@ pub struct AuditUploadRequest {
     pub device_id: String,
     pub chain_hash: crate::audit::HashAlgorithm,
     pub entries: Vec<crate::audit::AuditEntry>,
+    /// With entries sent without their hashes: the hash of the last one (`audit::rehash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

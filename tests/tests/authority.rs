@@ -44,6 +44,7 @@ fn forge(server: &TestServer, phone: &Device, ops: Vec<ChangeOp>) -> Vec<Ack> {
         device_id,
         device_time: now,
         changes,
+        audit: None,
     })
     .unwrap();
     let response = send_as(server, phone, "POST", "/v1/push", body);

@@ -171,6 +171,7 @@ fn push_body(device_id: &str, changes: Vec<ChangeOp>) -> Vec<u8> {
                 op,
             })
             .collect(),
+        audit: None,
     })
     .unwrap()
 }

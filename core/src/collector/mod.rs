@@ -110,6 +110,23 @@ impl Collector {
         Ok(collector)
     }
 
+    /// Counts what SQLite does while `f` runs on this thread (a sync, say): statements, VM
+    /// steps, rows read by full scans. Tests and benchmarks use it to show that a cost follows
+    /// the work, not the store's history (`store::stats`).
+    #[cfg(feature = "sql-stats")]
+    pub fn measure_sql<T>(&self, f: impl FnOnce() -> T) -> (T, store::stats::SqlStats) {
+        for conn in [&self.db.writer, &self.db.reader] {
+            store::stats::trace(&conn.lock(), true);
+        }
+        store::stats::start();
+        let out = f();
+        let stats = store::stats::stop();
+        for conn in [&self.db.writer, &self.db.reader] {
+            store::stats::trace(&conn.lock(), false);
+        }
+        (out, stats)
+    }
+
     pub(crate) fn now(&self) -> DateTime<Utc> {
         (self.clock)()
     }

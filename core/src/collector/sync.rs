@@ -365,8 +365,7 @@ impl Collector {
 
     /// The server holds this content whole and verified.
     pub(crate) fn mark_uploaded(&self, content_hash: &str) -> Result<()> {
-        let at = timestamp(self.now());
-        self.write(|tx| store::attachments::mark_uploaded(tx, content_hash, &at))
+        self.write(|tx| store::attachments::mark_uploaded(tx, content_hash))
     }
 }
 

@@ -1,6 +1,6 @@
 //! `attachments` (which visit field names which content), `blobs` (the contents themselves,
-//! content-addressed, inside the encrypted store) and `uploaded_contents` (what the server holds
-//! whole). A content no attachment names is deleted in the transaction that let it go.
+//! content-addressed, inside the encrypted store) and `pending_contents` (those the server does
+//! not hold whole yet). A content no attachment names is deleted in the transaction that let it go.
 
 use rusqlite::{Connection, OptionalExtension, blob::Blob, params};
 use serde_json::{Map, Value as Json};
@@ -154,27 +154,38 @@ pub(crate) fn signatures(
 
 // ----- contents ----------------------------------------------------------------------------
 
-/// Stores a content under its hash (kept once however many attachments name it).
+/// Stores a content under its hash (kept once however many attachments name it); a new one
+/// waits for upload.
 pub(crate) fn put_blob(conn: &Connection, hash: &str, bytes: &[u8], at: &str) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO blobs (hash, size, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        hash,
-        i64::try_from(bytes.len()).unwrap_or(i64::MAX),
-        bytes,
-        at
-    ])?;
+    let added = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO blobs (hash, size, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            hash,
+            i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+            bytes,
+            at
+        ])?;
+    if added > 0 {
+        conn.prepare_cached("INSERT OR IGNORE INTO pending_contents (hash) VALUES (?1)")?
+            .execute([hash])?;
+    }
     Ok(())
 }
 
 /// Deletes a content no attachment names any more.
 pub(crate) fn collect_blob(conn: &Connection, hash: Option<&str>) -> Result<()> {
     if let Some(hash) = hash {
-        conn.prepare_cached(
-            "DELETE FROM blobs WHERE hash = ?1 AND NOT EXISTS (SELECT 1 FROM attachments WHERE content_hash = ?1)",
-        )?
-        .execute([hash])?;
+        let gone = conn
+            .prepare_cached(
+                "DELETE FROM blobs WHERE hash = ?1 AND NOT EXISTS (SELECT 1 FROM attachments WHERE content_hash = ?1)",
+            )?
+            .execute([hash])?;
+        if gone > 0 {
+            conn.prepare_cached("DELETE FROM pending_contents WHERE hash = ?1")?
+                .execute([hash])?;
+        }
     }
     Ok(())
 }
@@ -203,13 +214,14 @@ pub(crate) fn open_blob<'c>(conn: &'c Connection, hash: &str) -> Result<Blob<'c>
 /// (visit, contents, bytes, visit acknowledged) for completed visits whose contents have not
 /// all reached the server, oldest first.
 pub(crate) fn pending_by_visit(conn: &Connection) -> Result<Vec<(String, u64, u64, bool)>> {
+    // From the waiting contents (few) to their visits, never the other way round.
     let mut stmt = conn.prepare_cached(
         "SELECT v.id, count(*), sum(b.size), v.synced_seq IS NOT NULL
-         FROM visits v
-         JOIN attachments a ON a.visit_id = v.id
-         JOIN blobs b ON b.hash = a.content_hash
+         FROM pending_contents p
+         CROSS JOIN blobs b ON b.hash = p.hash
+         CROSS JOIN attachments a ON a.content_hash = p.hash
+         CROSS JOIN visits v ON v.id = a.visit_id
          WHERE v.status IN ('completed', 'signed', 'void')
-           AND NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash)
          GROUP BY v.id ORDER BY v.completed_at, v.id",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -223,10 +235,10 @@ pub(crate) fn pending_by_visit(conn: &Connection) -> Result<Vec<(String, u64, u6
 pub(crate) fn pending_totals(conn: &Connection) -> Result<(u64, u64)> {
     let (n, bytes): (i64, Option<i64>) = conn
         .prepare_cached(
-            "SELECT count(*), sum(b.size) FROM blobs b
-             WHERE NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash) AND EXISTS (
+            "SELECT count(*), sum(b.size) FROM pending_contents p CROSS JOIN blobs b ON b.hash = p.hash
+             WHERE EXISTS (
                  SELECT 1 FROM attachments a JOIN visits v ON v.id = a.visit_id
-                 WHERE a.content_hash = b.hash AND v.status IN ('completed', 'signed', 'void'))",
+                 WHERE a.content_hash = p.hash AND v.status IN ('completed', 'signed', 'void'))",
         )?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok((size_of(n), size_of(bytes.unwrap_or(0))))
@@ -236,10 +248,10 @@ pub(crate) fn pending_totals(conn: &Connection) -> Result<(u64, u64)> {
 /// acknowledged (a visit's data goes first). Oldest first.
 pub(crate) fn uploadable(conn: &Connection) -> Result<Vec<ContentRef>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT b.hash, b.size FROM blobs b
-         WHERE NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash) AND EXISTS (
+        "SELECT b.hash, b.size FROM pending_contents p CROSS JOIN blobs b ON b.hash = p.hash
+         WHERE EXISTS (
              SELECT 1 FROM attachments a JOIN visits v ON v.id = a.visit_id
-             WHERE a.content_hash = b.hash AND v.synced_seq IS NOT NULL)
+             WHERE a.content_hash = p.hash AND v.synced_seq IS NOT NULL)
          ORDER BY b.rowid",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -253,10 +265,8 @@ pub(crate) fn uploadable(conn: &Connection) -> Result<Vec<ContentRef>> {
 }
 
 /// The server holds this content whole and verified.
-pub(crate) fn mark_uploaded(conn: &Connection, hash: &str, at: &str) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO uploaded_contents (hash, uploaded_at) VALUES (?1, ?2)",
-    )?
-    .execute(params![hash, at])?;
+pub(crate) fn mark_uploaded(conn: &Connection, hash: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM pending_contents WHERE hash = ?1")?
+        .execute([hash])?;
     Ok(())
 }

@@ -56,10 +56,11 @@ pub(crate) fn append(conn: &Connection, e: &AuditEntry) -> Result<()> {
     Ok(())
 }
 
-/// Entries the server has not acknowledged, oldest first, at most `limit`.
+/// Entries the server has not acknowledged, oldest first, at most `limit` (through the
+/// `audit_pending` index: uploaded entries are never read).
 pub(crate) fn pending(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE uploaded = 0 ORDER BY seq LIMIT ?1"
+        "SELECT {COLUMNS} FROM audit_log INDEXED BY audit_pending WHERE uploaded = 0 ORDER BY seq LIMIT ?1"
     ))?;
     let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -68,7 +69,7 @@ pub(crate) fn pending(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>
 pub(crate) fn pending_count(conn: &Connection) -> Result<u64> {
     super::count(
         conn,
-        "SELECT count(*) FROM audit_log WHERE uploaded = 0",
+        "SELECT count(*) FROM audit_log INDEXED BY audit_pending WHERE uploaded = 0",
         [],
     )
 }
@@ -81,7 +82,9 @@ pub(crate) fn all(conn: &Connection) -> Result<Vec<AuditEntry>> {
 }
 
 pub(crate) fn mark_uploaded_through(conn: &Connection, seq: u64) -> Result<()> {
-    conn.prepare_cached("UPDATE audit_log SET uploaded = 1 WHERE seq <= ?1 AND uploaded = 0")?
+    conn.prepare_cached(
+        "UPDATE audit_log INDEXED BY audit_pending SET uploaded = 1 WHERE uploaded = 0 AND seq <= ?1",
+    )?
         .execute([sql_seq(seq)])?;
     Ok(())
 }

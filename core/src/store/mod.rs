@@ -17,6 +17,8 @@ pub(crate) mod outbox;
 mod private;
 pub mod schema;
 pub(crate) mod server_view;
+#[cfg(feature = "sql-stats")]
+pub mod stats;
 pub(crate) mod visits;
 
 use std::path::{Path, PathBuf};

@@ -13,11 +13,12 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V5),
         M::up(V6),
         M::up(V7),
+        M::up(V8),
     ])
 }
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -224,6 +225,21 @@ ALTER TABLE visits ADD COLUMN seen TEXT;
 ALTER TABLE households ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
 "#;
 
+/// Per-sync costs that follow the batch, not the history. The trail's entries waiting for the
+/// server get an index of their own (uploaded ones leave it), so finding, counting and marking
+/// them no longer scans years of uploaded entries. The upload state of contents flips: the
+/// contents *waiting* to go up are listed (and leave the list once the server holds them), so
+/// a sync looks at those instead of every photo the phone ever kept.
+const V8: &str = r#"
+CREATE INDEX audit_pending ON audit_log (seq) WHERE uploaded = 0;
+CREATE TABLE pending_contents (
+    hash TEXT PRIMARY KEY
+) WITHOUT ROWID;
+INSERT INTO pending_contents (hash)
+    SELECT hash FROM blobs WHERE hash NOT IN (SELECT hash FROM uploaded_contents);
+DROP TABLE uploaded_contents;
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,10 +274,10 @@ mod tests {
                 "members",
                 "meta",
                 "outbox",
+                "pending_contents",
                 "rejected_changes",
                 "scope_checksums",
                 "sync_conflicts",
-                "uploaded_contents",
                 "visits"
             ]
         );

@@ -273,13 +273,13 @@ pub(crate) fn purge_synced(conn: &Connection, cutoff: &str) -> Result<u64> {
            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.entity = 'visit' AND o.entity_id = v.id)
            AND NOT EXISTS (SELECT 1 FROM visits r WHERE r.revision_of = v.id)
            AND NOT EXISTS (SELECT 1 FROM attachments a JOIN blobs b ON b.hash = a.content_hash
-                           WHERE a.visit_id = v.id AND NOT EXISTS (SELECT 1 FROM uploaded_contents u WHERE u.hash = b.hash))",
+                           WHERE a.visit_id = v.id AND EXISTS (SELECT 1 FROM pending_contents p WHERE p.hash = b.hash))",
         params![cutoff],
     )?;
     for sql in [
         "DELETE FROM attachments WHERE visit_id IN (SELECT id FROM temp.purge_ids)",
         "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM attachments a WHERE a.content_hash = blobs.hash)",
-        "DELETE FROM uploaded_contents WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = uploaded_contents.hash)",
+        "DELETE FROM pending_contents WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = pending_contents.hash)",
     ] {
         conn.execute(sql, [])?;
     }

@@ -27,9 +27,9 @@ use super::wire::{decode, encode, is_wipe_order, request};
 use crate::error::{Error, Result};
 use crate::records::timestamp;
 use zoufang_protocol::messages::{
-    AuditBatch, AuditUploadRequest, AuditUploadResponse, CatalogRequest, CatalogResponse,
-    ContentRef, EnrollRequest, EnrollResponse, PROTOCOL_VERSION, Predecessor, PullRequest,
-    PullResponse, PushRequest, PushResponse, SnapshotRequest, SnapshotResponse, UserInfo,
+    CatalogRequest, CatalogResponse, ContentRef, EnrollRequest, EnrollResponse, PROTOCOL_VERSION,
+    Predecessor, PullRequest, PullResponse, PushRequest, PushResponse, SnapshotRequest,
+    SnapshotResponse, UserInfo,
 };
 
 /// The time, as the engine is told it: the wall clock (for the server-offset measurement and
@@ -165,7 +165,11 @@ pub(super) enum InFlight {
     Enroll,
     /// With the last audit entry it carries, if any.
     Catalog(Option<u64>),
-    Push(u64),
+    /// The changes it carries, and the last audit entry riding with them.
+    Push {
+        changes: u64,
+        audit: Option<u64>,
+    },
     Pull,
     Snapshot(String),
     /// With the last audit entry it carries (also while flushing the trail before a wipe).
@@ -229,8 +233,13 @@ pub struct SyncEngine<'a, L: LocalState + ?Sized> {
     pub(super) phase_done: u64,
     phase_total: u64,
     pub(super) report: SyncReport,
-    wiped: bool,
+    pub(super) wiped: bool,
     pub(super) download: Option<Download>,
+    /// The server computes audit hashes and takes entries on pushes (its catalog said so).
+    pub(super) compact_audit: bool,
+    /// Pending audit entries per waiting change when the push began: each push takes that
+    /// share of the trail.
+    pub(super) audit_per_change: f64,
 }
 
 impl<L: LocalState + ?Sized> std::fmt::Debug for SyncEngine<'_, L> {
@@ -268,6 +277,8 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             report: SyncReport::default(),
             wiped: false,
             download: None,
+            compact_audit: false,
+            audit_per_change: 0.0,
         }
     }
 
@@ -341,7 +352,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         self.credentials.as_ref().map(|(_, t)| t.as_str())
     }
 
-    fn device_id(&self) -> String {
+    pub(super) fn device_id(&self) -> String {
         self.credentials
             .as_ref()
             .map(|(d, _)| d.clone())
@@ -367,14 +378,16 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                         self.enter(SyncPhase::Pull, 0);
                         continue;
                     }
-                    let n = batch.len() as u64;
+                    let changes = batch.len() as u64;
+                    let (audit_batch, audit) = self.riding_audit(batch.len())?;
                     let body = encode(&PushRequest {
                         protocol: PROTOCOL_VERSION,
                         device_id: self.device_id(),
                         device_time: timestamp(now.wall),
                         changes: batch,
+                        audit: audit_batch,
                     })?;
-                    ("/v1/push", body, InFlight::Push(n))
+                    ("/v1/push", body, InFlight::Push { changes, audit })
                 }
                 SyncPhase::Pull => {
                     let body = encode(&PullRequest {
@@ -432,15 +445,8 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
     }
 
     fn catalog_request(&mut self) -> Result<(&'static str, Vec<u8>, InFlight)> {
-        let entries = self.local.pending_audit(AUDIT_BATCH)?;
-        let last = entries.last().map(|e| e.seq);
-        let audit = match last {
-            Some(_) => Some(AuditBatch {
-                chain_hash: self.local.audit_chain_hash()?,
-                entries,
-            }),
-            None => None,
-        };
+        // Before the catalog says whether the server computes hashes: entries sent whole.
+        let (audit, last) = self.audit_batch(AUDIT_BATCH, false)?;
         let body = encode(&CatalogRequest {
             protocol: PROTOCOL_VERSION,
             forms: self.local.installed_forms()?,
@@ -448,25 +454,6 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             audit,
         })?;
         Ok(("/v1/catalog", body, InFlight::Catalog(last)))
-    }
-
-    /// The next audit batch, or `None` when nothing is left to send (or the server refused the
-    /// chain: it keeps an alert, and sending more would be refused the same way).
-    fn audit_request(&mut self) -> Result<Option<(&'static str, Vec<u8>, InFlight)>> {
-        let entries = self.local.pending_audit(AUDIT_BATCH)?;
-        let (Some(last), false) = (
-            entries.last().map(|e| e.seq),
-            self.report.audit_chain_broken,
-        ) else {
-            return Ok(None);
-        };
-        let body = encode(&AuditUploadRequest {
-            protocol: PROTOCOL_VERSION,
-            device_id: self.device_id(),
-            chain_hash: self.local.audit_chain_hash()?,
-            entries,
-        })?;
-        Ok(Some(("/v1/audit", body, InFlight::Audit(last))))
     }
 
     pub(super) fn send(
@@ -560,9 +547,14 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                     self.local.save_token_expiry(expires)?;
                 }
                 let waiting = self.local.outbox_len()?;
+                self.compact_audit = catalog.compact_audit;
+                if self.compact_audit && waiting > 0 {
+                    let trail = self.local.pending_audit_count()?;
+                    self.audit_per_change = trail as f64 / waiting as f64;
+                }
                 self.enter(SyncPhase::Push, waiting);
             }
-            InFlight::Push(n) => self.handle_push(n, response, now)?,
+            InFlight::Push { changes, audit } => self.handle_push(changes, audit, response, now)?,
             InFlight::Pull => self.handle_pull(response)?,
             InFlight::Audit(last) => self.handle_audit(last, response)?,
             InFlight::ContentStatus { contents, recheck } => {
@@ -586,10 +578,19 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         Ok(())
     }
 
-    fn handle_push(&mut self, n: u64, response: &HttpResponse, now: Moment) -> Result<()> {
+    fn handle_push(
+        &mut self,
+        n: u64,
+        audit: Option<u64>,
+        response: &HttpResponse,
+        now: Moment,
+    ) -> Result<()> {
         let pushed: PushResponse = decode(response)?;
         self.measure_clock(&pushed.server_time, now);
         let (accepted, conflicts, rejected) = self.local.apply_acks(&pushed.acks)?;
+        if let (Some(last), Some(ack)) = (audit, &pushed.audit) {
+            self.apply_audit_ack(ack, last)?;
+        }
         self.report.pushed += n;
         self.report.accepted += accepted;
         self.report.conflicts += conflicts;
@@ -638,61 +639,6 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 .collect();
             let n = self.to_repair.len() as u64;
             self.enter(SyncPhase::Verify, n);
-        }
-        Ok(())
-    }
-
-    fn handle_audit(&mut self, last: u64, response: &HttpResponse) -> Result<()> {
-        let uploaded: AuditUploadResponse = decode(response)?;
-        let before = self.report.audit_uploaded;
-        self.apply_audit_ack(&uploaded, last)?;
-        self.phase_done += self.report.audit_uploaded - before;
-        if !self.report.audit_chain_broken && self.report.audit_uploaded == before {
-            return Err(Error::Server {
-                status: 200,
-                code: "no_audit_progress".into(),
-                message: "the server acknowledged no audit entry".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// The audit trail going up before a wipe: anything but progress ends it.
-    fn handle_wipe_flush(&mut self, flight: &InFlight, response: &HttpResponse) -> Result<()> {
-        let InFlight::Audit(last) = *flight else {
-            return Ok(());
-        };
-        let before = self.report.audit_uploaded;
-        let moved = match decode::<AuditUploadResponse>(response) {
-            Ok(ack) => {
-                self.apply_audit_ack(&ack, last)?;
-                self.report.audit_uploaded > before && ack.chain_break.is_none()
-            }
-            Err(_) => false,
-        };
-        self.phase_done += self.report.audit_uploaded - before;
-        if !moved {
-            self.wiped = true;
-            self.enter(SyncPhase::Done, 0);
-        }
-        Ok(())
-    }
-
-    /// Marks what the server acknowledged of an audit batch ending at `last`.
-    fn apply_audit_ack(&mut self, ack: &AuditUploadResponse, last: u64) -> Result<()> {
-        let first_pending = self
-            .local
-            .pending_audit(1)?
-            .first()
-            .map_or(u64::MAX, |e| e.seq);
-        let through = ack.accepted_through.min(last);
-        if through >= first_pending {
-            self.local.audit_uploaded_through(through)?;
-            self.report.audit_uploaded += through + 1 - first_pending;
-        }
-        if ack.chain_break.is_some() {
-            tracing::warn!("the server refused this device's audit chain");
-            self.report.audit_chain_broken = true;
         }
         Ok(())
     }

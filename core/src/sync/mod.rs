@@ -7,6 +7,7 @@
 
 pub(crate) mod apply;
 mod attachments;
+mod audit_upload;
 mod download;
 pub(crate) mod driver;
 pub mod engine;

@@ -393,6 +393,7 @@ async fn catalog(
                     device_id: auth.device_id.clone(),
                     chain_hash: batch.chain_hash,
                     entries: batch.entries,
+                    head: batch.head,
                 },
                 now,
             )?),
@@ -410,6 +411,7 @@ async fn catalog(
             // Every sync starts here: the sliding renewal of the device's token.
             token_expires_at: Some(storage.renew_token(&auth, lifetime, now)?),
             form_publications: storage.form_publications()?,
+            compact_audit: true,
             user: Some(auth.user),
         })
     })
@@ -444,12 +446,33 @@ async fn push(
     let storage = state.storage.clone();
     let device = auth.device_id.clone();
     let count = req.changes.len();
-    let acks = blocking(move || storage.push(&auth, &req.changes, device_now, now)).await?;
+    let (acks, audit) = blocking(move || {
+        let acks = storage.push(&auth, &req.changes, device_now, now)?;
+        // The trail's entries riding along: a transaction of their own, after the changes (a
+        // cut between the two leaves them pending on the device, sent again and deduplicated).
+        let audit = match req.audit {
+            Some(batch) => Some(storage.upload_audit(
+                &auth,
+                &messages::AuditUploadRequest {
+                    protocol: PROTOCOL_VERSION,
+                    device_id: auth.device_id.clone(),
+                    chain_hash: batch.chain_hash,
+                    entries: batch.entries,
+                    head: batch.head,
+                },
+                now,
+            )?),
+            None => None,
+        };
+        Ok((acks, audit))
+    })
+    .await?;
     tracing::info!(device = %device, changes = count, bytes = bytes, ms = started.elapsed().as_millis() as u64, "push");
     reply(&PushResponse {
         protocol: PROTOCOL_VERSION,
         server_time: now.to_rfc3339(),
         acks,
+        audit,
     })
 }
 

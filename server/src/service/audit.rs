@@ -39,11 +39,14 @@ pub fn upload(
         .as_ref()
         .map_or((0, String::new()), |(s, h, _)| (*s, h.clone()));
     let alg = head.and_then(|(_, _, a)| a).unwrap_or(request.chain_hash);
-    let fresh = fresh_entries(tx, device, last_seq, &request.entries)?;
-    let verdict = if alg == request.chain_hash {
-        audit::verify(alg, last_seq, &last_hash, &fresh).map_err(|b| b.to_string())
-    } else {
+    let (entries, rehashed) = with_hashes(tx, device, alg, last_seq, request)?;
+    let fresh = fresh_entries(tx, device, last_seq, &entries)?;
+    let verdict = if alg != request.chain_hash {
         Err("the chain changed its hash algorithm".to_owned())
+    } else {
+        rehashed
+            .and_then(|()| audit::verify(alg, last_seq, &last_hash, &fresh))
+            .map_err(|b| b.to_string())
     };
     let answer = |through: u64, chain_break: Option<String>| AuditUploadResponse {
         protocol: PROTOCOL_VERSION,
@@ -85,6 +88,34 @@ pub fn upload(
         )?;
     }
     Ok(answer(through, None))
+}
+
+/// The request's entries with their hashes: as sent, or computed for a compact upload (no
+/// hashes, the last one named as `head`) from the stored entry before the first. A head that
+/// does not match is a broken chain, as a wrong hash would have been.
+fn with_hashes(
+    tx: &mut dyn Tx,
+    device: &str,
+    alg: HashAlgorithm,
+    last_seq: u64,
+    request: &AuditUploadRequest,
+) -> Result<(Vec<AuditEntry>, std::result::Result<(), audit::ChainBreak>)> {
+    let mut entries = request.entries.clone();
+    let (Some(head), Some(first)) = (&request.head, entries.first()) else {
+        return Ok((entries, Ok(())));
+    };
+    let before = first.seq.saturating_sub(1);
+    // An entry missing before the batch: verification names the gap.
+    if before > last_seq {
+        return Ok((entries, Ok(())));
+    }
+    let prev = if before == 0 {
+        audit::GENESIS.to_owned()
+    } else {
+        tx.device_audit_hash(device, before)?.unwrap_or_default()
+    };
+    let verdict = audit::rehash(alg, &prev, &mut entries, head);
+    Ok((entries, verdict))
 }
 
 /// The entries beyond what the server holds. Entries it already holds (a lost answer) are
