@@ -377,6 +377,17 @@ async fn enroll(
     })
 }
 
+/// An audit batch riding on another request, as the `/v1/audit` upload it stands for.
+fn audit_upload(auth: &DeviceAuth, batch: messages::AuditBatch) -> messages::AuditUploadRequest {
+    messages::AuditUploadRequest {
+        protocol: PROTOCOL_VERSION,
+        device_id: auth.device_id.clone(),
+        chain_hash: batch.chain_hash,
+        entries: batch.entries,
+        head: batch.head,
+    }
+}
+
 async fn catalog(
     State(state): State<AppState>,
     Device(auth): Device,
@@ -386,17 +397,7 @@ async fn catalog(
     let lifetime = state.device_token_lifetime;
     let response = blocking(move || {
         let audit = match req.audit.take() {
-            Some(batch) => Some(storage.upload_audit(
-                &auth,
-                &messages::AuditUploadRequest {
-                    protocol: PROTOCOL_VERSION,
-                    device_id: auth.device_id.clone(),
-                    chain_hash: batch.chain_hash,
-                    entries: batch.entries,
-                    head: batch.head,
-                },
-                now,
-            )?),
+            Some(batch) => Some(storage.upload_audit(&auth, &audit_upload(&auth, batch), now)?),
             None => None,
         };
         let (forms, code_lists) = storage.catalog(&req)?;
@@ -451,17 +452,7 @@ async fn push(
         // The trail's entries riding along: a transaction of their own, after the changes (a
         // cut between the two leaves them pending on the device, sent again and deduplicated).
         let audit = match req.audit {
-            Some(batch) => Some(storage.upload_audit(
-                &auth,
-                &messages::AuditUploadRequest {
-                    protocol: PROTOCOL_VERSION,
-                    device_id: auth.device_id.clone(),
-                    chain_hash: batch.chain_hash,
-                    entries: batch.entries,
-                    head: batch.head,
-                },
-                now,
-            )?),
+            Some(batch) => Some(storage.upload_audit(&auth, &audit_upload(&auth, batch), now)?),
             None => None,
         };
         Ok((acks, audit))
