@@ -27,7 +27,7 @@ use crate::sample::{self, Rng};
 use crate::{Failure, fail};
 
 /// A camera JPEG of noise (it hardly compresses: the size asked for is the size stored).
-fn noisy_jpeg(w: u32, h: u32, seed: u32) -> Result<Vec<u8>, Failure> {
+pub(crate) fn noisy_jpeg(w: u32, h: u32, seed: u32) -> Result<Vec<u8>, Failure> {
     let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
     let img = image::RgbImage::from_fn(w, h, |_, _| {
         state ^= state << 13;
@@ -44,7 +44,7 @@ fn noisy_jpeg(w: u32, h: u32, seed: u32) -> Result<Vec<u8>, Failure> {
 }
 
 /// A completed application survey with `photo` as its house photo, kept at full size.
-fn visit_with_photo(c: &Collector, rng: &mut Rng, photo: &[u8]) -> Result<u64, Failure> {
+pub(crate) fn visit_with_photo(c: &Collector, rng: &mut Rng, photo: &[u8]) -> Result<u64, Failure> {
     let v = c.start_visit(None, "application_survey")?;
     c.set_answers(&v.id, &sample::application_survey(rng))?;
     let limits = PhotoLimits {

@@ -30,15 +30,20 @@ use crate::bench::{bare_db, bench_err, ms};
 use crate::sample::{self, Rng};
 use crate::{CliResult, Failure, fail};
 
-fn server_err(e: zoufang_server::ServerError) -> Failure {
+pub(crate) fn server_err(e: zoufang_server::ServerError) -> Failure {
     fail(e.code(), e.to_string())
 }
 
-fn transport(url: &str) -> Result<ReqwestTransport, Failure> {
+pub(crate) fn transport(url: &str) -> Result<ReqwestTransport, Failure> {
     ReqwestTransport::new(url).map_err(|e| fail("transport", e.message))
 }
 
-fn enroll(storage: &SqliteStorage, user: &str, role: Role, area: &str) -> Result<String, Failure> {
+pub(crate) fn enroll(
+    storage: &SqliteStorage,
+    user: &str,
+    role: Role,
+    area: &str,
+) -> Result<String, Failure> {
     let now = chrono::Utc::now();
     let _ = storage.create_user(
         &UserInfo {
@@ -53,7 +58,7 @@ fn enroll(storage: &SqliteStorage, user: &str, role: Role, area: &str) -> Result
         .map_err(server_err)
 }
 
-fn routine_answers(due: &str) -> Map<String, Json> {
+pub(crate) fn routine_answers(due: &str) -> Map<String, Json> {
     json!({
         "trigger_source": "schedule", "outcome": "completed", "interviewee_name": "吉克阿呷",
         "location": {"lat": 28.0108, "lon": 102.8456, "accuracy_m": 9.5, "provider": "gps", "mock": false},

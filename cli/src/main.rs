@@ -14,8 +14,10 @@ macro_rules! outln {
 mod bench;
 mod bench_attachments;
 mod bench_crypto;
+mod bench_link;
 mod bench_server;
 mod bench_sync;
+mod bench_whole;
 mod demo;
 mod net;
 mod sample;
@@ -141,10 +143,11 @@ enum Command {
         #[arg(long, default_value_t = 40)]
         rounds: usize,
         /// Which benchmarks: store, sync, crypto (encrypted against plaintext), attachments
-        /// (photo uploads) or all.
+        /// (photo uploads), whole (the whole sync at three sizes against a floor), link (the
+        /// sync through a weak link in real time) or all.
         #[arg(long, default_value = "all")]
         suite: String,
-        /// Visits pushed in the sync benchmark.
+        /// Visits pushed in the sync benchmark (the link benchmark takes at most 2,000).
         #[arg(long, default_value_t = 10_000)]
         visits: usize,
         /// Devices pushing at once in the server throughput benchmark.
@@ -596,8 +599,14 @@ fn run(cli: Cli) -> CliResult {
             if suite == "attachments" || suite == "all" {
                 report.extend(bench_attachments::run(rounds, cli.json)?);
             }
-            if !matches!(suite.as_str(), "store" | "sync" | "server" | "crypto" | "attachments" | "all") {
-                return Err(fail("invalid_input", "--suite is store, sync, server, crypto, attachments or all"));
+            if suite == "whole" || suite == "all" {
+                report.extend(bench_whole::run(visits, cli.json)?);
+            }
+            if suite == "link" || suite == "all" {
+                report.extend(bench_link::run(visits, cli.json)?);
+            }
+            if !matches!(suite.as_str(), "store" | "sync" | "server" | "crypto" | "attachments" | "whole" | "link" | "all") {
+                return Err(fail("invalid_input", "--suite is store, sync, server, crypto, attachments, whole, link or all"));
             }
             if cli.json {
                 outln!("{}", serde_json::to_string_pretty(&json!({"benchmarks": report})).unwrap_or_default());

@@ -8,7 +8,8 @@
 //! Helpers for the end-to-end tests: a real server on loopback and enrolled devices.
 //! The tests themselves live in `tests/tests/`; helper programs in `src/bin/`.
 
-pub mod fault_proxy;
+/// The loopback link with faults (crate `zoufang-link`, shared with `zoufang bench`).
+pub use zoufang_link as fault_proxy;
 
 use std::path::PathBuf;
 use std::sync::Arc;

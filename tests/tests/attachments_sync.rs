@@ -80,7 +80,8 @@ fn a_5_mb_photo_crosses_a_link_cut_every_64_kb_intact_without_resending() {
             cut_every: Some(64 * 1024),
             ..Faults::default()
         },
-    );
+    )
+    .unwrap();
     let link = ReqwestTransport::new(&proxy.url).unwrap();
     let report = c.sync(&link, None, None).unwrap();
     let stats = proxy.stats();
@@ -202,7 +203,8 @@ fn a_corrupted_chunk_is_refused_and_sent_again() {
             corrupt_at: vec![300_000, 2_000_001],
             ..Faults::default()
         },
-    );
+    )
+    .unwrap();
     let report = c
         .sync(&ReqwestTransport::new(&proxy.url).unwrap(), None, None)
         .unwrap();
@@ -238,7 +240,8 @@ fn a_lost_answer_is_not_a_reason_to_send_again() {
             truncate_answer_after: Some(500_000),
             ..Faults::default()
         },
-    );
+    )
+    .unwrap();
     let report = c
         .sync(&ReqwestTransport::new(&proxy.url).unwrap(), None, None)
         .unwrap();
@@ -381,7 +384,8 @@ fn a_device_killed_mid_upload_resumes_after_restart() {
             up_bytes_per_second: Some(1_500_000),
             ..Faults::default()
         },
-    );
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_attachment_sync"))
         .args([path.to_str().unwrap(), &proxy.url])
         .stdout(Stdio::piped())

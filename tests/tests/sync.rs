@@ -149,10 +149,11 @@ fn a_lost_acknowledgement_followed_by_a_re_push_changes_nothing() {
     let h = new_household(a);
     a.edit_household_field(&h, "phone", json!("13900000009"))
         .unwrap();
-    // Request 1 is the catalog; request 2 the push: it reaches the server, its answer is lost.
+    // Request 1 is the catalog; from request 2 on every push reaches the server and its
+    // answer is lost, until the sync gives up (smaller and smaller pushes first).
     let mut flaky = zoufang_tests::FlakyTransport::new(server.transport());
     flaky.lose_answer = true;
-    flaky.fail.lock().push(2);
+    flaky.fail.lock().extend(2..200);
     let err = a.sync_with(&flaky, no_retry(), None, None).unwrap_err();
     assert_eq!(err.code(), "transport");
     let after_first = server.storage.stats().unwrap();
@@ -184,6 +185,37 @@ fn a_lost_acknowledgement_followed_by_a_re_push_changes_nothing() {
 }
 
 #[test]
+fn answers_lost_now_and_then_cost_a_re_send_within_the_same_sync_not_the_sync() {
+    let server = TestServer::start();
+    let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
+    for _ in 0..12 {
+        new_household(&a.collector);
+    }
+    let b = Device::enrolled(&server, "coord-b", Role::Coordinator, &[VILLAGE]);
+    let queued = a.collector.sync_status().unwrap().pending_changes;
+    let mut config = no_retry();
+    config.push_batch = 4;
+    config.pull_limit = 5;
+    // Request 1 is the catalog; the second and fourth pushes reach the server and their
+    // answers are lost; then the first pull's page is lost on the way down.
+    let mut flaky = zoufang_tests::FlakyTransport::new(server.transport());
+    flaky.lose_answer = true;
+    flaky.fail.lock().extend([3, 6]);
+    let report = a.collector.sync_with(&flaky, config, None, None).unwrap();
+    assert_eq!(report.accepted, queued, "{report:?}");
+    assert_eq!(a.collector.sync_status().unwrap().pending_changes, 0);
+    let after = server.storage.stats().unwrap();
+    assert_eq!(after.households, 12, "each household once");
+    assert_eq!(after.feed_entries, queued, "each change applied once");
+
+    let flaky = zoufang_tests::FlakyTransport::new(server.transport());
+    flaky.fail.lock().extend([2, 3]);
+    let pulled = b.collector.sync_with(&flaky, config, None, None).unwrap();
+    assert_eq!(pulled.pulled, queued, "every entry once: {pulled:?}");
+    assert_eq!(b.collector.counts().unwrap().households, 12);
+}
+
+#[test]
 fn an_interrupted_pull_resumes_without_re_downloading_applied_batches() {
     let server = TestServer::start();
     let b = Device::enrolled(&server, "coord-b", Role::Coordinator, &[VILLAGE]);
@@ -197,9 +229,10 @@ fn an_interrupted_pull_resumes_without_re_downloading_applied_batches() {
     let a = Device::enrolled(&server, "coord-a", Role::Coordinator, &[VILLAGE]);
     let mut config = no_retry();
     config.pull_limit = 10;
-    // Requests: 1 catalog (nothing to push), then pulls; the third pull's link drops.
+    // Requests: 1 catalog (nothing to push), then pulls; from the third pull on the link is
+    // down (the sync tries smaller pages, then gives up).
     let flaky = zoufang_tests::FlakyTransport::new(server.transport());
-    flaky.fail.lock().push(4);
+    flaky.fail.lock().extend(4..200);
     assert_eq!(
         a.collector
             .sync_with(&flaky, config, None, None)
@@ -207,11 +240,9 @@ fn an_interrupted_pull_resumes_without_re_downloading_applied_batches() {
             .code(),
         "transport"
     );
-    assert_eq!(
-        a.collector.counts().unwrap().households,
-        10,
-        "two batches of 10 entries applied"
-    );
+    // Two pages applied: 10 entries, then 20 (the page grows after a quick answer).
+    let held = a.collector.counts().unwrap();
+    assert_eq!(held.households + held.members, 30, "{held:?}");
 
     let resumed = a
         .collector
@@ -219,7 +250,7 @@ fn an_interrupted_pull_resumes_without_re_downloading_applied_batches() {
         .unwrap();
     assert_eq!(
         resumed.pulled,
-        total - 20,
+        total - 30,
         "applied batches are not downloaded again"
     );
     assert_eq!(a.collector.counts().unwrap().households, 30);

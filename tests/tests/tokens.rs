@@ -108,15 +108,15 @@ fn a_phone_offline_for_200_days_enrols_again_and_delivers_everything_once() {
     let first_device = a.sync_status().unwrap().device_id.unwrap();
     let (_, first_token) = a.credentials().unwrap().unwrap();
 
-    // Before leaving for the mountains the coordinator syncs on a weak signal: the push
-    // reaches the server, its answer is lost (request 1 is the catalog, 2 the push), so the
-    // phone still holds those changes as unsent.
+    // Before leaving for the mountains the coordinator syncs on a weak signal: the pushes
+    // reach the server, their answers are lost (request 1 is the catalog, then every push),
+    // so the phone still holds those changes as unsent.
     let h = new_household(&a, VILLAGE);
     a.edit_household_field(&h, "phone", json!("13900000001"))
         .unwrap();
     let mut flaky = FlakyTransport::new(server.transport());
     flaky.lose_answer = true;
-    *flaky.fail.lock() = vec![2];
+    *flaky.fail.lock() = (2..200).collect();
     let mut once = zoufang_core::sync::SyncConfig::default();
     once.retry.attempts = 1;
     assert_eq!(

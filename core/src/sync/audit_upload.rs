@@ -6,7 +6,7 @@
 //! entries travel without their two hashes — a third of an entry's bytes, and incompressible —
 //! and the batch names its last hash (`head`), which the server checks after recomputing them.
 
-use super::engine::{AUDIT_BATCH, InFlight, SyncEngine, SyncPhase};
+use super::engine::{InFlight, SyncEngine, SyncPhase};
 use super::local::LocalState;
 use super::transport::HttpResponse;
 use super::wire::{decode, encode};
@@ -58,7 +58,9 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
     /// The next audit batch, or `None` when nothing is left to send (or the server refused the
     /// chain: it keeps an alert, and sending more would be refused the same way).
     pub(super) fn audit_request(&mut self) -> Result<Option<(&'static str, Vec<u8>, InFlight)>> {
-        let (Some(batch), Some(last)) = self.audit_batch(AUDIT_BATCH, self.compact_audit)? else {
+        let (Some(batch), Some(last)) =
+            self.audit_batch(self.link.audit.current, self.compact_audit)?
+        else {
             return Ok(None);
         };
         let body = encode(&AuditUploadRequest {
@@ -71,7 +73,8 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         Ok(Some(("/v1/audit", body, InFlight::Audit(last))))
     }
 
-    pub(super) fn handle_audit(&mut self, last: u64, response: &HttpResponse) -> Result<()> {
+    /// Applies an upload's acknowledgement; returns the entries it acknowledged.
+    pub(super) fn handle_audit(&mut self, last: u64, response: &HttpResponse) -> Result<usize> {
         let uploaded: AuditUploadResponse = decode(response)?;
         let before = self.report.audit_uploaded;
         self.apply_audit_ack(&uploaded, last)?;
@@ -83,7 +86,7 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
                 message: "the server acknowledged no audit entry".into(),
             });
         }
-        Ok(())
+        Ok(usize::try_from(self.report.audit_uploaded - before).unwrap_or(usize::MAX))
     }
 
     /// The audit trail going up before a wipe: anything but progress ends it.

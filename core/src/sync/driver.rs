@@ -25,7 +25,8 @@ impl CancelFlag {
     }
 }
 
-/// Sends with retries: no answer, 5xx and 429 are retried with backoff; other answers return.
+/// Sends, retrying a busy server: 5xx and 429 answers are retried with backoff; no answer at
+/// all goes back to the engine, which builds the request again to suit the link (`adapt.rs`).
 pub(crate) fn send_with_retry(
     transport: &dyn Transport,
     request: &HttpRequest,
@@ -38,7 +39,7 @@ pub(crate) fn send_with_retry(
         let failure = match transport.send(request) {
             Ok(r) if r.status >= 500 || r.status == 429 => server_error(&r).to_string(),
             Ok(r) => return Ok(r),
-            Err(e) => e.message,
+            Err(e) => return Err(Error::Transport(e.message)),
         };
         if attempt >= policy.attempts.max(1) {
             return Err(Error::Transport(failure));
@@ -46,7 +47,7 @@ pub(crate) fn send_with_retry(
         if cancel.is_some_and(CancelFlag::is_cancelled) {
             return Err(Error::Cancelled);
         }
-        tracing::debug!(attempt, "request failed; retrying after a pause");
+        tracing::debug!(attempt, "the server is busy; retrying after a pause");
         std::thread::sleep(policy.delay(attempt));
     }
 }

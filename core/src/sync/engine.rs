@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::adapt::LinkWatch;
 use super::download::Download;
 use super::local::LocalState;
 use super::transport::{HttpRequest, HttpResponse, RetryPolicy};
@@ -240,6 +241,10 @@ pub struct SyncEngine<'a, L: LocalState + ?Sized> {
     /// Pending audit entries per waiting change when the push began: each push takes that
     /// share of the trail.
     pub(super) audit_per_change: f64,
+    /// Batch sizes and interruptions: how the link behaves this sync.
+    pub(super) link: LinkWatch,
+    /// When the request in flight was sent, since the sync began.
+    sent_elapsed: Duration,
 }
 
 impl<L: LocalState + ?Sized> std::fmt::Debug for SyncEngine<'_, L> {
@@ -279,6 +284,8 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             download: None,
             compact_audit: false,
             audit_per_change: 0.0,
+            link: LinkWatch::new(config.push_batch, config.pull_limit as usize, AUDIT_BATCH),
+            sent_elapsed: Duration::ZERO,
         }
     }
 
@@ -372,7 +379,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 },
                 SyncPhase::Catalog => self.catalog_request()?,
                 SyncPhase::Push => {
-                    let batch = self.local.outbox_batch(self.config.push_batch)?;
+                    let batch = self.local.outbox_batch(self.link.push.current)?;
                     if batch.is_empty() {
                         self.report.households_left += self.local.leave_former_areas()?;
                         self.enter(SyncPhase::Pull, 0);
@@ -393,7 +400,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                     let body = encode(&PullRequest {
                         protocol: PROTOCOL_VERSION,
                         cursors: self.local.cursors()?,
-                        limit: self.config.pull_limit,
+                        limit: u32::try_from(self.link.pull.current).unwrap_or(u32::MAX),
                     })?;
                     ("/v1/pull", body, InFlight::Pull)
                 }
@@ -466,6 +473,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
     ) -> HttpRequest {
         self.in_flight = Some(flight);
         self.sent_at = Some(now.wall);
+        self.sent_elapsed = now.elapsed;
         self.report.round_trips += 1;
         self.report.bytes_sent += body.len() as u64;
         let token = self.token().map(str::to_owned);
@@ -478,9 +486,10 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         matches!(self.in_flight, Some(InFlight::Chunk { .. }))
     }
 
-    /// The request in flight got no usable answer (the link dropped, the server failed after
-    /// retries). A chunk is resumed from what the server confirms; the audit flush before a
-    /// wipe ends; anything else fails this sync (the next one resumes from the store).
+    /// The request in flight got no usable answer (the link dropped or stalled, the server
+    /// failed after retries). A chunk is resumed from what the server confirms; the audit
+    /// flush before a wipe ends; anything else is built again, smaller (`adapt.rs`), and the
+    /// sync fails only when the smallest requests keep failing.
     pub fn handle_interruption(&mut self, reason: &str) -> Result<()> {
         match self.in_flight.take() {
             Some(InFlight::Chunk { .. }) => self.chunk_interrupted(reason),
@@ -489,14 +498,19 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 self.enter(SyncPhase::Done, 0);
                 Ok(())
             }
-            _ => Err(Error::Transport(reason.to_owned())),
+            Some(flight) => self.request_interrupted(&flight, reason),
+            None => Err(Error::InvalidInput(
+                "an interruption without a request".into(),
+            )),
         }
     }
 
     /// How long to wait before the next request: only after interruptions that moved nothing
     /// twice in a row (one cut is the link's normal life; resuming at once costs nothing).
     pub fn pause(&self) -> Option<Duration> {
-        (self.uploads.stalled >= 2).then(|| self.config.retry.delay(self.uploads.stalled - 1))
+        let chunks =
+            (self.uploads.stalled >= 2).then(|| self.config.retry.delay(self.uploads.stalled - 1));
+        chunks.max(self.link_pause())
     }
 
     fn measure_clock(&mut self, server_time: &str, now: Moment) {
@@ -520,6 +534,9 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         if self.phase == SyncPhase::Wipe {
             return self.handle_wipe_flush(&flight, response);
         }
+        self.answered();
+        let took = now.elapsed.saturating_sub(self.sent_elapsed);
+        let budget = self.link.budget(now.elapsed);
         if is_wipe_order(response) && self.credentials.is_some() {
             self.local.record_wipe_order()?;
             let pending = self.local.pending_audit_count()?;
@@ -554,9 +571,19 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 }
                 self.enter(SyncPhase::Push, waiting);
             }
-            InFlight::Push { changes, audit } => self.handle_push(changes, audit, response, now)?,
-            InFlight::Pull => self.handle_pull(response)?,
-            InFlight::Audit(last) => self.handle_audit(last, response)?,
+            InFlight::Push { changes, audit } => {
+                self.handle_push(changes, audit, response, now)?;
+                let items = usize::try_from(changes).unwrap_or(usize::MAX);
+                self.link.push.succeeded(items, took, budget);
+            }
+            InFlight::Pull => {
+                let items = self.handle_pull(response)?;
+                self.link.pull.succeeded(items, took, budget);
+            }
+            InFlight::Audit(last) => {
+                let items = self.handle_audit(last, response)?;
+                self.link.audit.succeeded(items, took, budget);
+            }
             InFlight::ContentStatus { contents, recheck } => {
                 self.handle_content_status(contents, recheck, response)?;
             }
@@ -615,14 +642,15 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         Ok(())
     }
 
-    fn handle_pull(&mut self, response: &HttpResponse) -> Result<()> {
+    /// Applies a page of the feed; returns its entries.
+    fn handle_pull(&mut self, response: &HttpResponse) -> Result<usize> {
         let pulled: PullResponse = decode(response)?;
         self.local.apply_pull(&pulled)?;
         let n = pulled.entries.len() as u64;
         self.report.pulled += n;
         self.phase_done += n;
         let more = if pulled.more {
-            u64::from(self.config.pull_limit)
+            self.link.pull.current as u64
         } else {
             0
         };
@@ -640,7 +668,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             let n = self.to_repair.len() as u64;
             self.enter(SyncPhase::Verify, n);
         }
-        Ok(())
+        Ok(pulled.entries.len())
     }
 
     /// Records the sync's end and returns its report.

@@ -5,6 +5,7 @@
 //! that carry the bytes. Nothing here imports the `Collector` facade: it implements
 //! `LocalState` and calls the driver (`collector/sync.rs`, `collector/local_state.rs`).
 
+mod adapt;
 pub(crate) mod apply;
 mod attachments;
 mod audit_upload;
@@ -26,4 +27,7 @@ pub use local::LocalState;
 pub use status::{PendingAttachments, RejectedChange, SyncStatus};
 #[cfg(feature = "reqwest-transport")]
 pub use transport::ReqwestTransport;
-pub use transport::{HttpRequest, HttpResponse, RetryPolicy, Transport, TransportError};
+pub use transport::{
+    CONNECT_TIMEOUT, HttpRequest, HttpResponse, RetryPolicy, STALL_TIMEOUT, Transport,
+    TransportError,
+};

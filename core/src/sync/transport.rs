@@ -62,12 +62,22 @@ impl RetryPolicy {
     }
 }
 
-/// The default transport: reqwest's blocking client over rustls with the webpki roots.
+/// Silence after which the default transport gives a request up as stalled (the engine then
+/// tries again on a new connection).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the default transport waits for a connection (a 2G handshake takes a second or two).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default transport: reqwest over rustls with the webpki roots, on a runtime of its own
+/// (one worker thread; `send` blocks the calling thread until the answer is in). Not the
+/// blocking client: its reads cannot time out, and a stalled link must be noticed. Clones
+/// share the connection pool.
 #[cfg(feature = "reqwest-transport")]
 #[derive(Debug, Clone)]
 pub struct ReqwestTransport {
     base_url: String,
-    client: reqwest::blocking::Client,
+    client: reqwest::Client,
+    runtime: std::sync::Arc<tokio::runtime::Runtime>,
 }
 
 #[cfg(feature = "reqwest-transport")]
@@ -91,18 +101,30 @@ impl ReqwestTransport {
     }
 
     fn build(base_url: &str, root: Option<reqwest::Certificate>) -> Result<Self, TransportError> {
-        let mut builder = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(120));
+        let failed = |e: &dyn std::fmt::Display| TransportError {
+            message: format!("cannot build the HTTP client: {e}"),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("zoufang-http")
+            .enable_all()
+            .build()
+            .map_err(|e| failed(&e))?;
+        // A link that stops moving bytes without closing is noticed by the read timeout (it
+        // restarts at every byte read), not by a total timeout: a slow answer that keeps coming
+        // is fine, silence is not. The total bound only guards against a peer that trickles.
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(STALL_TIMEOUT)
+            .timeout(Duration::from_secs(600));
         if let Some(root) = root {
             builder = builder.add_root_certificate(root);
         }
-        let client = builder.build().map_err(|e| TransportError {
-            message: format!("cannot build the HTTP client: {e}"),
-        })?;
+        let client = builder.build().map_err(|e| failed(&e))?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
             client,
+            runtime: std::sync::Arc::new(runtime),
         })
     }
 }
@@ -119,19 +141,41 @@ impl Transport for ReqwestTransport {
         for (k, v) in &request.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
-        // Without the URL: it is not personal, but errors should not depend on deployment details.
-        let response = builder.send().map_err(|e| TransportError {
-            message: format!("request failed: {}", e.without_url()),
-        })?;
-        let status = response.status().as_u16();
-        let body = response.bytes().map_err(|e| TransportError {
-            message: format!("reading the response failed: {}", e.without_url()),
-        })?;
-        Ok(HttpResponse {
-            status,
-            body: body.to_vec(),
+        self.runtime.block_on(async move {
+            // Without the URL: it is not personal, but errors should not depend on deployment details.
+            let response = builder.send().await.map_err(|e| TransportError {
+                message: format!("request failed: {}", describe(e)),
+            })?;
+            let status = response.status().as_u16();
+            let body = response.bytes().await.map_err(|e| TransportError {
+                message: format!("reading the response failed: {}", describe(e)),
+            })?;
+            Ok(HttpResponse {
+                status,
+                body: body.to_vec(),
+            })
         })
     }
+}
+
+/// A transport failure in words, without the URL; a stall says it is one.
+#[cfg(feature = "reqwest-transport")]
+fn describe(e: reqwest::Error) -> String {
+    if e.is_connect() {
+        return "cannot connect to the server".into();
+    }
+    if e.is_timeout() {
+        let secs = STALL_TIMEOUT.as_secs();
+        return format!("the link went silent for {secs} s (stalled)");
+    }
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -1,0 +1,244 @@
+//! `zoufang bench --suite whole`: the whole sync (everything `zoufang device sync` does, with
+//! its defaults) of N/10, N and 10·N completed visits (N = `--visits`, 10,000 by default), so
+//! growth is visible (target: 10·N ≤ 11× N), each against a floor measured in the same run:
+//! the very bodies that sync sent, posted over loopback to a handler that only decompresses
+//! them and inserts their rows (each change, each audit entry) into SQLite, one fsynced
+//! transaction per request (target ≤ 2×). Also: the audit trail's share of the sync's bytes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use serde_json::{Value as Json, json};
+use zoufang_core::protocol::messages::{self, CatalogRequest, PushRequest, Role};
+use zoufang_core::records::NewHousehold;
+use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
+use zoufang_core::{Collector, StoreOptions};
+use zoufang_server::{AppState, BackgroundServer, SqliteStorage};
+
+use crate::bench::{bare_db, ms};
+use crate::bench_sync::{enroll, routine_answers, server_err, transport};
+use crate::sample::{self, Rng};
+use crate::{Failure, fail};
+
+/// Records every request body, and how many of its bytes are the audit trail.
+struct Recording {
+    inner: ReqwestTransport,
+    bodies: Mutex<Vec<Vec<u8>>>,
+    audit_bytes: Mutex<u64>,
+    all_bytes: Mutex<u64>,
+}
+
+/// Bytes of `body` that are audit entries: the body less the same request without them.
+fn audit_part(request: &HttpRequest) -> u64 {
+    let total = request.body.len() as u64;
+    let without = match request.path.as_str() {
+        "/v1/audit" => Some(0),
+        "/v1/push" => messages::decode::<PushRequest>(&request.body)
+            .ok()
+            .and_then(|mut r| r.audit.take().and(messages::encode(&r).ok()))
+            .map(|b| b.len() as u64),
+        "/v1/catalog" => messages::decode::<CatalogRequest>(&request.body)
+            .ok()
+            .and_then(|mut r| r.audit.take().and(messages::encode(&r).ok()))
+            .map(|b| b.len() as u64),
+        _ => None,
+    };
+    without.map_or(0, |w| total.saturating_sub(w))
+}
+
+impl Transport for Recording {
+    fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+        *self.audit_bytes.lock() += audit_part(request);
+        self.bodies.lock().push(request.body.clone());
+        let response = self.inner.send(request)?;
+        *self.all_bytes.lock() += (request.body.len() + response.body.len()) as u64;
+        Ok(response)
+    }
+}
+
+/// The floor's handler: decompress, take the rows, insert them, one fsync.
+fn insert_rows(conn: &Mutex<Connection>, body: &[u8]) -> Result<usize, String> {
+    let json = zstd::stream::decode_all(body).map_err(|e| e.to_string())?;
+    let value: Json = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+    let rows = ["changes", "entries"]
+        .iter()
+        .filter_map(|k| value.get(k).and_then(Json::as_array))
+        .chain(value.pointer("/audit/entries").and_then(Json::as_array))
+        .flatten();
+    let mut conn = conn.lock();
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let mut n = 0;
+    for row in rows {
+        tx.execute(
+            "INSERT INTO t (id, body) VALUES (?1, ?2)",
+            rusqlite::params![uuid::Uuid::now_v7().to_string(), row.to_string()],
+        )
+        .map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+/// A loopback HTTP server that only inserts rows.
+struct Floor {
+    url: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn floor(db: &std::path::Path) -> Result<Floor, Failure> {
+    let io = |e: std::io::Error| fail("io", e.to_string());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io)?;
+    let conn = Arc::new(Mutex::new(bare_db(db)?));
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    let app = axum::Router::new().route(
+        "/floor",
+        axum::routing::post(move |body: Bytes| {
+            let conn = conn.clone();
+            async move {
+                let done = tokio::task::spawn_blocking(move || insert_rows(&conn, &body)).await;
+                match done {
+                    Ok(Ok(n)) => (axum::http::StatusCode::OK, n.to_string()),
+                    _ => (axum::http::StatusCode::BAD_REQUEST, String::new()),
+                }
+            }
+        }),
+    );
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    Ok(Floor {
+        url: format!("http://{addr}"),
+        _runtime: runtime,
+    })
+}
+
+/// A coordinator's phone with `visits` completed routine visits (and a tenth as many
+/// households, synced), on the server at `url`.
+fn phone(
+    storage: &SqliteStorage,
+    url: &str,
+    path: &std::path::Path,
+    visits: usize,
+) -> Result<Collector, Failure> {
+    let c = Collector::open(path, &StoreOptions::default())?;
+    let name = format!("whole-{visits}");
+    c.enroll(
+        &transport(url)?,
+        &enroll(storage, &name, Role::Coordinator, "513431")?,
+        &name,
+    )?;
+    let mut rng = Rng::new(visits as u64);
+    let homes: Vec<NewHousehold> = (0..(visits / 10).max(1))
+        .map(|_| sample::household(&mut rng))
+        .collect();
+    let mut ids = Vec::new();
+    for chunk in homes.chunks(1000) {
+        ids.extend(c.import_households(chunk.to_vec())?);
+    }
+    c.sync(&transport(url)?, None, None)?;
+    for (id, home) in ids.iter().zip(&homes).cycle().take(visits) {
+        let due = home
+            .fields
+            .get("next_visit_due")
+            .and_then(Json::as_str)
+            .unwrap_or("2026-12-01");
+        let v = c.start_visit(Some(id), "routine")?;
+        c.set_answers(&v.id, &routine_answers(due))?;
+        c.complete_visit(&v.id)?;
+    }
+    Ok(c)
+}
+
+pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
+    let dir = tempfile::Builder::new()
+        .prefix("zoufang-bench-whole")
+        .tempdir_in(".")
+        .map_err(|e| fail("io", e.to_string()))?;
+    let key = crate::server_key::ephemeral(zoufang_server::at_rest::CipherSuite::Aes256)?;
+    let storage =
+        Arc::new(SqliteStorage::open(&dir.path().join("server"), &key).map_err(server_err)?);
+    zoufang_server::publish_defaults(storage.as_ref()).map_err(server_err)?;
+    let server = BackgroundServer::start(AppState::new(storage.clone()), "127.0.0.1:0")
+        .map_err(|e| fail("io", e.to_string()))?;
+    let mut report = Vec::new();
+    let mut times: Vec<(usize, Duration)> = Vec::new();
+    for n in [(visits / 10).max(1), visits, visits * 10] {
+        let c = phone(
+            &storage,
+            &server.url,
+            &dir.path().join(format!("p{n}.db")),
+            n,
+        )?;
+        let recording = Recording {
+            inner: transport(&server.url)?,
+            bodies: Mutex::new(Vec::new()),
+            audit_bytes: Mutex::new(0),
+            all_bytes: Mutex::new(0),
+        };
+        let started = Instant::now();
+        let r = c.sync(&recording, None, None)?;
+        let took = started.elapsed();
+        let left = c.sync_status()?.pending_changes;
+        drop(c);
+        // The floor: the same bodies, posted to a handler that only inserts their rows.
+        let bed = floor(&dir.path().join(format!("floor{n}.db")))?;
+        let t = transport(&bed.url)?;
+        let bodies = std::mem::take(&mut *recording.bodies.lock());
+        let started = Instant::now();
+        for body in bodies {
+            let a = t
+                .send(&HttpRequest {
+                    method: "POST".into(),
+                    path: "/floor".into(),
+                    headers: Vec::new(),
+                    body,
+                })
+                .map_err(|e| fail("transport", e.message))?;
+            if a.status != 200 {
+                return Err(fail("bench", "the floor refused a body"));
+            }
+        }
+        let floor_time = started.elapsed();
+        let ratio = ms(took) / ms(floor_time).max(1e-9);
+        let audit_share =
+            *recording.audit_bytes.lock() as f64 / (*recording.all_bytes.lock()).max(1) as f64;
+        if !json_output {
+            outln!(
+                "{:<28} {:.0} ms ({:.0} visits/s, {} round trips, {} KB up, {} KB down, {left} left) vs the floor {:.0} ms: {ratio:.2}x (target <= 2x); audit {:.1}% of the bytes (target <= 15%)",
+                format!("whole sync of {n} visits"),
+                ms(took),
+                n as f64 / took.as_secs_f64().max(1e-9),
+                r.round_trips,
+                r.bytes_sent / 1024,
+                r.bytes_received / 1024,
+                ms(floor_time),
+                audit_share * 100.0
+            );
+        }
+        report.push(json!({"name": "whole_sync", "visits": n, "ms": ms(took), "floor_ms": ms(floor_time), "ratio": ratio,
+            "target_ratio": 2.0, "round_trips": r.round_trips, "bytes_up": r.bytes_sent, "bytes_down": r.bytes_received,
+            "audit_share": audit_share, "left_waiting": left}));
+        times.push((n, took));
+    }
+    if let [_, (n1, t1), (n2, t2)] = times.as_slice() {
+        let growth = t2.as_secs_f64() / t1.as_secs_f64().max(1e-9);
+        if !json_output {
+            outln!(
+                "{:<28} {n2} visits took {growth:.1}x the time of {n1} (target <= 11x)",
+                "whole sync growth"
+            );
+        }
+        report.push(json!({"name": "whole_sync_growth", "from": n1, "to": n2, "ratio": growth, "target_ratio": 11.0}));
+    }
+    drop(server);
+    Ok(report)
+}
