@@ -8,7 +8,7 @@
 //! - (b) the same at 50 KB/s, cut every 0.5 s: everything arrives, target ≤ 3×;
 //! - (c) a stall without close: noticed (a new connection) within 20 s, the sync resumes;
 //! - (d) a fresh phone of the same area pulls what those visits made, through (a) and (b);
-//! - (e) 6 photos through (a): target ≤ 1.3×.
+//! - (e) 6 photos through (a) (one below 1,000 visits): target ≤ 1.3×.
 //!
 //! A sync that fails is started again, as the coordinator would press the button again; the
 //! figures say how many it took.
@@ -29,7 +29,7 @@ use zoufang_link::{FaultProxy, Faults, LinkStats};
 use zoufang_server::{AppState, BackgroundServer, SqliteStorage};
 
 use crate::bench_attachments::{noisy_jpeg, visit_with_photo};
-use crate::bench_sync::{enroll, routine_answers, server_err, transport};
+use crate::bench_sync::{enroll, server_err, transport};
 use crate::sample::{self, Rng};
 use crate::{Failure, fail};
 
@@ -85,22 +85,27 @@ impl Bed {
         Ok(c)
     }
 
-    /// A coordinator's phone with 200 households (synced) and `visits` routine visits waiting,
-    /// made from `seed`: twins made from one seed hold the same data.
+    /// A coordinator's phone with `visits` households (synced) and a routine visit of each
+    /// waiting (a round visits each household once; visits of one household repeated in a
+    /// batch would flatter its compression), made from `seed`: twins made from one seed hold
+    /// the same data.
     fn coordinator(&mut self, visits: usize, seed: u64) -> Result<Collector, Failure> {
         let c = self.phone(Role::Coordinator)?;
         let mut rng = Rng::new(seed);
-        let homes: Vec<NewHousehold> = (0..200).map(|_| sample::household(&mut rng)).collect();
-        let ids = c.import_households(homes.clone())?;
+        let homes: Vec<NewHousehold> = (0..visits).map(|_| sample::household(&mut rng)).collect();
+        let mut ids = Vec::new();
+        for chunk in homes.chunks(1000) {
+            ids.extend(c.import_households(chunk.to_vec())?);
+        }
         c.sync(&transport(&self.server.url)?, None, None)?;
-        for (id, home) in ids.iter().zip(&homes).cycle().take(visits) {
+        for (id, home) in ids.iter().zip(&homes) {
             let due = home
                 .fields
                 .get("next_visit_due")
                 .and_then(Json::as_str)
                 .unwrap_or("2026-12-01");
             let v = c.start_visit(Some(id), "routine")?;
-            c.set_answers(&v.id, &routine_answers(due))?;
+            c.set_answers(&v.id, &sample::routine_visit(&mut rng, due))?;
             c.complete_visit(&v.id)?;
         }
         Ok(c)
@@ -123,11 +128,12 @@ fn weak(rate_kb: f64, cut_every: Option<f64>) -> Faults {
     }
 }
 
-/// Everything the phone holds has reached the server: changes, audit trail, contents.
+/// Everything the phone holds has reached the server: changes, audit trail, contents (but
+/// the entry each sync writes about itself as it ends, which goes up with the next one).
 fn all_sent(c: &Collector) -> Result<bool, Failure> {
     let s = c.sync_status()?;
     let audit = LocalState::pending_audit_count(c)?;
-    Ok(s.pending_changes == 0 && s.pending_attachments == 0 && audit == 0)
+    Ok(s.pending_changes == 0 && s.pending_attachments == 0 && audit <= 1)
 }
 
 /// What one scenario took.
@@ -301,23 +307,27 @@ pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         say.against(label, key, &run, expected.1, (rate, target), done);
     }
 
-    // (e) Six photos through (a), against a twin's clean upload.
+    // (e) Six photos (one at small sizes) through (a), against a twin's clean upload to a
+    // server of its own (the same photos on one server would be found already held).
+    let count = if n >= 1000 { 6 } else { 1 };
     let photos = |bed: &mut Bed| -> Result<Collector, Failure> {
         let c = bed.phone(Role::Coordinator)?;
         let mut rng = Rng::new(5);
-        for i in 0..6 {
+        for i in 0..count {
             visit_with_photo(&c, &mut rng, &noisy_jpeg(560, 420, 40 + i)?)?;
         }
         Ok(c)
     };
-    let clean = photos(&mut bed)?;
-    let (proxy, t) = bed.link(Faults::default())?;
+    let mut twin_bed = Bed::start()?;
+    let clean = photos(&mut twin_bed)?;
+    let (proxy, t) = twin_bed.link(Faults::default())?;
     let photo_bytes = link_bytes(&sync_until(&clean, &proxy, &t, &everything)?.stats);
+    drop((proxy, clean, twin_bed));
     let c = photos(&mut bed)?;
     let (proxy, t) = bed.link(weak(20.0, Some(2.0)))?;
     let run = sync_until(&c, &proxy, &t, &everything)?;
     say.against(
-        "6 photos, 20 KB/s, cut/2s",
+        &format!("{count} photos, 20 KB/s, cut/2s"),
         "photos_2s_cuts",
         &run,
         photo_bytes,

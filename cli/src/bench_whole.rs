@@ -1,6 +1,6 @@
 //! `zoufang bench --suite whole`: the whole sync (everything `zoufang device sync` does, with
-//! its defaults) of N/10, N and 10·N completed visits (N = `--visits`, 10,000 by default), so
-//! growth is visible (target: 10·N ≤ 11× N), each against a floor measured in the same run:
+//! its defaults) of N/10, N and 5·N completed visits (N = `--visits`, 10,000 by default), so
+//! growth is visible (target: 5·N ≤ 5.5× N), each against a floor measured in the same run:
 //! the very bodies that sync sent, posted over loopback to a handler that only decompresses
 //! them and inserts their rows (each change, each audit entry) into SQLite, one fsynced
 //! transaction per request (target ≤ 2×). Also: the audit trail's share of the sync's bytes.
@@ -19,7 +19,7 @@ use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{AppState, BackgroundServer, SqliteStorage};
 
 use crate::bench::{bare_db, ms};
-use crate::bench_sync::{enroll, routine_answers, server_err, transport};
+use crate::bench_sync::{enroll, server_err, transport};
 use crate::sample::{self, Rng};
 use crate::{Failure, fail};
 
@@ -152,11 +152,16 @@ fn phone(
             .and_then(Json::as_str)
             .unwrap_or("2026-12-01");
         let v = c.start_visit(Some(id), "routine")?;
-        c.set_answers(&v.id, &routine_answers(due))?;
+        c.set_answers(&v.id, &sample::routine_visit(&mut rng, due))?;
         c.complete_visit(&v.id)?;
     }
     Ok(c)
 }
+
+/// The largest sync is this many times the middle one (50,000 visits by default, the largest
+/// size issue 14 measured); linear cost means at most 10% more than that factor in time.
+const GROWTH: usize = 5;
+const GROWTH_TARGET: f64 = GROWTH as f64 * 1.1;
 
 pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
     let dir = tempfile::Builder::new()
@@ -171,7 +176,7 @@ pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         .map_err(|e| fail("io", e.to_string()))?;
     let mut report = Vec::new();
     let mut times: Vec<(usize, Duration)> = Vec::new();
-    for n in [(visits / 10).max(1), visits, visits * 10] {
+    for n in [(visits / 10).max(1), visits, visits * GROWTH] {
         let c = phone(
             &storage,
             &server.url,
@@ -233,11 +238,12 @@ pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         let growth = t2.as_secs_f64() / t1.as_secs_f64().max(1e-9);
         if !json_output {
             outln!(
-                "{:<28} {n2} visits took {growth:.1}x the time of {n1} (target <= 11x)",
-                "whole sync growth"
+                "{:<28} {n2} visits took {growth:.1}x the time of {n1} (target <= {:.1}x)",
+                "whole sync growth",
+                GROWTH_TARGET
             );
         }
-        report.push(json!({"name": "whole_sync_growth", "from": n1, "to": n2, "ratio": growth, "target_ratio": 11.0}));
+        report.push(json!({"name": "whole_sync_growth", "from": n1, "to": n2, "ratio": growth, "target_ratio": GROWTH_TARGET}));
     }
     drop(server);
     Ok(report)

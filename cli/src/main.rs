@@ -142,9 +142,9 @@ enum Command {
         /// Repetitions of each timed step.
         #[arg(long, default_value_t = 40)]
         rounds: usize,
-        /// Which benchmarks: store, sync, crypto (encrypted against plaintext), attachments
-        /// (photo uploads), whole (the whole sync at three sizes against a floor), link (the
-        /// sync through a weak link in real time) or all.
+        /// Which benchmarks, comma-separated: store, sync, server, crypto (encrypted against
+        /// plaintext), attachments (photo uploads), whole (the whole sync at three sizes against
+        /// a floor), link (the sync through a weak link in real time, minutes) or all.
         #[arg(long, default_value = "all")]
         suite: String,
         /// Visits pushed in the sync benchmark (the link benchmark takes at most 2,000).
@@ -583,30 +583,33 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Demo => demo::run(cli.json),
         Command::Bench { households, rounds, suite, visits, devices } => {
+            const SUITES: [&str; 8] = ["store", "sync", "server", "crypto", "attachments", "whole", "link", "all"];
+            let chosen: Vec<&str> = suite.split(',').map(str::trim).collect();
+            if !chosen.iter().all(|s| SUITES.contains(s)) {
+                return Err(fail("invalid_input", "--suite is one or more (comma-separated) of store, sync, server, crypto, attachments, whole, link, all"));
+            }
+            let wants = |name: &str| chosen.iter().any(|s| *s == name || *s == "all");
             let mut report = Vec::new();
-            if suite == "store" || suite == "all" {
+            if wants("store") {
                 report.extend(bench::run(households, rounds, cli.json)?);
             }
-            if suite == "sync" || suite == "all" {
+            if wants("sync") {
                 report.extend(bench_sync::run(households, visits, devices, cli.json)?);
             }
-            if suite == "server" || suite == "all" {
+            if wants("server") {
                 report.extend(bench_server::run(devices, cli.json)?);
             }
-            if suite == "crypto" || suite == "all" {
+            if wants("crypto") {
                 report.extend(bench_crypto::run(households / 5, rounds, devices, cli.json)?);
             }
-            if suite == "attachments" || suite == "all" {
+            if wants("attachments") {
                 report.extend(bench_attachments::run(rounds, cli.json)?);
             }
-            if suite == "whole" || suite == "all" {
+            if wants("whole") {
                 report.extend(bench_whole::run(visits, cli.json)?);
             }
-            if suite == "link" || suite == "all" {
+            if wants("link") {
                 report.extend(bench_link::run(visits, cli.json)?);
-            }
-            if !matches!(suite.as_str(), "store" | "sync" | "server" | "crypto" | "attachments" | "whole" | "link" | "all") {
-                return Err(fail("invalid_input", "--suite is store, sync, server, crypto, attachments, whole, link or all"));
             }
             if cli.json {
                 outln!("{}", serde_json::to_string_pretty(&json!({"benchmarks": report})).unwrap_or_default());

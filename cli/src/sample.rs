@@ -191,6 +191,84 @@ pub fn application_survey(rng: &mut Rng) -> Map<String, Json> {
     .unwrap_or_default()
 }
 
+/// What coordinators write in a routine visit's explanation, a few phrases at a time.
+const NOTES: [&str; 18] = [
+    "户主身体状况稳定",
+    "老人独居，子女在外务工",
+    "家中有在校学生",
+    "今年玉米收成一般",
+    "已提醒按时服药",
+    "房屋漏雨，已报村委",
+    "低保金按月到账",
+    "孩子由祖父母照看",
+    "申请了临时救助",
+    "医保已续缴",
+    "家里养了两头牛",
+    "需要跟进残疾证办理",
+    "饮水问题已解决",
+    "建议下次带翻译",
+    "邻居反映夜里无人照看",
+    "外出务工收入不稳定",
+    "已联系乡卫生院",
+    "本人不愿多谈",
+];
+const INVESTIGATORS: [&str; 6] = [
+    "马海木呷",
+    "沙马拉且",
+    "吉克伍各",
+    "阿说子莫",
+    "海来尔古",
+    "曲比阿果",
+];
+
+/// A routine visit's answers as different coordinators record them: who answered, where and
+/// when, what they saw and wrote. Visits differ as real ones do, so the bytes a batch of them
+/// compresses to are not flattered by identical records.
+pub fn routine_visit(rng: &mut Rng, next_due: &str) -> Map<String, Json> {
+    let pick = |rng: &mut Rng, items: &[&'static str]| -> &'static str {
+        rng.pick(items).copied().unwrap_or_default()
+    };
+    let notes: Vec<&str> = (0..1 + rng.below(3)).map(|_| pick(rng, &NOTES)).collect();
+    let start = 1.0 + rng.below(600) as f64 / 100.0;
+    let trigger = pick(
+        rng,
+        &["schedule", "schedule", "platform_alert", "discovered"],
+    );
+    let mut answers = json!({
+        "trigger_source": trigger,
+        "outcome": "completed", "interviewee_name": name(rng),
+        "location": {
+            "lat": 27.8 + rng.below(60_000) as f64 / 100_000.0,
+            "lon": 102.5 + rng.below(70_000) as f64 / 100_000.0,
+            "accuracy_m": 3.0 + rng.below(400) as f64 / 10.0, "provider": "gps", "mock": false
+        },
+        "language_used": pick(rng, &["ii", "ii", "zh"]),
+        "basic_living_difficulty": pick(rng, &["no", "no", "yes"]),
+        "risk_level": pick(rng, &["low", "low", "medium"]),
+        "recommendation": pick(rng, &["monitor", "monitor", "refer", "resolved"]),
+        "emergency": "no", "explanation": notes.join("，"), "next_visit_due": next_due,
+        "investigator_1_name": pick(rng, &INVESTIGATORS), "consent_privacy": "yes",
+        "started_at": hours_ago(start), "ended_at": hours_ago(start - 0.3 - rng.below(50) as f64 / 100.0)
+    })
+    .as_object()
+    .cloned()
+    .unwrap_or_default();
+    if trigger == "platform_alert" {
+        answers.insert(
+            "task_id".into(),
+            json!(format!("YJ2026{:06}", rng.below(1_000_000))),
+        );
+        answers.insert(
+            "alert_verdict".into(),
+            json!(pick(
+                rng,
+                &["confirmed", "not_confirmed", "already_assisted"]
+            )),
+        );
+    }
+    answers
+}
+
 /// How many answers (leaf values) a visit-shaped object holds.
 /// A time `hours` before now, as the form's datetime answers hold it: sample visits happen
 /// today, after the form they use was published.

@@ -403,6 +403,8 @@ fn the_benchmark_runs_and_reports_ratios() {
         .args([
             "--json",
             "bench",
+            "--suite",
+            "store,sync,server,crypto,attachments,whole",
             "--households",
             "300",
             "--rounds",
@@ -447,9 +449,26 @@ fn the_benchmark_runs_and_reports_ratios() {
             "server_push_sm4",
             "upload_loopback",
             "upload_cut_every_64kb",
-            "upload_weak_link"
+            "upload_weak_link",
+            "whole_sync",
+            "whole_sync",
+            "whole_sync",
+            "whole_sync_growth"
         ]
     );
+    // The whole sync at 10, 100 and 500 visits: everything sent, each against its floor.
+    let whole = &report["benchmarks"].as_array().unwrap()[22..25];
+    for (b, n) in whole.iter().zip([10, 100, 500]) {
+        assert!(
+            b["visits"] == json!(n)
+                && b["left_waiting"] == json!(0)
+                && b["ratio"].as_f64().unwrap() > 0.0,
+            "{b}"
+        );
+        let share = b["audit_share"].as_f64().unwrap();
+        assert!(share > 0.0 && share < 0.5, "{b}");
+    }
+    assert_eq!(report["benchmarks"][25]["to"], json!(500));
     // Encrypted against plaintext: real ratios, measured on stores that hold the households.
     for b in &report["benchmarks"].as_array().unwrap()[13..17] {
         assert!(
@@ -493,7 +512,7 @@ fn the_benchmark_runs_and_reports_ratios() {
     assert!(
         upload["ratio"].as_f64().unwrap() > 0.0 && upload["bytes"].as_u64().unwrap() > 5_000_000
     );
-    for b in &report["benchmarks"].as_array().unwrap()[20..] {
+    for b in &report["benchmarks"].as_array().unwrap()[20..22] {
         let ratio = b["ratio"].as_f64().unwrap();
         assert!(
             (1.0..1.3).contains(&ratio) && b["cuts"].as_u64().unwrap() > 50,
@@ -504,6 +523,47 @@ fn the_benchmark_runs_and_reports_ratios() {
     let save = &report["benchmarks"][0];
     assert!(save["ratio"].as_f64().unwrap() > 0.0 && save["answers"].as_u64().unwrap() > 120);
     // The benchmark cleans up after itself.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// The sync through a real weak link in real time, at a small size: every scenario gets all of
+/// its data through, and the stall is noticed by the read timeout.
+#[test]
+fn the_link_benchmark_gets_everything_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zoufang"))
+        .args(["--json", "bench", "--suite", "link", "--visits", "60"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let all = report["benchmarks"].as_array().unwrap();
+    let names: Vec<&str> = all.iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "link_2s_cuts",
+            "link_half_second_cuts",
+            "pull_2s_cuts",
+            "pull_half_second_cuts",
+            "photos_2s_cuts",
+            "stall"
+        ]
+    );
+    for b in &all[..5] {
+        assert!(b["all_arrived"] == json!(true), "{b}");
+        assert!(
+            b["ratio"].as_f64().unwrap() >= 1.0 && b["clean_bytes"].as_u64().unwrap() > 0,
+            "{b}"
+        );
+    }
+    let stall = &all[5];
+    let noticed = stall["noticed_seconds"].as_f64().unwrap();
+    assert!(
+        (14.0..20.0).contains(&noticed) && stall["finished"] == json!(true),
+        "{stall}"
+    );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 

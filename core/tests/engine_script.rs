@@ -680,9 +680,11 @@ fn sync_once(
             );
             let fault = faults.next().unwrap_or(Fault::None);
             match server.handle(&req, fault) {
-                Some(r) if r.status >= 500 => engine.handle_interruption("server error")?,
+                Some(r) if r.status >= 500 => {
+                    engine.handle_interruption("server error", now(step))?
+                }
                 Some(r) => engine.handle_response(&r, now(step))?,
-                None => engine.handle_interruption("cut")?,
+                None => engine.handle_interruption("cut", now(step))?,
             }
         }
         Ok(())

@@ -1,17 +1,22 @@
 //! Request sizes that follow the link, and what the engine does when a request gets no answer.
 //!
-//! A batch should take about [`REQUEST_SECONDS`] of the link: big on the township's Wi-Fi
-//! (fewer round trips and fsyncs), small on 2G, and smaller still on a link that drops often,
-//! where it should take at most a quarter of the time the link has stayed up on average between
-//! two drops this sync (a cut loses the request in flight, so a request that rarely fits is
-//! worse than several that do). After a success the size moves towards that target, at most
-//! doubling; after an interruption it halves. Interruptions do not end the sync: the request is
-//! built again, smaller, from what the store says is left, and the sync fails only when
-//! requests of the smallest size keep failing, with a message saying how far it got.
+//! Every request costs a fixed part (the round trip, a handshake on a new connection, the
+//! server's commit: the `overhead`, fitted with the cost per byte to the answers this sync) plus
+//! its bytes. On a link that does not drop, a batch should take about [`REQUEST_SECONDS`]: big on
+//! the township's Wi-Fi (fewer round trips and fsyncs), small on 2G. On a link that drops every
+//! `W` seconds on average, a request of `x` seconds moves `x − overhead` worth of data and is
+//! lost with a chance of about `x / W`; what gets through per second, `(x − o)(W − x) / (x W)`,
+//! is greatest at `x = √(o·W)`, so that is the budget then. Sizes move toward the budget after
+//! each answer (at most doubling; a short last batch never shrinks them) and halve after a cut
+//! only when the request had been out longer than the budget (it was too big for the link as it
+//! is now; a cut that hits a request of the right size is the link's normal life). Interruptions
+//! do not end the sync: the request is built again from what the store says is left, and the sync
+//! fails only when requests keep failing with no answer in between (not counting the halvings),
+//! with a message saying how far it got.
 
 use std::time::Duration;
 
-use super::engine::{InFlight, SyncEngine, SyncPhase};
+use super::engine::{InFlight, Moment, SyncEngine, SyncPhase};
 use super::local::LocalState;
 use crate::error::{Error, Result};
 
@@ -21,6 +26,16 @@ pub(super) const REQUEST_SECONDS: f64 = 1.0;
 pub(super) const MAX_PUSH: usize = 2000;
 pub(super) const MAX_PULL: usize = 5000;
 pub(super) const MAX_AUDIT: usize = 2000;
+/// The overhead assumed before any answer came.
+const FIRST_OVERHEAD: f64 = 0.05;
+
+/// The kinds of request whose size follows the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Batch {
+    Push,
+    Pull,
+    Audit,
+}
 
 /// One kind of batch's size.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,14 +52,16 @@ impl Size {
         }
     }
 
-    /// A batch of `items` took `took` (its whole round trip); `budget` is the link time a
-    /// request may take now.
-    pub fn succeeded(&mut self, items: usize, took: Duration, budget: f64) {
+    /// A batch of `items` took `took` seconds (its whole round trip, `overhead` of which any
+    /// request pays); `budget` is the time a request may take now.
+    pub fn succeeded(&mut self, items: usize, took: f64, budget: f64, overhead: f64) {
         if items == 0 {
             return;
         }
-        let rate = items as f64 / took.as_secs_f64().max(1e-3);
-        let target = (rate * budget) as usize;
+        // The quickest answer is the overhead's estimate, so part of it may be bytes: never
+        // count less than a tenth of the time as the items'.
+        let per_item = (took - overhead).max(took / 10.0).max(1e-6) / items as f64;
+        let target = ((budget - overhead).max(0.0) / per_item) as usize;
         // A short batch (the last of the outbox) says little about the ceiling: never shrink on it.
         let floor = if items < self.current {
             self.current
@@ -65,12 +82,59 @@ impl Size {
     }
 }
 
+/// What an answer costs on this link: `took ≈ overhead + bytes × per_byte`, fitted by least
+/// squares to the answers so far, the older ones weighing less (the link changes).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(super) struct Cost {
+    weight: f64,
+    bytes: f64,
+    took: f64,
+    bytes_sq: f64,
+    bytes_took: f64,
+    quickest: Option<f64>,
+}
+
+impl Cost {
+    const KEEP: f64 = 0.9;
+
+    pub fn add(&mut self, bytes: usize, took: f64) {
+        let b = bytes as f64;
+        self.weight = self.weight * Self::KEEP + 1.0;
+        self.bytes = self.bytes * Self::KEEP + b;
+        self.took = self.took * Self::KEEP + took;
+        self.bytes_sq = self.bytes_sq * Self::KEEP + b * b;
+        self.bytes_took = self.bytes_took * Self::KEEP + b * took;
+        self.quickest = Some(self.quickest.map_or(took, |q| q.min(took)));
+    }
+
+    /// The fixed part of a request, in seconds: the fit's intercept, within what the quickest
+    /// answer allows (half of it when the answers so far cannot tell bytes from overhead).
+    pub fn overhead(&self) -> f64 {
+        let Some(quickest) = self.quickest else {
+            return FIRST_OVERHEAD;
+        };
+        let w = self.weight;
+        let (mean_b, mean_t) = (self.bytes / w, self.took / w);
+        let var = self.bytes_sq / w - mean_b * mean_b;
+        if w < 2.0 || var <= (mean_b * 0.05).powi(2) {
+            return quickest / 2.0;
+        }
+        let slope = (self.bytes_took / w - mean_b * mean_t) / var;
+        if slope <= 0.0 {
+            return quickest / 2.0;
+        }
+        (mean_t - slope * mean_b).clamp(0.0, quickest)
+    }
+}
+
 /// The link as this sync has seen it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct LinkWatch {
     pub push: Size,
     pub pull: Size,
     pub audit: Size,
+    /// What answers cost this sync.
+    pub cost: Cost,
     /// Interruptions this sync, and failures in a row at the smallest size since an answer.
     pub interruptions: u32,
     pub in_a_row: u32,
@@ -82,9 +146,22 @@ impl LinkWatch {
             push: Size::new(push, MAX_PUSH),
             pull: Size::new(pull, MAX_PULL),
             audit: Size::new(audit, MAX_AUDIT),
+            cost: Cost::default(),
             interruptions: 0,
             in_a_row: 0,
         }
+    }
+
+    pub fn size(&mut self, batch: Batch) -> &mut Size {
+        match batch {
+            Batch::Push => &mut self.push,
+            Batch::Pull => &mut self.pull,
+            Batch::Audit => &mut self.audit,
+        }
+    }
+
+    fn overhead(&self) -> f64 {
+        self.cost.overhead()
     }
 
     /// Link time a request may take, after `elapsed` of this sync.
@@ -93,7 +170,25 @@ impl LinkWatch {
             return REQUEST_SECONDS;
         }
         let up_between_drops = elapsed.as_secs_f64() / f64::from(self.interruptions);
-        (up_between_drops / 4.0).clamp(0.05, REQUEST_SECONDS)
+        (self.overhead() * up_between_drops)
+            .sqrt()
+            .min(REQUEST_SECONDS)
+    }
+
+    /// An answer came: `bytes` went both ways in `took`, carrying `items` of `batch`.
+    pub fn answered(
+        &mut self,
+        batch: Option<(Batch, usize)>,
+        (bytes, took): (usize, Duration),
+        elapsed: Duration,
+    ) {
+        self.in_a_row = 0;
+        let took = took.as_secs_f64();
+        self.cost.add(bytes, took);
+        if let Some((batch, items)) = batch {
+            let (budget, overhead) = (self.budget(elapsed), self.overhead());
+            self.size(batch).succeeded(items, took, budget, overhead);
+        }
     }
 }
 
@@ -101,22 +196,37 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
     /// The request in flight got no answer: shrink what it carried and try again, from the
     /// store's state (nothing it carried was lost: a push's changes stay in the outbox until
     /// acknowledged, a page's cursor moves only when applied).
-    pub(super) fn request_interrupted(&mut self, flight: &InFlight, reason: &str) -> Result<()> {
+    pub(super) fn request_interrupted(
+        &mut self,
+        flight: &InFlight,
+        reason: &str,
+        now: Moment,
+    ) -> Result<()> {
+        let out_for = now.elapsed.saturating_sub(self.sent_elapsed).as_secs_f64();
         let link = &mut self.link;
         link.interruptions += 1;
-        let size = match flight {
-            InFlight::Push { .. } => Some(&mut link.push),
-            InFlight::Pull => Some(&mut link.pull),
-            InFlight::Audit(_) => Some(&mut link.audit),
+        let budget = link.budget(now.elapsed);
+        let batch = match flight {
+            InFlight::Push { .. } => Some(Batch::Push),
+            InFlight::Pull => Some(Batch::Pull),
+            InFlight::Audit(_) => Some(Batch::Audit),
             _ => None,
         };
-        // Shrinking is the answer to a cut; only failures at the smallest size count against
-        // the link (a server that cannot be reached fails the catalog, the first request).
-        match size {
-            Some(s) if !s.at_minimum() => s.interrupted(),
+        // A request out longer than the budget was too big for the link as it is now: it is
+        // halved, which is progress of its own (at most log2 of the size). Any other failure
+        // counts against the link: enough of them without an answer in between, and the link
+        // is down, not small (a refused connection fails at once, whatever the size).
+        match batch.map(|b| link.size(b)) {
+            Some(s) if !s.at_minimum() && out_for > budget => s.interrupted(),
             _ => link.in_a_row += 1,
         }
         tracing::debug!(
+            request = flight.kind(),
+            out_for,
+            budget,
+            push = link.push.current,
+            pull = link.pull.current,
+            audit = link.audit.current,
             in_a_row = link.in_a_row,
             "request interrupted; trying again"
         );
@@ -150,11 +260,6 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         )
     }
 
-    /// An answer came: the link is up.
-    pub(super) fn answered(&mut self) {
-        self.link.in_a_row = 0;
-    }
-
     /// The pause before the next request: after two failures in a row at the smallest size
     /// (the link is down, not small); a cut is the link's normal life otherwise.
     pub(super) fn link_pause(&self) -> Option<Duration> {
@@ -172,19 +277,19 @@ mod tests {
         let mut s = Size::new(100, 2000);
         // Fast: 100 items in 10 ms → doubles, up to the max.
         for _ in 0..10 {
-            s.succeeded(s.current, Duration::from_millis(10), 1.0);
+            s.succeeded(s.current, 0.01, 1.0, 0.0);
         }
         assert_eq!(s.current, 2000);
         // Slow: 2000 items took 20 s → at most halves per step, towards 100.
-        s.succeeded(2000, Duration::from_secs(20), 1.0);
+        s.succeeded(2000, 20.0, 1.0, 0.0);
         assert_eq!(s.current, 1000);
         for _ in 0..10 {
             let n = s.current;
-            s.succeeded(n, Duration::from_secs_f64(n as f64 / 100.0), 1.0);
+            s.succeeded(n, n as f64 / 100.0, 1.0, 0.0);
         }
         assert_eq!(s.current, 100);
         // A short last batch never shrinks it.
-        s.succeeded(3, Duration::from_secs(1), 1.0);
+        s.succeeded(3, 1.0, 1.0, 0.0);
         assert_eq!(s.current, 100);
         for _ in 0..20 {
             s.interrupted();
@@ -193,10 +298,61 @@ mod tests {
     }
 
     #[test]
-    fn a_link_that_drops_often_gets_a_smaller_budget() {
+    fn the_round_trip_is_paid_once_per_request_not_per_item() {
+        // 150 ms of overhead, then 10 ms per item: a 1 s budget holds 85 items, not 1 s / 25 ms.
+        let mut s = Size::new(40, 2000);
+        for _ in 0..10 {
+            let n = s.current;
+            s.succeeded(n, 0.15 + n as f64 * 0.01, 1.0, 0.15);
+        }
+        assert_eq!(s.current, 85);
+    }
+
+    #[test]
+    fn a_link_that_drops_often_gets_the_budget_that_moves_most() {
         let mut w = LinkWatch::new(100, 500, 100);
+        // Answers of 1 KB and 11 KB at 150 ms + 0.1 ms per byte... in link terms: 10 KB/s.
+        for (bytes, ms) in [(1000, 250), (11_000, 1250), (1000, 250)] {
+            w.answered(
+                None,
+                (bytes, Duration::from_millis(ms)),
+                Duration::from_secs(1),
+            );
+        }
+        assert!((w.cost.overhead() - 0.15).abs() < 1e-6, "{:?}", w.cost);
         assert!((w.budget(Duration::from_secs(10)) - REQUEST_SECONDS).abs() < 1e-9);
-        w.interruptions = 20; // every 0.5 s over 10 s
-        assert!((w.budget(Duration::from_secs(10)) - 0.125).abs() < 1e-9);
+        // Dropped every 2 s over 40 s, 150 ms round trips: √(0.15 × 2) ≈ 0.55 s.
+        w.interruptions = 20;
+        assert!((w.budget(Duration::from_secs(40)) - 0.3f64.sqrt()).abs() < 1e-9);
+        // Every 0.5 s: √(0.15 × 0.5) ≈ 0.27 s, which still carries some bytes past the overhead.
+        w.interruptions = 80;
+        let b = w.budget(Duration::from_secs(40));
+        assert!((b - 0.075f64.sqrt()).abs() < 1e-9 && b > 0.15);
+    }
+
+    #[test]
+    fn answers_all_of_one_size_say_little_about_the_overhead() {
+        let mut c = Cost::default();
+        assert!((c.overhead() - FIRST_OVERHEAD).abs() < 1e-9);
+        for _ in 0..5 {
+            c.add(10_000, 0.6);
+        }
+        assert!((c.overhead() - 0.3).abs() < 1e-9);
+        // Never more than the quickest answer, never negative.
+        c.add(500, 0.01);
+        c.add(20_000, 0.02);
+        let o = c.overhead();
+        assert!((0.0..=0.01).contains(&o), "{o}");
+    }
+
+    /// The budget is where the model's throughput peaks.
+    #[test]
+    fn the_budget_is_the_best_request_length() {
+        let (o, window) = (0.15f64, 2.0f64);
+        let moved = |x: f64| (x - o) * (window - x) / (x * window);
+        let best = (o * window).sqrt();
+        for x in [0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.2, 1.6] {
+            assert!(moved(best) >= moved(x), "{x}");
+        }
     }
 }

@@ -79,7 +79,7 @@ pub(crate) fn drive<L: LocalState + ?Sized>(
         };
         match answer {
             Ok(response) => engine.handle_response(&response, now())?,
-            Err(Error::Transport(reason)) => engine.handle_interruption(&reason)?,
+            Err(Error::Transport(reason)) => engine.handle_interruption(&reason, now())?,
             Err(e) => return Err(e),
         }
         if let Some(l) = listener {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::adapt::LinkWatch;
+use super::adapt::{Batch, LinkWatch};
 use super::download::Download;
 use super::local::LocalState;
 use super::transport::{HttpRequest, HttpResponse, RetryPolicy};
@@ -189,6 +189,23 @@ pub(super) enum InFlight {
     Download,
 }
 
+impl InFlight {
+    /// The request's kind, for logs (never what it carries).
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            Self::Enroll => "enroll",
+            Self::Catalog(_) => "catalog",
+            Self::Push { .. } => "push",
+            Self::Pull => "pull",
+            Self::Snapshot(_) => "snapshot",
+            Self::Audit(_) => "audit",
+            Self::ContentStatus { .. } => "content_status",
+            Self::Chunk { .. } => "chunk",
+            Self::Download => "download",
+        }
+    }
+}
+
 /// One content being uploaded.
 #[derive(Debug, Clone)]
 pub(super) struct Upload {
@@ -244,7 +261,9 @@ pub struct SyncEngine<'a, L: LocalState + ?Sized> {
     /// Batch sizes and interruptions: how the link behaves this sync.
     pub(super) link: LinkWatch,
     /// When the request in flight was sent, since the sync began.
-    sent_elapsed: Duration,
+    pub(super) sent_elapsed: Duration,
+    /// The body bytes of the request in flight.
+    sent_bytes: usize,
 }
 
 impl<L: LocalState + ?Sized> std::fmt::Debug for SyncEngine<'_, L> {
@@ -286,6 +305,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             audit_per_change: 0.0,
             link: LinkWatch::new(config.push_batch, config.pull_limit as usize, AUDIT_BATCH),
             sent_elapsed: Duration::ZERO,
+            sent_bytes: 0,
         }
     }
 
@@ -474,6 +494,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         self.in_flight = Some(flight);
         self.sent_at = Some(now.wall);
         self.sent_elapsed = now.elapsed;
+        self.sent_bytes = body.len();
         self.report.round_trips += 1;
         self.report.bytes_sent += body.len() as u64;
         let token = self.token().map(str::to_owned);
@@ -490,7 +511,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
     /// failed after retries). A chunk is resumed from what the server confirms; the audit
     /// flush before a wipe ends; anything else is built again, smaller (`adapt.rs`), and the
     /// sync fails only when the smallest requests keep failing.
-    pub fn handle_interruption(&mut self, reason: &str) -> Result<()> {
+    pub fn handle_interruption(&mut self, reason: &str, now: Moment) -> Result<()> {
         match self.in_flight.take() {
             Some(InFlight::Chunk { .. }) => self.chunk_interrupted(reason),
             _ if self.phase == SyncPhase::Wipe => {
@@ -498,7 +519,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 self.enter(SyncPhase::Done, 0);
                 Ok(())
             }
-            Some(flight) => self.request_interrupted(&flight, reason),
+            Some(flight) => self.request_interrupted(&flight, reason, now),
             None => Err(Error::InvalidInput(
                 "an interruption without a request".into(),
             )),
@@ -534,9 +555,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         if self.phase == SyncPhase::Wipe {
             return self.handle_wipe_flush(&flight, response);
         }
-        self.answered();
         let took = now.elapsed.saturating_sub(self.sent_elapsed);
-        let budget = self.link.budget(now.elapsed);
         if is_wipe_order(response) && self.credentials.is_some() {
             self.local.record_wipe_order()?;
             let pending = self.local.pending_audit_count()?;
@@ -544,6 +563,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             self.enter(SyncPhase::Wipe, pending);
             return Ok(());
         }
+        let mut batch = None;
         match flight {
             InFlight::Enroll => {
                 let enrolled: EnrollResponse = decode(response)?;
@@ -574,15 +594,13 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             InFlight::Push { changes, audit } => {
                 self.handle_push(changes, audit, response, now)?;
                 let items = usize::try_from(changes).unwrap_or(usize::MAX);
-                self.link.push.succeeded(items, took, budget);
+                batch = Some((Batch::Push, items));
             }
             InFlight::Pull => {
-                let items = self.handle_pull(response)?;
-                self.link.pull.succeeded(items, took, budget);
+                batch = Some((Batch::Pull, self.handle_pull(response)?));
             }
             InFlight::Audit(last) => {
-                let items = self.handle_audit(last, response)?;
-                self.link.audit.succeeded(items, took, budget);
+                batch = Some((Batch::Audit, self.handle_audit(last, response)?));
             }
             InFlight::ContentStatus { contents, recheck } => {
                 self.handle_content_status(contents, recheck, response)?;
@@ -602,6 +620,8 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 self.phase_done += 1;
             }
         }
+        let bytes = self.sent_bytes + response.body.len();
+        self.link.answered(batch, (bytes, took), now.elapsed);
         Ok(())
     }
 
