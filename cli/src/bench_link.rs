@@ -323,8 +323,11 @@ pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
     let (proxy, t) = twin_bed.link(Faults::default())?;
     let photo_bytes = link_bytes(&sync_until(&clean, &proxy, &t, &everything)?.stats);
     drop((proxy, clean, twin_bed));
-    let c = photos(&mut bed)?;
-    let (proxy, t) = bed.link(weak(20.0, Some(2.0)))?;
+    // And the weak one on another fresh server: a fresh phone of this bed's county would pull
+    // everything the scenarios above made before its photos.
+    let mut photo_bed = Bed::start()?;
+    let c = photos(&mut photo_bed)?;
+    let (proxy, t) = photo_bed.link(weak(20.0, Some(2.0)))?;
     let run = sync_until(&c, &proxy, &t, &everything)?;
     say.against(
         &format!("{count} photos, 20 KB/s, cut/2s"),

@@ -1,8 +1,9 @@
 //! A real weak link in real time (`zoufang-link` between a phone and a server on loopback):
 //! 50 KB/s shared by both directions, 150 ms round trips with a handshake per connection, every
-//! connection cut each 0.5 s; and a link that stalls without closing. What a coordinator
-//! recorded arrives within one press of "sync", a colleague's fresh phone gets all of it, and a
-//! stall is noticed well within 20 s. Sizes are small (a few dozen visits) so the suite runs in
+//! connection cut each 0.5 s; 20 KB/s cut every 2 s for a photo; and a link that stalls without
+//! closing. What a coordinator recorded arrives within one press of "sync", a colleague's fresh
+//! phone gets all of it, a photo takes little more than its bytes' time, and a stall is noticed
+//! well within 20 s. Sizes are small (a few dozen visits) so the suite runs in
 //! well under a minute; `zoufang bench --suite link` measures the same at 2,000 visits.
 #![allow(
     clippy::unwrap_used,
@@ -17,7 +18,9 @@ use zoufang_core::protocol::messages::Role;
 use zoufang_core::sync::{LocalState, ReqwestTransport, STALL_TIMEOUT};
 use zoufang_core::{Collector, Error};
 use zoufang_tests::fault_proxy::{FaultProxy, Faults};
-use zoufang_tests::{Device, TestServer, new_household, routine_visit};
+use zoufang_tests::{
+    Device, TestServer, new_household, noisy_jpeg, routine_visit, survey_with_photo,
+};
 
 const VILLAGE: &str = "513431104201";
 
@@ -127,4 +130,55 @@ fn a_stalled_link_is_noticed_and_the_next_sync_finishes() {
     };
     assert!(nothing_waiting(&phone.collector), "{report:?}");
     assert_eq!(server.storage.stats().unwrap().visits, 30);
+}
+
+#[test]
+fn a_photo_crosses_a_link_cut_every_two_seconds_resuming_at_each_cut() {
+    logs();
+    let server = TestServer::start();
+    let phone = Device::enrolled(&server, "maha", Role::Coordinator, &[VILLAGE]);
+    let limits = zoufang_core::media::PhotoLimits {
+        max_long_side: 4000,
+        max_bytes: 8 * 1024 * 1024,
+    };
+    let (visit, _) =
+        survey_with_photo(&phone.collector, VILLAGE, &noisy_jpeg(400, 300, 3), &limits);
+    // The photo and the signatures the survey carries.
+    let contents: u64 = phone
+        .collector
+        .attachments_of_visit(&visit)
+        .unwrap()
+        .iter()
+        .map(|a| a.size_bytes)
+        .sum();
+    let rate = 20 * 1024;
+    let proxy = FaultProxy::start(
+        server.addr(),
+        Faults {
+            rate: Some(rate),
+            rtt: Duration::from_millis(150),
+            cut_interval: Some(Duration::from_secs(2)),
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    let link = ReqwestTransport::new(&proxy.url).unwrap();
+    let started = Instant::now();
+    let report = phone.collector.sync(&link, None, None).unwrap();
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(
+        phone.collector.sync_status().unwrap().pending_attachments,
+        0
+    );
+    let stats = proxy.stats();
+    assert!(stats.cuts >= 4, "{stats:?}");
+    // The server keeps every whole frame that arrived before a cut, so the time is the bytes'
+    // time plus a round trip or two per cut. (What the phone had handed to the socket but the
+    // link had not carried yet is lost at a cut and written again: that costs no link time.)
+    assert!(report.attachment_interruptions >= 4, "{report:?}");
+    let needs = contents as f64 / rate as f64;
+    // About 1.6x here: each cut costs a reconnection, a status round trip and the frame in
+    // flight (`zoufang bench --suite link` measures it against the 1.3x target); twice the
+    // bytes' time would mean chunks sent blindly, pauses, or a pull riding along.
+    assert!(took < needs * 2.0, "{took:.1} s vs {needs:.1} s: {stats:?}");
 }
