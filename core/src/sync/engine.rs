@@ -509,8 +509,9 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
 
     /// The request in flight got no usable answer (the link dropped or stalled, the server
     /// failed after retries). A chunk is resumed from what the server confirms; the audit
-    /// flush before a wipe ends; anything else is built again, smaller (`adapt.rs`), and the
-    /// sync fails only when the smallest requests keep failing.
+    /// flush before a wipe ends; anything else is built again, smaller if it was too big for
+    /// the link (`adapt.rs`), and the sync fails only when requests keep failing with no answer
+    /// in between. `now` tells how long the request had been out.
     pub fn handle_interruption(&mut self, reason: &str, now: Moment) -> Result<()> {
         match self.in_flight.take() {
             Some(InFlight::Chunk { .. }) => self.chunk_interrupted(reason),
