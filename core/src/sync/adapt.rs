@@ -193,9 +193,9 @@ impl LinkWatch {
 }
 
 impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
-    /// The request in flight got no answer: shrink what it carried and try again, from the
-    /// store's state (nothing it carried was lost: a push's changes stay in the outbox until
-    /// acknowledged, a page's cursor moves only when applied).
+    /// The request in flight got no answer: try again from the store's state, smaller if it was
+    /// too big for the link (nothing it carried was lost: a push's changes stay in the outbox
+    /// until acknowledged, a page's cursor moves only when applied).
     pub(super) fn request_interrupted(
         &mut self,
         flight: &InFlight,
