@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
 use zoufang_core::protocol::messages::Role;
-use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::{
     LocalState, ReqwestTransport, SyncListener, SyncPhase, SyncProgress, SyncReport,
 };
@@ -29,8 +28,8 @@ use zoufang_link::{FaultProxy, Faults, LinkStats};
 use zoufang_server::{AppState, BackgroundServer, SqliteStorage};
 
 use crate::bench_attachments::{noisy_jpeg, visit_with_photo};
-use crate::bench_sync::{enroll, server_err, transport};
-use crate::sample::{self, Rng};
+use crate::bench_sync::{enroll, seed_rounds, server_err, transport};
+use crate::sample::Rng;
 use crate::{Failure, fail};
 
 const KB: f64 = 1024.0;
@@ -91,23 +90,7 @@ impl Bed {
     /// the same data.
     fn coordinator(&mut self, visits: usize, seed: u64) -> Result<Collector, Failure> {
         let c = self.phone(Role::Coordinator)?;
-        let mut rng = Rng::new(seed);
-        let homes: Vec<NewHousehold> = (0..visits).map(|_| sample::household(&mut rng)).collect();
-        let mut ids = Vec::new();
-        for chunk in homes.chunks(1000) {
-            ids.extend(c.import_households(chunk.to_vec())?);
-        }
-        c.sync(&transport(&self.server.url)?, None, None)?;
-        for (id, home) in ids.iter().zip(&homes) {
-            let due = home
-                .fields
-                .get("next_visit_due")
-                .and_then(Json::as_str)
-                .unwrap_or("2026-12-01");
-            let v = c.start_visit(Some(id), "routine")?;
-            c.set_answers(&v.id, &sample::routine_visit(&mut rng, due))?;
-            c.complete_visit(&v.id)?;
-        }
+        seed_rounds(&c, &self.server.url, &mut Rng::new(seed), (visits, visits))?;
         Ok(c)
     }
 

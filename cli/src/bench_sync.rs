@@ -71,6 +71,34 @@ pub(crate) fn routine_answers(due: &str) -> Map<String, Json> {
     .unwrap_or_default()
 }
 
+/// Gives an enrolled phone `households` sample households (synced to the server at `url`) and
+/// `visits` completed routine visits of them in turn, all made from `rng`, as a coordinator's
+/// rounds between two syncs would leave it.
+pub(crate) fn seed_rounds(
+    c: &Collector,
+    url: &str,
+    rng: &mut Rng,
+    (households, visits): (usize, usize),
+) -> Result<(), Failure> {
+    let homes: Vec<NewHousehold> = (0..households).map(|_| sample::household(rng)).collect();
+    let mut ids = Vec::new();
+    for chunk in homes.chunks(1000) {
+        ids.extend(c.import_households(chunk.to_vec())?);
+    }
+    c.sync(&transport(url)?, None, None)?;
+    for (id, home) in ids.iter().zip(&homes).cycle().take(visits) {
+        let due = home
+            .fields
+            .get("next_visit_due")
+            .and_then(Json::as_str)
+            .unwrap_or("2026-12-01");
+        let v = c.start_visit(Some(id), "routine")?;
+        c.set_answers(&v.id, &sample::routine_visit(rng, due))?;
+        c.complete_visit(&v.id)?;
+    }
+    Ok(())
+}
+
 pub fn run(
     households: usize,
     visits: usize,

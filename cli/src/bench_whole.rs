@@ -13,14 +13,13 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 use serde_json::{Value as Json, json};
 use zoufang_core::protocol::messages::{self, CatalogRequest, PushRequest, Role};
-use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{AppState, BackgroundServer, SqliteStorage};
 
 use crate::bench::{bare_db, ms};
-use crate::bench_sync::{enroll, server_err, transport};
-use crate::sample::{self, Rng};
+use crate::bench_sync::{enroll, seed_rounds, server_err, transport};
+use crate::sample::Rng;
 use crate::{Failure, fail};
 
 /// Records every request body, and how many of its bytes are the audit trail.
@@ -136,25 +135,8 @@ fn phone(
         &enroll(storage, &name, Role::Coordinator, "513431")?,
         &name,
     )?;
-    let mut rng = Rng::new(visits as u64);
-    let homes: Vec<NewHousehold> = (0..(visits / 10).max(1))
-        .map(|_| sample::household(&mut rng))
-        .collect();
-    let mut ids = Vec::new();
-    for chunk in homes.chunks(1000) {
-        ids.extend(c.import_households(chunk.to_vec())?);
-    }
-    c.sync(&transport(url)?, None, None)?;
-    for (id, home) in ids.iter().zip(&homes).cycle().take(visits) {
-        let due = home
-            .fields
-            .get("next_visit_due")
-            .and_then(Json::as_str)
-            .unwrap_or("2026-12-01");
-        let v = c.start_visit(Some(id), "routine")?;
-        c.set_answers(&v.id, &sample::routine_visit(&mut rng, due))?;
-        c.complete_visit(&v.id)?;
-    }
+    let households = (visits / 10).max(1);
+    seed_rounds(&c, url, &mut Rng::new(visits as u64), (households, visits))?;
     Ok(c)
 }
 

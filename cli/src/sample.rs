@@ -269,7 +269,6 @@ pub fn routine_visit(rng: &mut Rng, next_due: &str) -> Map<String, Json> {
     answers
 }
 
-/// How many answers (leaf values) a visit-shaped object holds.
 /// A time `hours` before now, as the form's datetime answers hold it: sample visits happen
 /// today, after the form they use was published.
 pub fn hours_ago(hours: f64) -> String {
@@ -277,6 +276,7 @@ pub fn hours_ago(hours: f64) -> String {
     (chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// How many answers (leaf values) a visit-shaped object holds.
 pub fn answer_count(answers: &Map<String, Json>) -> usize {
     answers
         .values()

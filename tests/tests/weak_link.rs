@@ -72,7 +72,7 @@ fn a_link_cut_every_half_second_still_carries_every_visit_in_one_sync() {
         stats.cuts >= 2,
         "the link was cut while the sync ran: {stats:?}"
     );
-    // 40 households, their 40 members and 40 visits, each once on the server.
+    // 40 households and their 40 visits, each once on the server.
     let held = server.storage.stats().unwrap();
     assert_eq!((held.households, held.visits), (40, 40));
 
@@ -91,7 +91,7 @@ fn a_link_cut_every_half_second_still_carries_every_visit_in_one_sync() {
 }
 
 #[test]
-fn a_stalled_link_is_noticed_and_the_next_sync_finishes() {
+fn a_stalled_link_is_noticed_and_the_same_sync_finishes() {
     logs();
     let server = TestServer::start();
     let phone = coordinator_with_visits(&server, "maha", 30);

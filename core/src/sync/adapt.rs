@@ -58,8 +58,8 @@ impl Size {
         if items == 0 {
             return;
         }
-        // The quickest answer is the overhead's estimate, so part of it may be bytes: never
-        // count less than a tenth of the time as the items'.
+        // The overhead is an estimate and may hold some of the bytes' time: never count less
+        // than a tenth of the time as the items'.
         let per_item = (took - overhead).max(took / 10.0).max(1e-6) / items as f64;
         let target = ((budget - overhead).max(0.0) / per_item) as usize;
         // A short batch (the last of the outbox) says little about the ceiling: never shrink on it.
@@ -135,7 +135,7 @@ pub(super) struct LinkWatch {
     pub audit: Size,
     /// What answers cost this sync.
     pub cost: Cost,
-    /// Interruptions this sync, and failures in a row at the smallest size since an answer.
+    /// Interruptions this sync, and failures since the last answer that did not halve a size.
     pub interruptions: u32,
     pub in_a_row: u32,
 }
@@ -260,8 +260,9 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         )
     }
 
-    /// The pause before the next request: after two failures in a row at the smallest size
-    /// (the link is down, not small); a cut is the link's normal life otherwise.
+    /// The pause before the next request: after two failures in a row that were not the
+    /// request being too big (the link is down, not small); a cut is the link's normal life
+    /// otherwise.
     pub(super) fn link_pause(&self) -> Option<Duration> {
         let n = self.link.in_a_row;
         (n >= 2).then(|| self.config.retry.delay(n - 1))
@@ -345,12 +346,22 @@ mod tests {
         assert!((0.0..=0.01).contains(&o), "{o}");
     }
 
-    /// The budget is where the model's throughput peaks.
+    /// The budget a watch gives is where the model's throughput peaks.
     #[test]
     fn the_budget_is_the_best_request_length() {
-        let (o, window) = (0.15f64, 2.0f64);
+        let mut w = LinkWatch::new(100, 500, 100);
+        for (bytes, ms) in [(1000, 250), (11_000, 1250)] {
+            w.answered(
+                None,
+                (bytes, Duration::from_millis(ms)),
+                Duration::from_secs(1),
+            );
+        }
+        // Dropped every 2 s over 40 s.
+        w.interruptions = 20;
+        let (o, window) = (w.cost.overhead(), 2.0f64);
         let moved = |x: f64| (x - o) * (window - x) / (x * window);
-        let best = (o * window).sqrt();
+        let best = w.budget(Duration::from_secs(40));
         for x in [0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.2, 1.6] {
             assert!(moved(best) >= moved(x), "{x}");
         }
