@@ -644,10 +644,37 @@ impl std::fmt::Debug for Collector {
     }
 }
 
+#[cfg(feature = "reqwest-transport")]
 fn reqwest_transport(server_url: &str) -> Result<core_sync::ReqwestTransport> {
     core_sync::ReqwestTransport::new(server_url).map_err(|e| ZoufangError::Network {
         code: "transport".into(),
         detail: e.message,
+    })
+}
+
+/// No value: the transport a build without the built-in one never makes.
+#[cfg(not(feature = "reqwest-transport"))]
+enum NoTransport {}
+
+#[cfg(not(feature = "reqwest-transport"))]
+impl core_sync::Transport for NoTransport {
+    fn send(
+        &self,
+        _: &core_sync::HttpRequest,
+    ) -> std::result::Result<core_sync::HttpResponse, core_sync::TransportError> {
+        match *self {}
+    }
+}
+
+/// A build for apps that bring their own HTTP stack: the same API, and the built-in transport's
+/// calls say what to use instead.
+#[cfg(not(feature = "reqwest-transport"))]
+fn reqwest_transport(_server_url: &str) -> Result<NoTransport> {
+    Err(ZoufangError::Network {
+        code: "transport_unavailable".into(),
+        detail: "this build of the library has no built-in HTTP transport: \
+                 use enrollWithTransport and syncWithTransport"
+            .into(),
     })
 }
 

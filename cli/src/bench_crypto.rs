@@ -1,7 +1,8 @@
 //! `zoufang bench --suite crypto`: the cost of encryption at rest. Three stores in one run —
 //! plaintext, AES-256 and SM4, each keyed with a raw 256-bit key as an app would supply from the
 //! platform keystore — take the same saves and searches, round by round in rotating order, so
-//! the ratios against plaintext are same-run figures (target: at most 1.15x). Then the server's
+//! the ratios against plaintext are same-run figures (targets: at most 1.15x for AES-256,
+//! 1.3x for SM4). Then the server's
 //! side: 10,000 changes (20 devices; fewer with a smaller `--devices`) pushed over loopback HTTP into a SQLite server kept in clear, under
 //! AES-256 and under SM4 (SQLCipher pages), in rotating order, rate against the plaintext one.
 
@@ -82,9 +83,11 @@ pub fn run(
         let plain = times.first().copied().unwrap_or_default();
         for ((name, _), t) in stores.iter().zip(times.iter()).skip(1) {
             let ratio = ms(*t) / ms(plain).max(1e-9);
+            // The targets: AES within 15% of plaintext, the national suite within 30%.
+            let target = if *name == "sm4" { 1.3 } else { 1.15 };
             if !json_output {
                 outln!(
-                    "{:<28} {:.3} ms vs plaintext {:.3} ms: {ratio:.2}x (target <= 1.15x)",
+                    "{:<28} {:.3} ms vs plaintext {:.3} ms: {ratio:.2}x (target <= {target}x)",
                     format!("{what}, {name}"),
                     ms(*t),
                     ms(plain)
@@ -92,7 +95,7 @@ pub fn run(
             }
             report.push(
                 json!({"name": format!("{}_{name}", what.replace(' ', "_")), "median_ms": ms(*t),
-                               "baseline_ms": ms(plain), "ratio": ratio, "target_ratio": 1.15,
+                               "baseline_ms": ms(plain), "ratio": ratio, "target_ratio": target,
                                "households": households, "rounds": rounds}),
             );
         }

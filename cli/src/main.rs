@@ -898,9 +898,6 @@ fn visit(cmd: VisitCommand, c: &Collector, out: &Out) -> CliResult {
 }
 
 fn main() -> ExitCode {
-    // First of all: OpenSSL without its exit-time cleanup, which would race with the
-    // connection pools' threads closing encrypted databases as the process ends.
-    zoufang_sqlcipher_sm::init();
     let cli = Cli::parse();
     let json = cli.json;
     // Every command honours RUST_LOG (to stderr), so an administrator can see what a desk sync

@@ -12,12 +12,8 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use openssl::cipher::{Cipher, CipherRef};
-use openssl::cipher_ctx::CipherCtx;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::sign::Signer;
-pub use zoufang_sqlcipher_sm::CipherSuite;
+pub use zoufang_crypto::CipherSuite;
+use zoufang_crypto::aead::{self, NONCE, TAG};
 
 use crate::storage::{Result, ServerError};
 
@@ -95,7 +91,9 @@ impl ServerKey {
     /// A new random key and its text form, for `admin new-key`.
     pub fn generate(suite: CipherSuite) -> Result<(Self, String)> {
         let mut master = [0u8; 32];
-        openssl::rand::rand_bytes(&mut master).map_err(crypto)?;
+        if !zoufang_crypto::random_bytes(&mut master) {
+            return Err(crypto());
+        }
         Ok((Self { suite, master }, hex::encode(master)))
     }
 
@@ -121,16 +119,9 @@ impl ServerKey {
     /// A keyed derivation (HMAC-SHA256, or HMAC-SM3 in the national mode) of `label`, cut to the
     /// suite's key length: each use has its own key, and none reveals the master.
     fn derive(&self, label: &str, len: usize) -> Result<Vec<u8>> {
-        // PKey::hmac initialises OpenSSL with its exit-time cleanup unless this ran first.
-        zoufang_sqlcipher_sm::init();
-        let digest = match self.suite {
-            CipherSuite::Aes256 => MessageDigest::sha256(),
-            CipherSuite::Sm4 => MessageDigest::sm3(),
-        };
-        let pkey = PKey::hmac(&self.master).map_err(crypto)?;
-        let mut signer = Signer::new(digest, &pkey).map_err(crypto)?;
-        signer.update(label.as_bytes()).map_err(crypto)?;
-        let mut out = signer.sign_to_vec().map_err(crypto)?;
+        let mut out = zoufang_crypto::derive(self.suite, &self.master, label.as_bytes())
+            .ok_or_else(crypto)?
+            .to_vec();
         out.truncate(len);
         Ok(out)
     }
@@ -165,8 +156,8 @@ impl ServerKey {
     }
 }
 
-fn crypto(e: openssl::error::ErrorStack) -> ServerError {
-    ServerError::Storage(format!("cryptography failed: {e}"))
+fn crypto() -> ServerError {
+    ServerError::Storage("cryptography failed (no randomness, or a key of the wrong size)".into())
 }
 
 /// A key file others can read is refused: the key is the whole of the protection.
@@ -191,7 +182,7 @@ pub(crate) fn key_connection(conn: &rusqlite::Connection, at_rest: &AtRest) -> R
     };
     let pragma = key.database_pragma()?;
     conn.pragma_update(None, "cipher_log_level", "NONE")?;
-    zoufang_sqlcipher_sm::with_suite(key.suite, || {
+    zoufang_crypto::with_suite(key.suite, || {
         conn.pragma_update(None, "key", &pragma)?;
         if key.suite == CipherSuite::Aes256 {
             conn.pragma_update(None, "cipher_hmac_algorithm", "HMAC_SHA256")?;
@@ -215,7 +206,7 @@ pub(crate) fn attach_keyed(
         return Ok(());
     };
     let pragma = key.database_pragma()?;
-    zoufang_sqlcipher_sm::with_suite(key.suite, || {
+    zoufang_crypto::with_suite(key.suite, || {
         conn.execute(
             &format!("ATTACH DATABASE ?1 AS {name} KEY ?2"),
             rusqlite::params![file, pragma],
@@ -380,8 +371,6 @@ impl std::fmt::Debug for ObjectCipher {
 
 const OBJECT_MAGIC: &[u8; 4] = b"ZFO1";
 const PARTIAL_MAGIC: &[u8; 4] = b"ZFP1";
-const NONCE: usize = 12;
-const TAG: usize = 16;
 /// Magic, suite, three reserved bytes, key id.
 const HEAD: usize = 12;
 /// Bytes before a partial upload's first content byte: the head and the CTR IV.
@@ -410,41 +399,25 @@ impl ObjectCipher {
         bytes.get(4) == Some(&self.suite_byte()) && bytes.get(8..HEAD) == Some(&self.id[..])
     }
 
-    fn gcm(&self) -> io::Result<Cipher> {
-        let name = match self.suite {
-            CipherSuite::Aes256 => "AES-256-GCM",
-            CipherSuite::Sm4 => "SM4-GCM",
-        };
-        Cipher::fetch(None, name, None).map_err(io::Error::other)
-    }
-
-    fn ctr(&self) -> &'static CipherRef {
-        match self.suite {
-            CipherSuite::Aes256 => Cipher::aes_256_ctr(),
-            CipherSuite::Sm4 => Cipher::sm4_ctr(),
-        }
+    /// The associated data of an object: its head and its name (a renamed object fails).
+    fn aad(head: &[u8], name: &str) -> Vec<u8> {
+        [head, name.as_bytes()].concat()
     }
 
     /// The sealed form of an object named `name`.
     pub fn seal(&self, name: &str, plain: &[u8]) -> io::Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE];
-        openssl::rand::rand_bytes(&mut nonce).map_err(io::Error::other)?;
+        if !zoufang_crypto::random_bytes(&mut nonce) {
+            return Err(io::Error::other("no randomness for a nonce"));
+        }
         let head = self.head(OBJECT_MAGIC);
-        let mut ctx = CipherCtx::new().map_err(io::Error::other)?;
-        let cipher = self.gcm()?;
-        ctx.encrypt_init(Some(&cipher), Some(&self.key), Some(&nonce))
-            .map_err(io::Error::other)?;
-        ctx.cipher_update(&head, None).map_err(io::Error::other)?;
-        ctx.cipher_update(name.as_bytes(), None)
-            .map_err(io::Error::other)?;
         let mut out = Vec::with_capacity(HEAD + NONCE + plain.len() + TAG);
         out.extend_from_slice(&head);
         out.extend_from_slice(&nonce);
-        ctx.cipher_update_vec(plain, &mut out)
-            .map_err(io::Error::other)?;
-        ctx.cipher_final_vec(&mut out).map_err(io::Error::other)?;
-        let mut tag = [0u8; TAG];
-        ctx.tag(&mut tag).map_err(io::Error::other)?;
+        out.extend_from_slice(plain);
+        let body = out.get_mut(HEAD + NONCE..).unwrap_or_default();
+        let tag = aead::seal(self.suite, &self.key, &nonce, &Self::aad(&head, name), body)
+            .ok_or_else(|| io::Error::other("the objects' key has the wrong size"))?;
         out.extend_from_slice(&tag);
         Ok(out)
     }
@@ -462,20 +435,21 @@ impl ObjectCipher {
         let (head, rest) = sealed.split_at(HEAD);
         let (nonce, rest) = rest.split_at(NONCE);
         let (body, tag) = rest.split_at(rest.len() - TAG);
-        let mut ctx = CipherCtx::new().map_err(io::Error::other)?;
-        let cipher = self.gcm()?;
-        ctx.decrypt_init(Some(&cipher), Some(&self.key), Some(nonce))
-            .map_err(io::Error::other)?;
-        ctx.cipher_update(head, None).map_err(io::Error::other)?;
-        ctx.cipher_update(name.as_bytes(), None)
-            .map_err(io::Error::other)?;
-        let mut out = Vec::with_capacity(body.len() + 16);
-        ctx.cipher_update_vec(body, &mut out)
-            .map_err(io::Error::other)?;
-        ctx.set_tag(tag).map_err(io::Error::other)?;
-        ctx.cipher_final_vec(&mut out)
-            .map_err(|_| bad_object("an attachment object failed its integrity check"))?;
-        Ok(out)
+        let mut out = body.to_vec();
+        if aead::open(
+            self.suite,
+            &self.key,
+            nonce,
+            &Self::aad(head, name),
+            &mut out,
+            tag,
+        ) {
+            Ok(out)
+        } else {
+            Err(bad_object(
+                "an attachment object failed its integrity check",
+            ))
+        }
     }
 
     /// The header of a new partial upload: its head and a random CTR IV.
@@ -483,7 +457,9 @@ impl ObjectCipher {
         let mut header = [0u8; PARTIAL_HEADER];
         let (head, iv) = header.split_at_mut(HEAD);
         head.copy_from_slice(&self.head(PARTIAL_MAGIC));
-        openssl::rand::rand_bytes(iv).map_err(io::Error::other)?;
+        if !zoufang_crypto::random_bytes(iv) {
+            return Err(io::Error::other("no randomness for an IV"));
+        }
         Ok(header)
     }
 
@@ -500,28 +476,11 @@ impl ObjectCipher {
         let iv = header
             .get(HEAD..PARTIAL_HEADER)
             .ok_or_else(|| bad_object("a partial upload has no header"))?;
-        let mut counter = u128::from_be_bytes(iv.try_into().map_err(|_| bad_object("iv"))?);
-        counter = counter.wrapping_add(u128::from(position / 16));
-        let skip = (position % 16) as usize;
-        let mut ctx = CipherCtx::new().map_err(io::Error::other)?;
-        ctx.encrypt_init(
-            Some(self.ctr()),
-            Some(&self.key),
-            Some(&counter.to_be_bytes()),
-        )
-        .map_err(io::Error::other)?;
-        let mut scratch = [0u8; 32];
-        if skip > 0 {
-            let zeros = [0u8; 16];
-            ctx.cipher_update(zeros.get(..skip).unwrap_or_default(), Some(&mut scratch))
-                .map_err(io::Error::other)?;
+        if zoufang_crypto::ctr(self.suite, &self.key, iv, position, data) {
+            Ok(())
+        } else {
+            Err(bad_object("a partial upload's stream cannot be ciphered"))
         }
-        let mut out = vec![0u8; data.len() + 16];
-        let n = ctx
-            .cipher_update(data, Some(&mut out))
-            .map_err(io::Error::other)?;
-        data.copy_from_slice(out.get(..n).ok_or_else(|| bad_object("ctr"))?);
-        Ok(())
     }
 }
 
@@ -569,6 +528,45 @@ mod tests {
             c.stream(&header, 0, &mut cipher).unwrap();
             assert_eq!(cipher, plain);
             assert!(c.owns_partial(&header));
+        }
+    }
+
+    /// Written by the server when its objects went through OpenSSL (key "ab" x 32): today's
+    /// objects read them, and derive the same keys.
+    #[test]
+    fn objects_sealed_by_earlier_servers_still_open() {
+        let cases = [
+            (
+                CipherSuite::Aes256,
+                "b967c3f6",
+                "x'c4c88e950d1a239653757ebffbd4bdb49cff90ee7bd50ca066c68796e6b83873'",
+                "5a464f3101000000b967c3f65cd6fb1c27957c25ef7f203c23fca036999160f63b82fdc7acd03436ed8a740fedc4483a5a621ed489dc067d2f0c75867e30d1a9",
+                "8947c2e9b0ed7528768396de1b55e6dc6cf52969eba218ed6c5cffc2720db1fd9fde4840280240fd",
+            ),
+            (
+                CipherSuite::Sm4,
+                "5d0d281b",
+                "x'fe2054a63dc930c18597e0481903b5db'",
+                "5a464f31020000005d0d281bc7465abdc108bf16fe7190a70429d21469301bf0f3651f80eca53388b5f7d9bbad82b14de444166b241ff56e981d2e6cfb8334c8",
+                "a299fd4ee77278e984fc07234c520e473acae1f167d87926adc7e5dabfec8227dda865127a49edfe",
+            ),
+        ];
+        for (suite, id, database, sealed, stream) in cases {
+            let k = key(suite);
+            assert_eq!(k.id(), id);
+            assert_eq!(k.database_pragma().unwrap(), database);
+            let c = k.objects();
+            let opened = c.open("sha256:aa", &hex::decode(sealed).unwrap()).unwrap();
+            assert_eq!(opened, b"\xff\xd8 a photo of an ID card");
+            // A partial upload's bytes 5..45 under a fixed IV.
+            let mut header = [0u8; PARTIAL_HEADER];
+            header[..HEAD].copy_from_slice(&c.head(PARTIAL_MAGIC));
+            for (i, b) in header[HEAD..].iter_mut().enumerate() {
+                *b = 0xf0 + i as u8;
+            }
+            let mut data = hex::decode(stream).unwrap();
+            c.stream(&header, 5, &mut data).unwrap();
+            assert_eq!(data, (0..40u8).collect::<Vec<_>>(), "{suite:?}");
         }
     }
 

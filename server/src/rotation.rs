@@ -87,7 +87,7 @@ fn reencrypt_database(dir: &Path, from: &AtRest, to: &AtRest) -> Result<bool> {
     let fresh = dir.join("server.db.rekey");
     let _ = fs::remove_file(&fresh);
     crate::private::sqlite_file(&fresh).map_err(storage_error("cannot create the new file"))?;
-    zoufang_sqlcipher_sm::init();
+    zoufang_crypto::init();
     let conn = rusqlite::Connection::open(&path)?;
     at_rest::key_connection(&conn, from)?;
     // Everything in the main file first: the export reads through the WAL anyway, but the old
@@ -113,7 +113,7 @@ fn reencrypt_database(dir: &Path, from: &AtRest, to: &AtRest) -> Result<bool> {
 }
 
 fn opens_with(path: &Path, at_rest: &AtRest) -> bool {
-    zoufang_sqlcipher_sm::init();
+    zoufang_crypto::init();
     let Ok(conn) = rusqlite::Connection::open(path) else {
         return false;
     };

@@ -131,7 +131,7 @@ fn key_pragma(key: &str, cipher: Cipher) -> Result<String> {
         Cipher::Aes256 => format!("x'{key}'"),
         Cipher::Sm4 => {
             let bytes = hex::decode(key).map_err(|_| Error::InvalidInput("bad key".into()))?;
-            let digest = zoufang_sqlcipher_sm::sm3(&bytes);
+            let digest = zoufang_crypto::sm3(&bytes);
             let half = digest.get(..16).unwrap_or_default();
             format!("x'{}'", hex::encode(half))
         }
@@ -139,10 +139,10 @@ fn key_pragma(key: &str, cipher: Cipher) -> Result<String> {
 }
 
 #[cfg(feature = "sqlcipher")]
-fn suite(cipher: Cipher) -> zoufang_sqlcipher_sm::CipherSuite {
+fn suite(cipher: Cipher) -> zoufang_crypto::CipherSuite {
     match cipher {
-        Cipher::Aes256 => zoufang_sqlcipher_sm::CipherSuite::Aes256,
-        Cipher::Sm4 => zoufang_sqlcipher_sm::CipherSuite::Sm4,
+        Cipher::Aes256 => zoufang_crypto::CipherSuite::Aes256,
+        Cipher::Sm4 => zoufang_crypto::CipherSuite::Sm4,
     }
 }
 
@@ -156,7 +156,7 @@ fn apply_key(conn: &Connection, options: &StoreOptions) -> Result<()> {
             conn.pragma_update(None, "cipher_log_level", "NONE")?;
             // SQLCipher needs the key before any other statement touches the file; the suite
             // decides which provider the connection's codec gets.
-            zoufang_sqlcipher_sm::with_suite(suite(options.cipher), || {
+            zoufang_crypto::with_suite(suite(options.cipher), || {
                 conn.pragma_update(None, "key", &pragma)?;
                 if options.cipher == Cipher::Aes256 {
                     // Every page write is MACed: SHA-256 runs on the CPU's SHA instructions
@@ -192,9 +192,9 @@ pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Connections> {
     }
     private::sqlite_file(path)
         .map_err(|e| Error::Storage(format!("cannot create the store file: {e}")))?;
-    // Before SQLite's first open initialises OpenSSL with an exit-time cleanup (see `init`).
+    // SQLCipher's provider is in every link (see `zoufang_crypto::init`).
     #[cfg(feature = "sqlcipher")]
-    zoufang_sqlcipher_sm::init();
+    zoufang_crypto::init();
     let mut writer = Connection::open(path)?;
     apply_key(&writer, options)?;
     // Before anything reads: wait for another connection's lock instead of failing at once.

@@ -64,7 +64,7 @@ impl PgStorage {
     /// Copies the SQLite storage of `data_dir` (kept as `at_rest` says) into this (empty)
     /// database.
     pub fn copy_from_sqlite(&self, data_dir: &Path, at_rest: &AtRest) -> Result<CopyReport> {
-        zoufang_sqlcipher_sm::init();
+        zoufang_crypto::init();
         let source = rusqlite::Connection::open_with_flags(
             data_dir.join("server.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

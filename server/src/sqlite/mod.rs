@@ -283,7 +283,7 @@ impl SqliteStorage {
     /// Opens (creating and migrating) `server.db` in `data_dir`, with attachment contents in
     /// its `attachments` directory, both kept as `at_rest` says.
     pub fn open(data_dir: &Path, at_rest: &AtRest) -> Result<Self> {
-        zoufang_sqlcipher_sm::init();
+        zoufang_crypto::init();
         crate::private::dir(data_dir)
             .map_err(|e| ServerError::Storage(format!("cannot create the data directory: {e}")))?;
         crate::at_rest::check_directory(data_dir, at_rest)?;
@@ -300,8 +300,8 @@ impl SqliteStorage {
         let path = data_dir.join("server.db");
         crate::private::sqlite_file(&path)
             .map_err(|e| ServerError::Storage(format!("cannot create the database file: {e}")))?;
-        // Before SQLite's first open initialises OpenSSL with an exit-time cleanup.
-        zoufang_sqlcipher_sm::init();
+        // Links SQLCipher's provider (see `zoufang_crypto::init`).
+        zoufang_crypto::init();
         let mut writer = Connection::open(&path)?;
         crate::at_rest::key_connection(&writer, at_rest)?;
         // The first read is where a wrong key shows: say so, not "file is not a database".
@@ -342,8 +342,8 @@ impl SqliteStorage {
         });
         // No idle minimum: otherwise every checkout has a pool thread open a replacement in the
         // background, and one still opening as a short command (`zoufang admin`) exits closes
-        // its encrypted connection while SQLCipher's and OpenSSL's exit handlers tear down the
-        // globals it uses (a SIGSEGV at exit, about one run in thirty).
+        // its encrypted connection while SQLCipher's exit handler tears down the globals it
+        // uses (a SIGSEGV at exit, about one run in thirty).
         let readers = r2d2::Pool::builder()
             .max_size(reader_count())
             .min_idle(Some(0))

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Barrier};
 
-use zoufang_sqlcipher_sm::{CipherSuite, with_suite};
+use zoufang_crypto::{CipherSuite, with_suite};
 
 #[test]
 fn the_sm_provider_is_ready_however_the_first_initialisations_interleave() {
