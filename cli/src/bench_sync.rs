@@ -689,15 +689,9 @@ pub fn pull_probe(server: &str, token: &str, store: &Path) -> CliResult {
     c.enroll(&t, token, "pull-probe")?;
     let baseline = rss_kb("VmRSS:");
     let started = Instant::now();
-    let report = c.sync_with(
-        &t,
-        SyncConfig {
-            pull_limit: 2000,
-            ..SyncConfig::default()
-        },
-        None,
-        None,
-    )?;
+    // The default path, as `zoufang device sync` and the bindings run it: pages start at the
+    // default size and grow with the link.
+    let report = c.sync_with(&t, SyncConfig::default(), None, None)?;
     let elapsed = started.elapsed();
     let counts = c.counts()?;
     outln!(
