@@ -366,6 +366,23 @@ mod tests {
         assert_eq!(rk[31], 0x9124_a012);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Any key, counter, offset and length: the same stream as the portable code.
+        #[test]
+        fn any_stream_equals_the_portable_one(
+            key in proptest::array::uniform16(0u8..),
+            iv in proptest::array::uniform16(0u8..),
+            position in 0u64..1 << 20,
+            data in proptest::collection::vec(0u8.., 0..600),
+        ) {
+            let (mut fast, mut slow) = (data.clone(), data);
+            proptest::prop_assert!(ctr(&key, &iv, position, &mut fast));
+            proptest::prop_assert!(portable_ctr(&key, &iv, position, &mut slow));
+            proptest::prop_assert_eq!(fast, slow);
+        }
+    }
+
     #[test]
     fn the_fast_path_equals_the_portable_one() {
         // Pages and odd pieces at odd offsets, with counters that carry across 64 bits.
