@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check of the project, as CI runs it: formatting, lints (warnings are errors), all tests
 # of the workspace (unit, property, store, crash, sync, CLI), the server suites again on
-# PostgreSQL (scripts/with-postgres.sh), the Kotlin and Swift bindings suites (bindings/test.sh),
+# PostgreSQL (scripts/with-postgres.sh), the crypto crate on aarch64 under qemu
+# (scripts/test-aarch64.sh), the Kotlin and Swift bindings suites (bindings/test.sh),
 # then each cargo-fuzz target for ZOUFANG_FUZZ_SECONDS (30) when a nightly toolchain is present
 # (fuzz/run.sh says plainly when it is not). Ends with one line "tests: N passed, N failed" and a
 # non-zero exit if anything failed, a fuzz target crashed, or no test ran.
@@ -27,6 +28,10 @@ cargo test -p zoufang-core --locked --test store 2>&1 | tee -a target/test.log
 # machine would measure the machine, not the server.
 echo "== cargo test -p zoufang-tests on PostgreSQL"
 scripts/with-postgres.sh cargo test -p zoufang-tests --features postgres --locked -- --test-threads=1 2>&1 | tee -a target/test.log
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# The ciphers once more on the phones' CPU (aarch64, under qemu): their vector paths differ.
+echo "== cargo test -p zoufang-crypto on aarch64 (qemu)"
+scripts/test-aarch64.sh 2>&1 | tee -a target/test.log
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 set -e
 read -r passed failed < <(awk '/^test result:/ {
