@@ -21,9 +21,12 @@ const LANES: usize = 8;
 
 /// SM4's S-box: S(x) = A·(A·x ⊕ C)⁻¹ ⊕ C, the inverse in GF(2^8) modulo
 /// x^8+x^7+x^6+x^5+x^4+x^2+1, A the circulant of x ⊕ x<<<1 ⊕ x<<<3 ⊕ x<<<6 ⊕ x<<<7, C = 0xd3.
-/// Computed, not typed: the test checks it against the standard's own example.
+/// Computed, not typed: the test checks it against the standard's table. The reference for the
+/// tests; the code itself runs the S-box on the AES instruction or in RustCrypto's SM4.
+#[cfg(test)]
 pub(crate) const SBOX: [u8; 256] = sbox();
 
+#[cfg(test)]
 const fn gf_mul(mut a: u8, mut b: u8) -> u8 {
     let mut r = 0u8;
     while b != 0 {
@@ -41,6 +44,7 @@ const fn gf_mul(mut a: u8, mut b: u8) -> u8 {
     r
 }
 
+#[cfg(test)]
 const fn gf_inv(a: u8) -> u8 {
     // a^254 = a^-1 (and 0 for 0).
     let mut r = 1u8;
@@ -52,10 +56,12 @@ const fn gf_inv(a: u8) -> u8 {
     if a == 0 { 0 } else { r }
 }
 
+#[cfg(test)]
 const fn affine(x: u8) -> u8 {
     x ^ x.rotate_left(1) ^ x.rotate_left(3) ^ x.rotate_left(6) ^ x.rotate_left(7)
 }
 
+#[cfg(test)]
 #[allow(clippy::indexing_slicing)] // x < 256
 const fn sbox() -> [u8; 256] {
     let mut t = [0u8; 256];
@@ -67,13 +73,25 @@ const fn sbox() -> [u8; 256] {
     t
 }
 
+/// τ by table lookups: the reference (lookups indexed by key bytes can leak through the cache,
+/// so the vector paths schedule keys with their own, register-only τ).
+#[cfg(test)]
 fn tau(w: u32) -> u32 {
     let s = |b: u8| SBOX.get(usize::from(b)).copied().unwrap_or_default();
     u32::from_be_bytes(w.to_be_bytes().map(s))
 }
 
-/// The 32 round keys of `key` (16 bytes).
+#[cfg(test)]
 pub(crate) fn round_keys(key: &[u8; KEY]) -> [u32; 32] {
+    round_keys_with(key, tau)
+}
+
+/// The 32 round keys of `key` (16 bytes), with `tau` applying the S-box to each byte of a word.
+#[cfg_attr(
+    not(any(test, target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+fn round_keys_with(key: &[u8; KEY], tau: impl Fn(u32) -> u32) -> [u32; 32] {
     const FK: [u32; 4] = [0xa3b1_bac6, 0x56aa_3350, 0x677d_9197, 0xb270_22dc];
     let mut k = [0u32; 4];
     for ((slot, chunk), fk) in k.iter_mut().zip(key.chunks_exact(4)).zip(FK) {
@@ -100,12 +118,12 @@ pub(crate) fn ctr(key: &[u8], iv: &[u8], position: u64, data: &mut [u8]) -> bool
     let counter = u128::from_be_bytes(iv).wrapping_add(u128::from(position / BLOCK as u64));
     let skip = (position % BLOCK as u64) as usize;
     #[cfg(target_arch = "x86_64")]
-    if let Some(eight) = x86::Eight::new(&round_keys(key)) {
+    if let Some(eight) = x86::Eight::new(key) {
         xor_stream(counter, skip, data, |blocks| eight.encrypt(blocks));
         return true;
     }
     #[cfg(target_arch = "aarch64")]
-    if let Some(eight) = arm::Eight::new(&round_keys(key)) {
+    if let Some(eight) = arm::Eight::new(key) {
         xor_stream(counter, skip, data, |blocks| eight.encrypt(blocks));
         return true;
     }
@@ -184,14 +202,14 @@ mod tables {
 #[allow(unsafe_code)]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, _mm_aesenclast_si128, _mm_and_si128, _mm_loadu_si128, _mm_or_si128, _mm_set1_epi8,
-        _mm_set1_epi32, _mm_setr_epi8, _mm_setzero_si128, _mm_shuffle_epi8, _mm_slli_epi32,
-        _mm_srli_epi32, _mm_storeu_si128, _mm_unpackhi_epi32, _mm_unpackhi_epi64,
-        _mm_unpacklo_epi32, _mm_unpacklo_epi64, _mm_xor_si128,
+        __m128i, _mm_aesenclast_si128, _mm_and_si128, _mm_cvtsi128_si32, _mm_loadu_si128,
+        _mm_or_si128, _mm_set1_epi8, _mm_set1_epi32, _mm_setr_epi8, _mm_setzero_si128,
+        _mm_shuffle_epi8, _mm_slli_epi32, _mm_srli_epi32, _mm_storeu_si128, _mm_unpackhi_epi32,
+        _mm_unpackhi_epi64, _mm_unpacklo_epi32, _mm_unpacklo_epi64, _mm_xor_si128,
     };
 
     use super::tables::{POST_HI, POST_LO, PRE_HI, PRE_LO, ROL8, ROL16, ROL24, UNSHIFT};
-    use super::{BLOCK, LANES};
+    use super::{BLOCK, KEY, LANES, round_keys_with};
 
     fn available() -> bool {
         is_x86_feature_detected!("aes") && is_x86_feature_detected!("ssse3")
@@ -246,13 +264,20 @@ mod x86 {
         _mm_xor_si128(_mm_shuffle_epi8(lo, low), _mm_shuffle_epi8(hi, high))
     }
 
+    /// τ, SM4's S-box on every byte: pre, AES's SubBytes (rows shifted back), post.
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    fn tau(x: __m128i, c: &Consts) -> __m128i {
+        let y = affine(x, c.pre_lo, c.pre_hi, c);
+        let y = _mm_shuffle_epi8(_mm_aesenclast_si128(y, _mm_setzero_si128()), c.unshift);
+        affine(y, c.post_lo, c.post_hi, c)
+    }
+
     /// T = L ∘ τ on four words at once.
     #[inline]
     #[target_feature(enable = "aes,ssse3")]
     fn t(x: __m128i, c: &Consts) -> __m128i {
-        let y = affine(x, c.pre_lo, c.pre_hi, c);
-        let y = _mm_shuffle_epi8(_mm_aesenclast_si128(y, _mm_setzero_si128()), c.unshift);
-        let z = affine(y, c.post_lo, c.post_hi, c);
+        let z = tau(x, c);
         // L(z) = z ^ z<<<2 ^ z<<<10 ^ z<<<18 ^ z<<<24, the middle three as (z ^ z<<<8 ^ z<<<16)<<<2.
         let m = _mm_xor_si128(
             _mm_xor_si128(z, _mm_shuffle_epi8(z, c.rol8)),
@@ -309,16 +334,20 @@ mod x86 {
 
     impl Eight {
         /// `None` without AES-NI and SSSE3.
-        pub(super) fn new(rk: &[u32; 32]) -> Option<Self> {
-            #[target_feature(enable = "ssse3")]
-            fn make(rk: &[u32; 32]) -> Eight {
+        pub(super) fn new(key: &[u8; KEY]) -> Option<Self> {
+            #[target_feature(enable = "aes,ssse3")]
+            fn make(key: &[u8; KEY]) -> Eight {
+                let c = consts();
+                // A closure in `make` has its target features.
+                let tau_word = |w: u32| _mm_cvtsi128_si32(tau(_mm_set1_epi32(w as i32), &c)) as u32;
+                let rk = round_keys_with(key, tau_word);
                 Eight {
                     keys: rk.map(|k| _mm_set1_epi32(k as i32)),
-                    c: consts(),
+                    c,
                 }
             }
-            // SAFETY: the CPU has SSSE3 (checked).
-            available().then(|| unsafe { make(rk) })
+            // SAFETY: the CPU has AES-NI and SSSE3 (checked).
+            available().then(|| unsafe { make(key) })
         }
 
         pub(super) fn encrypt(&self, blocks: &mut [u8; LANES * BLOCK]) {
@@ -381,13 +410,14 @@ mod x86 {
 mod arm {
     use std::arch::aarch64::{
         uint8x16_t, uint32x4_t, vaeseq_u8, vandq_u8, vdupq_n_u8, vdupq_n_u32, veorq_u8, veorq_u32,
-        vld1q_u8, vorrq_u32, vqtbl1q_u8, vreinterpretq_u8_u32, vreinterpretq_u32_u8,
-        vreinterpretq_u32_u64, vreinterpretq_u64_u32, vrev32q_u8, vshlq_n_u32, vshrq_n_u8,
-        vshrq_n_u32, vst1q_u8, vtrn1q_u32, vtrn1q_u64, vtrn2q_u32, vtrn2q_u64,
+        vgetq_lane_u32, vld1q_u8, vorrq_u32, vqtbl1q_u8, vreinterpretq_u8_u32,
+        vreinterpretq_u32_u8, vreinterpretq_u32_u64, vreinterpretq_u64_u32, vrev32q_u8,
+        vshlq_n_u32, vshrq_n_u8, vshrq_n_u32, vst1q_u8, vtrn1q_u32, vtrn1q_u64, vtrn2q_u32,
+        vtrn2q_u64,
     };
 
     use super::tables::{POST_HI, POST_LO, PRE_HI, PRE_LO, ROL8, ROL16, ROL24, UNSHIFT};
-    use super::{BLOCK, LANES};
+    use super::{BLOCK, KEY, LANES, round_keys_with};
 
     #[derive(Clone, Copy)]
     struct Consts {
@@ -418,12 +448,19 @@ mod arm {
         )
     }
 
+    /// τ, SM4's S-box on every byte: pre, AES's SubBytes (rows shifted back), post.
+    #[inline]
+    #[target_feature(enable = "neon,aes")]
+    fn tau(x: uint32x4_t, c: &Consts) -> uint8x16_t {
+        let y = affine(vreinterpretq_u8_u32(x), c.pre_lo, c.pre_hi, c);
+        let y = vqtbl1q_u8(vaeseq_u8(y, vdupq_n_u8(0)), c.unshift);
+        affine(y, c.post_lo, c.post_hi, c)
+    }
+
     #[inline]
     #[target_feature(enable = "neon,aes")]
     fn t(x: uint32x4_t, c: &Consts) -> uint32x4_t {
-        let y = affine(vreinterpretq_u8_u32(x), c.pre_lo, c.pre_hi, c);
-        let y = vqtbl1q_u8(vaeseq_u8(y, vdupq_n_u8(0)), c.unshift);
-        let z = affine(y, c.post_lo, c.post_hi, c);
+        let z = tau(x, c);
         let m = veorq_u8(veorq_u8(z, vqtbl1q_u8(z, c.rol8)), vqtbl1q_u8(z, c.rol16));
         let m = vreinterpretq_u32_u8(m);
         let m2 = vorrq_u32(vshlq_n_u32::<2>(m), vshrq_n_u32::<30>(m));
@@ -455,27 +492,32 @@ mod arm {
 
     impl Eight {
         /// `None` without the AES instructions.
-        pub(super) fn new(rk: &[u32; 32]) -> Option<Self> {
-            #[target_feature(enable = "neon")]
-            fn make(rk: &[u32; 32]) -> Eight {
+        pub(super) fn new(key: &[u8; KEY]) -> Option<Self> {
+            #[target_feature(enable = "neon,aes")]
+            fn make(key: &[u8; KEY]) -> Eight {
+                let c = Consts {
+                    nibble: vdupq_n_u8(0x0f),
+                    pre_lo: load(&PRE_LO),
+                    pre_hi: load(&PRE_HI),
+                    post_lo: load(&POST_LO),
+                    post_hi: load(&POST_HI),
+                    unshift: load(&UNSHIFT),
+                    rol8: load(&ROL8),
+                    rol16: load(&ROL16),
+                    rol24: load(&ROL24),
+                };
+                // A closure in `make` has its target features.
+                let tau_word =
+                    |w: u32| vgetq_lane_u32::<0>(vreinterpretq_u32_u8(tau(vdupq_n_u32(w), &c)));
+                let rk = round_keys_with(key, tau_word);
                 Eight {
                     keys: rk.map(|k| vdupq_n_u32(k)),
-                    c: Consts {
-                        nibble: vdupq_n_u8(0x0f),
-                        pre_lo: load(&PRE_LO),
-                        pre_hi: load(&PRE_HI),
-                        post_lo: load(&POST_LO),
-                        post_hi: load(&POST_HI),
-                        unshift: load(&UNSHIFT),
-                        rol8: load(&ROL8),
-                        rol16: load(&ROL16),
-                        rol24: load(&ROL24),
-                    },
+                    c,
                 }
             }
             let aes = std::arch::is_aarch64_feature_detected!("aes");
-            // SAFETY: NEON is part of every aarch64 target this builds for.
-            aes.then(|| unsafe { make(rk) })
+            // SAFETY: checked above.
+            aes.then(|| unsafe { make(key) })
         }
 
         pub(super) fn encrypt(&self, blocks: &mut [u8; LANES * BLOCK]) {
