@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check of the project, as CI runs it: formatting, lints (warnings are errors), all tests
-# of the workspace (unit, property, store, crash, sync, CLI), the server suites again on
+# of the workspace (unit, property, store, crash, sync, CLI), the core without encryption and the
+# bindings without their HTTP transport (the two feature sets apps may build), the server suites again on
 # PostgreSQL (scripts/with-postgres.sh), the crypto crate on aarch64 under qemu
 # (scripts/test-aarch64.sh), the Kotlin and Swift bindings suites (bindings/test.sh),
 # then each cargo-fuzz target for ZOUFANG_FUZZ_SECONDS (30) when a nightly toolchain is present
@@ -13,6 +14,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The bindings as an app with its own HTTP stack builds them: another set of cfg'd code.
+cargo clippy -p zoufang-ffi --no-default-features --all-targets --locked -- -D warnings
 echo "== cargo test"
 mkdir -p target
 set +e
@@ -22,6 +25,9 @@ status=${PIPESTATUS[0]}
 # core built without it, where a key must be refused rather than ignored.
 echo "== cargo test -p zoufang-core (built without the sqlcipher feature)"
 cargo test -p zoufang-core --locked --test store 2>&1 | tee -a target/test.log
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+echo "== cargo test -p zoufang-ffi (built without the HTTP transport)"
+cargo test -p zoufang-ffi --no-default-features --locked --lib 2>&1 | tee -a target/test.log
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # The end-to-end server suites once more, on PostgreSQL: a throwaway cluster, a fresh database
 # per test server. One test at a time: ten servers with their connection pools on a 2-core

@@ -1264,3 +1264,46 @@ impl Collector {
             .collect())
     }
 }
+
+/// A build for apps with their own HTTP stack (`--no-default-features`, run by scripts/test.sh):
+/// the built-in transport's calls say what to use instead, and nothing is sent.
+#[cfg(all(test, not(feature = "reqwest-transport")))]
+mod without_http {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn enroll_and_sync_name_the_calls_to_use_instead() {
+        let dir = std::env::temp_dir().join(format!("zoufang-ffi-nohttp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("store.db").to_string_lossy().into_owned();
+        let c = Collector::open(path, StoreProtection::Plaintext).unwrap();
+        let unavailable = |e: ZoufangError| match e {
+            ZoufangError::Network { code, detail } => {
+                assert_eq!(code, "transport_unavailable");
+                assert!(detail.contains("syncWithTransport"), "{detail}");
+            }
+            other => panic!("expected transport_unavailable, got {other:?}"),
+        };
+        unavailable(
+            c.enroll("http://127.0.0.1:9".into(), "token".into(), "phone".into())
+                .unwrap_err(),
+        );
+        let sync = c.sync("http://127.0.0.1:9".into(), None);
+        unavailable(block_on(sync).unwrap_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Polls a future to its end (the sync's own thread does the work; no executor needed).
+    fn block_on<F: Future>(f: F) -> F::Output {
+        use std::task::{Context, Poll, Waker};
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+                return out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
