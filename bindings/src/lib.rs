@@ -1274,9 +1274,8 @@ mod without_http {
 
     #[test]
     fn enroll_and_sync_name_the_calls_to_use_instead() {
-        let dir = std::env::temp_dir().join(format!("zoufang-ffi-nohttp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("store.db").to_string_lossy().into_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db").to_string_lossy().into_owned();
         let c = Collector::open(path, StoreProtection::Plaintext).unwrap();
         let unavailable = |e: ZoufangError| match e {
             ZoufangError::Network { code, detail } => {
@@ -1291,7 +1290,6 @@ mod without_http {
         );
         let sync = c.sync("http://127.0.0.1:9".into(), None);
         unavailable(block_on(sync).unwrap_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Polls a future to its end (the sync's own thread does the work; no executor needed).

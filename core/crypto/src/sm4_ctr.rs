@@ -115,30 +115,30 @@ pub(crate) fn ctr(key: &[u8], iv: &[u8], position: u64, data: &mut [u8]) -> bool
     let (Ok(key), Ok(iv)) = (<&[u8; KEY]>::try_from(key), <[u8; BLOCK]>::try_from(iv)) else {
         return false;
     };
-    let counter = u128::from_be_bytes(iv).wrapping_add(u128::from(position / BLOCK as u64));
-    let skip = (position % BLOCK as u64) as usize;
     #[cfg(target_arch = "x86_64")]
     if let Some(eight) = x86::Eight::new(key) {
-        xor_stream(counter, skip, data, |blocks| eight.encrypt(blocks));
+        xor_stream(&iv, position, data, |blocks| eight.encrypt(blocks));
         return true;
     }
     #[cfg(target_arch = "aarch64")]
     if let Some(eight) = arm::Eight::new(key) {
-        xor_stream(counter, skip, data, |blocks| eight.encrypt(blocks));
+        xor_stream(&iv, position, data, |blocks| eight.encrypt(blocks));
         return true;
     }
     portable_ctr(key, &iv, position, data)
 }
 
-/// XORs the CTR stream from block `counter`, byte `skip`, into `data`, eight blocks at a time
-/// from `encrypt8`.
+/// XORs the CTR stream whose first counter block is `iv`, from byte `position`, into `data`,
+/// eight blocks at a time from `encrypt8`.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn xor_stream(
-    mut counter: u128,
-    mut skip: usize,
+    iv: &[u8; BLOCK],
+    position: u64,
     data: &mut [u8],
     encrypt8: impl Fn(&mut [u8; LANES * BLOCK]),
 ) {
+    let mut counter = u128::from_be_bytes(*iv).wrapping_add(u128::from(position / BLOCK as u64));
+    let mut skip = (position % BLOCK as u64) as usize;
     let mut stream = [0u8; LANES * BLOCK];
     let mut rest = data;
     while !rest.is_empty() {
@@ -215,7 +215,7 @@ mod x86 {
         is_x86_feature_detected!("aes") && is_x86_feature_detected!("ssse3")
     }
 
-    /// The register constants of one call.
+    /// The registers every round reads: the lookup tables and byte shuffles.
     #[derive(Clone, Copy)]
     struct Consts {
         nibble: __m128i,
@@ -383,10 +383,7 @@ mod x86 {
             }
             #[target_feature(enable = "aes,ssse3")]
             fn sbox16(x: &[u8; 16]) -> [u8; 16] {
-                let c = consts();
-                let y = affine(table(x), c.pre_lo, c.pre_hi, &c);
-                let y = _mm_shuffle_epi8(_mm_aesenclast_si128(y, _mm_setzero_si128()), c.unshift);
-                let z = affine(y, c.post_lo, c.post_hi, &c);
+                let z = tau(table(x), &consts());
                 let mut out = [0u8; 16];
                 // SAFETY: 16 writable bytes.
                 unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), z) };
