@@ -133,6 +133,14 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         Ok(())
     }
 
+    /// Contents asked about without an answer: back at the front of the queue, in their order.
+    /// (An unanswered recheck needs nothing: the flag stays set until an answer clears it.)
+    pub(super) fn status_unanswered(&mut self, contents: Vec<ContentRef>) {
+        for content in contents.into_iter().rev() {
+            self.uploads.unasked.push_front(content);
+        }
+    }
+
     fn upload_progress(&mut self) {
         let current = self.uploads.current.as_ref().map_or(0, |u| u.received);
         self.phase_done = self.uploads.finished_bytes + current;
@@ -153,7 +161,7 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         let answer: AttachmentStatusResponse = match decode(response) {
             Ok(a) => a,
             Err(e) if !recheck => {
-                self.uploads.unasked.extend(contents);
+                self.status_unanswered(contents);
                 return Err(e);
             }
             Err(e) => return Err(e),

@@ -520,7 +520,18 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 self.enter(SyncPhase::Done, 0);
                 Ok(())
             }
-            Some(flight) => self.request_interrupted(&flight, reason, now),
+            Some(flight) => {
+                // A question about contents left the queue when it was sent: without an
+                // answer they go back, or the sync would end with their uploads not begun.
+                if let InFlight::ContentStatus {
+                    contents,
+                    recheck: false,
+                } = &flight
+                {
+                    self.status_unanswered(contents.clone());
+                }
+                self.request_interrupted(&flight, reason, now)
+            }
             None => Err(Error::InvalidInput(
                 "an interruption without a request".into(),
             )),
