@@ -247,8 +247,12 @@ pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
             3.0,
         ),
     ] {
-        let c = bed.coordinator(n, 21)?;
-        let (proxy, t) = bed.link(weak(rate, Some(cut)))?;
+        // A server of its own, like the twin's: a phone of the county syncing on the first
+        // bed would also pull what the twin (and the other scenario) made, which the clean
+        // bytes do not hold.
+        let mut own = Bed::start()?;
+        let c = own.coordinator(n, 21)?;
+        let (proxy, t) = own.link(weak(rate, Some(cut)))?;
         let run = sync_until(&c, &proxy, &t, &everything)?;
         say.against(
             &label,
@@ -260,7 +264,8 @@ pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         );
     }
 
-    // (d) A fresh phone of the area pulls all of it: clean, then through (a) and (b).
+    // (d) A fresh phone of the area pulls what the twin's visits made: clean, then through
+    // (a) and (b).
     let expected = {
         let p = bed.phone(Role::Coordinator)?;
         let (proxy, t) = bed.link(Faults::default())?;

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 use serde_json::{Value as Json, json};
 use zoufang_core::protocol::messages::{self, CatalogRequest, PushRequest, Role};
+use zoufang_core::protocol::stream::{decode_stream, encode_stream};
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{AppState, BackgroundServer, SqliteStorage};
@@ -39,6 +40,11 @@ fn audit_part(request: &HttpRequest) -> u64 {
             .ok()
             .and_then(|mut r| r.audit.take().and(messages::encode(&r).ok()))
             .map(|b| b.len() as u64),
+        "/v1/push/stream" => {
+            let (mut pushes, _) = decode_stream::<PushRequest>(&request.body);
+            pushes.iter_mut().for_each(|p| p.audit = None);
+            encode_stream(&pushes).ok().map(|b| b.len() as u64)
+        }
         "/v1/catalog" => messages::decode::<CatalogRequest>(&request.body)
             .ok()
             .and_then(|mut r| r.audit.take().and(messages::encode(&r).ok()))
@@ -60,13 +66,18 @@ impl Transport for Recording {
 
 /// The floor's handler: decompress, take the rows, insert them, one fsync.
 fn insert_rows(conn: &Mutex<Connection>, body: &[u8]) -> Result<usize, String> {
-    let json = zstd::stream::decode_all(body).map_err(|e| e.to_string())?;
-    let value: Json = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
-    let rows = ["changes", "entries"]
-        .iter()
-        .filter_map(|k| value.get(k).and_then(Json::as_array))
-        .chain(value.pointer("/audit/entries").and_then(Json::as_array))
-        .flatten();
+    // A body is one message or a stream of them (a streamed push).
+    let (values, problem) = decode_stream::<Json>(body);
+    if let Some(e) = problem {
+        return Err(e.to_string());
+    }
+    let rows = values.iter().flat_map(|value| {
+        ["changes", "entries"]
+            .iter()
+            .filter_map(|k| value.get(k).and_then(Json::as_array))
+            .chain(value.pointer("/audit/entries").and_then(Json::as_array))
+            .flatten()
+    });
     let mut conn = conn.lock();
     let tx = conn.transaction().map_err(|e| e.to_string())?;
     let mut n = 0;

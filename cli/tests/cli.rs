@@ -560,8 +560,10 @@ fn the_link_benchmark_gets_everything_through() {
     }
     let stall = &all[5];
     let noticed = stall["noticed_seconds"].as_f64().unwrap();
+    // The read timeout (15 s) counts from the last byte read, which may come a little before
+    // the stall: noticed by it, not at once (a stall is no cut) and well within 20 s.
     assert!(
-        (14.0..20.0).contains(&noticed) && stall["finished"] == json!(true),
+        (10.0..20.0).contains(&noticed) && stall["finished"] == json!(true),
         "{stall}"
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

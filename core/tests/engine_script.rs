@@ -30,6 +30,7 @@ use serde_json::json;
 use zoufang_core::protocol::audit::{self, AuditAction, AuditEntry, HashAlgorithm};
 use zoufang_core::protocol::frames::FrameReader;
 use zoufang_core::protocol::messages::{self as m, Ack, ChangeOp, ContentRef, Entity, Outcome};
+use zoufang_core::protocol::stream::{decode_stream, encode_stream};
 use zoufang_core::sync::{
     HttpRequest, HttpResponse, LocalState, Moment, SyncConfig, SyncEngine, SyncReport,
 };
@@ -326,6 +327,12 @@ struct Server {
     /// Requests after the wipe order that were not audit uploads.
     sent_after_wipe: u32,
     requests: u32,
+    /// The answer recorded for each change (what `/v1/push/acks` gives back).
+    recorded: BTreeMap<u64, Ack>,
+    /// The server streams (pushes and pulls as message streams, `/v1/push/acks`).
+    streams: bool,
+    /// What arrived of an answer the link cut (a streamed pull's first pages).
+    partial: Option<HttpResponse>,
 }
 
 fn answer<T: serde::Serialize>(message: &T) -> HttpResponse {
@@ -411,7 +418,7 @@ impl Server {
                     version,
                 }
             });
-            acks.push(Ack {
+            let ack = Ack {
                 seq: c.seq,
                 outcome: if contested {
                     Outcome::Conflict
@@ -423,7 +430,9 @@ impl Server {
                 conflict,
                 code: None,
                 message: None,
-            });
+            };
+            self.recorded.entry(c.seq).or_insert_with(|| ack.clone());
+            acks.push(ack);
         }
         if fault == Fault::DuplicateAcks {
             let again = acks.clone();
@@ -483,6 +492,26 @@ impl Server {
             cursors,
             more,
             checksums,
+        }
+    }
+
+    /// A streamed pull's pages.
+    fn pull_pages(&self, req: &m::PullRequest, page: u32) -> Vec<m::PullResponse> {
+        let (mut pages, mut cursors, mut sent) = (Vec::new(), req.cursors.clone(), 0);
+        loop {
+            let next = self.pull(&m::PullRequest {
+                cursors: cursors.clone(),
+                limit: page.min(req.limit - sent),
+                page: None,
+                ..req.clone()
+            });
+            sent += next.entries.len() as u32;
+            cursors = next.cursors.clone();
+            let more = next.more;
+            pages.push(next);
+            if !more || sent >= req.limit {
+                return pages;
+            }
         }
     }
 
@@ -573,7 +602,66 @@ impl Server {
                     token_expires_at: None,
                     form_publications: Vec::new(),
                     compact_audit: false,
+                    streams: self.streams,
                 })
+            }
+            "/v1/push/stream" => {
+                let (messages, problem) = decode_stream::<m::PushRequest>(&req.body);
+                assert!(problem.is_none() && !messages.is_empty(), "{problem:?}");
+                // Cut partway: the server applied the messages that arrived whole.
+                let arrived = if fault == Fault::PartialChunk {
+                    messages.len() / 2
+                } else {
+                    messages.len()
+                };
+                let mut acks = Vec::new();
+                for message in messages.into_iter().take(arrived) {
+                    acks.extend(self.push(message, fault).acks);
+                }
+                if fault == Fault::None || fault == Fault::DuplicateAcks {
+                    self.delivered_acks.extend(acks.iter().map(|a| a.seq));
+                }
+                answer(&m::PushResponse {
+                    protocol: m::PROTOCOL_VERSION,
+                    server_time: NOW.into(),
+                    acks,
+                    audit: None,
+                })
+            }
+            "/v1/push/acks" => {
+                let r: m::AcksRequest = m::decode(&req.body).unwrap();
+                let acks: Vec<Ack> = r
+                    .seqs
+                    .iter()
+                    .filter_map(|seq| self.recorded.get(seq).cloned())
+                    .collect();
+                if fault != Fault::LostAnswer && fault != Fault::PartialChunk {
+                    self.delivered_acks.extend(acks.iter().map(|a| a.seq));
+                }
+                answer(&m::PushResponse {
+                    protocol: m::PROTOCOL_VERSION,
+                    server_time: NOW.into(),
+                    acks,
+                    audit: Some(m::AuditUploadResponse {
+                        protocol: m::PROTOCOL_VERSION,
+                        server_time: NOW.into(),
+                        accepted_through: self.audit.len() as u64,
+                        chain_break: None,
+                    }),
+                })
+            }
+            "/v1/pull" if self.streams => {
+                let r: m::PullRequest = m::decode(&req.body).unwrap();
+                let page = r.page.expect("a streaming device asks for pages");
+                let body = encode_stream(&self.pull_pages(&r, page)).unwrap();
+                if fault == Fault::PartialChunk {
+                    // The first half of the bytes: the pages wholly inside them count.
+                    self.partial = Some(HttpResponse {
+                        status: 200,
+                        body: body[..body.len() / 2].to_vec(),
+                    });
+                }
+                HttpResponse { status: 200, body }
             }
             "/v1/push" => {
                 let r: m::PushRequest = m::decode(&req.body).unwrap();
@@ -684,7 +772,10 @@ fn sync_once(
                     engine.handle_interruption("server error", now(step))?
                 }
                 Some(r) => engine.handle_response(&r, now(step))?,
-                None => engine.handle_interruption("cut", now(step))?,
+                None => {
+                    let partial = server.partial.take();
+                    engine.handle_cut("cut", partial.as_ref(), now(step))?
+                }
             }
         }
         Ok(())
@@ -743,11 +834,13 @@ proptest! {
         rounds in prop::collection::vec(round(), 1..6),
         contested in prop::collection::btree_set(0u8..3, 0..2),
         wipe_at in prop::option::weighted(0.1, 1u32..60),
+        streams in any::<bool>(),
     ) {
         let local = Local(RefCell::new(Device::default()));
         let mut server = Server {
             contested: contested.iter().map(|f| format!("f{f}")).collect(),
             wipe_from: wipe_at,
+            streams,
             ..Server::default()
         };
         let mut wiped = false;

@@ -54,6 +54,7 @@ impl Transport for HeldServer {
                     token_expires_at: None,
                     form_publications: Vec::new(),
                     compact_audit: false,
+                    streams: false,
                 })
             }
             _ => {

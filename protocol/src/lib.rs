@@ -11,3 +11,4 @@ pub mod checksum;
 pub mod frames;
 pub mod messages;
 pub mod possession;
+pub mod stream;

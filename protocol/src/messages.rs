@@ -282,12 +282,28 @@ pub struct PushResponse {
     pub audit: Option<AuditUploadResponse>,
 }
 
+/// `POST /v1/push/acks`: what the server recorded for these changes of the device (after a
+/// streamed push was cut, the device learns which of its messages arrived). Answered as a
+/// [`PushResponse`] with the acknowledgements the server holds (changes it never received are
+/// absent) and, in `audit`, how far it holds the device's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcksRequest {
+    pub protocol: u32,
+    pub device_id: String,
+    pub seqs: Vec<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PullRequest {
     pub protocol: u32,
     /// Last server sequence number applied, per assigned area (region-code prefix).
     pub cursors: BTreeMap<String, u64>,
     pub limit: u32,
+    /// Entries per page of a streamed answer: with it, the answer is a message stream
+    /// ([`crate::stream`]) of pages of at most `page` entries, `limit` in all, each page usable
+    /// as soon as it arrives; without it (older devices), one [`PullResponse`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -470,6 +486,10 @@ pub struct CatalogResponse {
     /// device may send entries without their hashes (`AuditBatch::head`) and with its changes.
     #[serde(default)]
     pub compact_audit: bool,
+    /// The server answers a pull with a `page` as a message stream, and takes pushes as message
+    /// streams (`crate::stream`).
+    #[serde(default)]
+    pub streams: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -672,10 +692,9 @@ fn json_bytes(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
     }
 }
 
-/// Decompresses (bounded) and parses a message body.
-pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, DecodeError> {
-    let json = json_bytes(body)?;
-    serde_json::from_slice(&json).map_err(|e| {
+/// Parses one message's JSON (already decompressed), without quoting it in errors.
+pub fn decode_json<T: for<'de> Deserialize<'de>>(json: &[u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(json).map_err(|e| {
         // Position and category only: serde's own text can quote the offending value.
         DecodeError::Json(format!(
             "{:?} error at line {} column {}",
@@ -684,6 +703,11 @@ pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, DecodeErro
             e.column()
         ))
     })
+}
+
+/// Decompresses (bounded) and parses a message body.
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, DecodeError> {
+    decode_json(&json_bytes(body)?)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -718,6 +742,7 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             cursors: [("513431".to_owned(), 7)].into(),
             limit: 10,
+            page: None,
         };
         let body = encode(&pull).unwrap();
         assert_eq!(decode::<PullRequest>(&body).unwrap(), pull);

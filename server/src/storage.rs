@@ -269,6 +269,9 @@ pub trait Storage: Send + Sync + 'static {
         device_now: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Ack>>;
+    /// The acknowledgements recorded for these changes of the device (those it never received
+    /// are left out), and the last audit entry it holds of the device's trail.
+    fn recorded_acks(&self, auth: &DeviceAuth, seqs: &[u64]) -> Result<(Vec<Ack>, u64)>;
     fn pull(
         &self,
         auth: &DeviceAuth,

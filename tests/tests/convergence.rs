@@ -127,6 +127,7 @@ fn server_feed(server: &TestServer) -> Vec<FeedItem> {
             protocol: zoufang_core::protocol::messages::PROTOCOL_VERSION,
             cursors: cursors.clone(),
             limit: 1000,
+            page: None,
         };
         let page = server
             .storage

@@ -16,6 +16,7 @@ use zoufang_core::protocol::messages::{
     self, Change, ChangeOp, Entity, ErrorBody, PROTOCOL_VERSION, PullRequest, PushRequest,
     PushResponse, ResolveRequest, Role, SnapshotRequest, UserInfo,
 };
+use zoufang_core::protocol::stream::decode_stream;
 use zoufang_core::records::NewHousehold;
 use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
 use zoufang_core::{Collector, StoreOptions};
@@ -194,7 +195,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
         .sent
         .lock()
         .iter()
-        .find(|r| r.path == "/v1/push")
+        .find(|r| r.path == "/v1/push/stream")
         .cloned()
         .expect("A pushed its household");
     let a_token = bearer(&a_push);
@@ -235,6 +236,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
         protocol: PROTOCOL_VERSION,
         cursors: [(OTHER_VILLAGE.to_owned(), 0), ("5134".to_owned(), 0)].into(),
         limit: 1000,
+        page: None,
     })
     .unwrap();
     let r = post(&t, "/v1/pull", &a_token, pull);
@@ -290,11 +292,46 @@ fn hostile_requests_are_refused_and_change_nothing() {
     assert_eq!(code(&r), (403, "forbidden".into()));
 
     // A push captured from A, replayed with another device's token; and by A itself.
-    let replay = post(&t, "/v1/push", &b_token, a_push.body.clone());
+    let replay = post(&t, "/v1/push/stream", &b_token, a_push.body.clone());
     assert_eq!(code(&replay), (403, "forbidden".into()));
-    let again = post(&t, "/v1/push", &a_token, a_push.body.clone());
+    let again = post(&t, "/v1/push/stream", &a_token, a_push.body.clone());
     assert_eq!(again.status, 200, "A's own retry is answered from its acks");
     assert_eq!(server.state(), before, "nothing applied twice");
+    // What the server recorded for A's changes is A's to ask: another device naming A is
+    // refused, and asking in its own name about A's change numbers learns nothing.
+    let (messages_sent, _) = decode_stream::<PushRequest>(&a_push.body);
+    let seqs: Vec<u64> = messages_sent
+        .iter()
+        .flat_map(|m| m.changes.iter().map(|c| c.seq))
+        .collect();
+    let ask = |device: &str| {
+        messages::encode(&messages::AcksRequest {
+            protocol: PROTOCOL_VERSION,
+            device_id: device.to_owned(),
+            seqs: seqs.clone(),
+        })
+        .unwrap()
+    };
+    let as_a = post(&t, "/v1/push/acks", &b_token, ask(&a_device));
+    assert_eq!(code(&as_a), (403, "forbidden".into()));
+    let b_device = server
+        .storage
+        .devices()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.user_id == "coord-b2")
+        .unwrap()
+        .id;
+    let own = post(&t, "/v1/push/acks", &b_token, ask(&b_device));
+    assert_eq!(own.status, 200);
+    let own: PushResponse = messages::decode(&own.body).unwrap();
+    assert!(
+        own.acks.is_empty(),
+        "another device's acknowledgements leaked"
+    );
+    let mine = post(&t, "/v1/push/acks", &a_token, ask(&a_device));
+    let mine: PushResponse = messages::decode(&mine.body).unwrap();
+    assert_eq!(mine.acks.len(), seqs.len(), "A's own answers, all recorded");
 
     // Oversized, malformed and future bodies.
     let huge = vec![0u8; zoufang_server::MAX_BODY_BYTES + 1];
@@ -334,6 +371,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
             protocol: PROTOCOL_VERSION,
             cursors: Default::default(),
             limit: 10,
+            page: None,
         })
         .unwrap()
     };
@@ -415,6 +453,7 @@ fn enrolment_and_failed_authentication_are_rate_limited_per_address() {
         protocol: PROTOCOL_VERSION,
         cursors: Default::default(),
         limit: 10,
+        page: None,
     })
     .unwrap();
     for _ in 0..4 {

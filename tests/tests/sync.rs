@@ -482,6 +482,7 @@ fn old_clients_revoked_devices_and_bad_bodies_get_clear_errors() {
         protocol: 1,
         cursors: Default::default(),
         limit: 10,
+        page: None,
     })
     .unwrap();
     let r = send(ok_body.clone(), "zfd_nope");
@@ -532,6 +533,7 @@ fn old_clients_revoked_devices_and_bad_bodies_get_clear_errors() {
         protocol: 99,
         cursors: Default::default(),
         limit: 10,
+        page: None,
     })
     .unwrap();
     let r = send(future, &token_b);

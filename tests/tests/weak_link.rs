@@ -12,10 +12,17 @@
     clippy::panic
 )]
 
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use zoufang_core::protocol::messages::PushRequest;
 use zoufang_core::protocol::messages::Role;
-use zoufang_core::sync::{LocalState, ReqwestTransport, STALL_TIMEOUT};
+use zoufang_core::protocol::stream::{decode_stream, encode_stream};
+use zoufang_core::sync::{
+    HttpRequest, HttpResponse, LocalState, ReqwestTransport, STALL_TIMEOUT, Transport,
+    TransportError,
+};
 use zoufang_core::{Collector, Error};
 use zoufang_tests::fault_proxy::{FaultProxy, Faults};
 use zoufang_tests::{
@@ -181,4 +188,94 @@ fn a_photo_crosses_a_link_cut_every_two_seconds_resuming_at_each_cut() {
     // flight (`zoufang bench --suite link` measures it against the 1.3x target); twice the
     // bytes' time would mean chunks sent blindly, pauses, or a pull riding along.
     assert!(took < needs * 2.0, "{took:.1} s vs {needs:.1} s: {stats:?}");
+}
+
+/// A link that cuts the first streamed push after half of its messages have reached the
+/// server (the server sees them whole and applies them, as it does before a real cut), and
+/// records every request the phone makes.
+struct CutFirstPushHalfway {
+    inner: ReqwestTransport,
+    cut_done: std::sync::atomic::AtomicBool,
+    /// The changes of the messages that reached the server before the cut.
+    arrived: parking_lot::Mutex<Vec<u64>>,
+    /// (path, changes' seqs in a push stream)
+    seen: parking_lot::Mutex<Vec<(String, Vec<u64>)>>,
+}
+
+impl Transport for CutFirstPushHalfway {
+    fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+        let (messages, _) = decode_stream::<PushRequest>(&request.body);
+        let seqs = if request.path == "/v1/push/stream" {
+            messages
+                .iter()
+                .flat_map(|m| m.changes.iter().map(|c| c.seq))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.seen.lock().push((request.path.clone(), seqs));
+        let first =
+            request.path == "/v1/push/stream" && !self.cut_done.swap(true, Ordering::SeqCst);
+        if first {
+            assert!(messages.len() >= 2, "a push stream of several messages");
+            let half = &messages[..messages.len() / 2];
+            let seqs = half.iter().flat_map(|m| m.changes.iter().map(|c| c.seq));
+            self.arrived.lock().extend(seqs);
+            let mut arrived = request.clone();
+            arrived.body = encode_stream(half).unwrap();
+            self.inner.send(&arrived)?;
+            return Err(TransportError {
+                message: "the link dropped".into(),
+            });
+        }
+        self.inner.send(request)
+    }
+}
+
+/// A push cut on the way is asked about, not sent again: the server applied every whole
+/// message that arrived, the phone asks which of its changes did (a few bytes), and sends only
+/// the others. Every visit is on the server once.
+#[test]
+fn a_cut_push_is_asked_about_not_sent_again() {
+    let server = TestServer::start();
+    let phone = coordinator_with_visits(&server, "maha", 60);
+    let link = CutFirstPushHalfway {
+        inner: ReqwestTransport::new(&server.url).unwrap(),
+        cut_done: Default::default(),
+        arrived: Default::default(),
+        seen: Default::default(),
+    };
+    let report = phone.collector.sync(&link, None, None).unwrap();
+    assert!(nothing_waiting(&phone.collector), "{report:?}");
+    assert_eq!(server.storage.stats().unwrap().visits, 60);
+
+    let seen = link.seen.lock();
+    let first = seen
+        .iter()
+        .position(|(p, _)| p == "/v1/push/stream")
+        .expect("a streamed push");
+    // Right after the cut: the question about the cut push's changes...
+    assert_eq!(seen[first + 1].0, "/v1/push/acks");
+    // ...then pushes that carry what had not arrived, and nothing that had.
+    let arrived: BTreeSet<u64> = link.arrived.lock().iter().copied().collect();
+    let resent: BTreeSet<u64> = seen[first + 2..]
+        .iter()
+        .filter(|(p, _)| p == "/v1/push/stream")
+        .flat_map(|(_, s)| s.iter().copied())
+        .collect();
+    let lost: BTreeSet<u64> = seen[first]
+        .1
+        .iter()
+        .copied()
+        .filter(|s| !arrived.contains(s))
+        .collect();
+    assert!(!arrived.is_empty() && !lost.is_empty());
+    assert!(
+        resent.is_disjoint(&arrived),
+        "changes that had arrived were sent again"
+    );
+    assert!(
+        lost.is_subset(&resent),
+        "changes lost in the cut were not sent again"
+    );
 }

@@ -28,6 +28,11 @@ pub(super) const MAX_PULL: usize = 5000;
 pub(super) const MAX_AUDIT: usize = 2000;
 /// The overhead assumed before any answer came.
 const FIRST_OVERHEAD: f64 = 0.05;
+/// Link time a streamed request may take: a cut keeps its whole messages, so a long request
+/// loses little to one and pays its round trip once.
+pub(super) const STREAM_SECONDS: f64 = 4.0;
+/// Link time of one message in a stream: what a cut costs at most.
+pub(super) const MESSAGE_SECONDS: f64 = 0.25;
 
 /// The kinds of request whose size follows the link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +47,8 @@ pub(super) enum Batch {
 pub(super) struct Size {
     pub current: usize,
     max: usize,
+    /// Link time per item, as the last answer measured it.
+    per_item: Option<f64>,
 }
 
 impl Size {
@@ -49,6 +56,7 @@ impl Size {
         Self {
             current: start.clamp(1, max.max(1)),
             max: max.max(1),
+            per_item: None,
         }
     }
 
@@ -61,6 +69,7 @@ impl Size {
         // The overhead is an estimate and may hold some of the bytes' time: never count less
         // than a tenth of the time as the items'.
         let per_item = (took - overhead).max(took / 10.0).max(1e-6) / items as f64;
+        self.per_item = Some(per_item);
         let target = ((budget - overhead).max(0.0) / per_item) as usize;
         // A short batch (the last of the outbox) says little about the ceiling: never shrink on it.
         let floor = if items < self.current {
@@ -79,6 +88,17 @@ impl Size {
 
     pub fn at_minimum(&self) -> bool {
         self.current <= 1
+    }
+
+    /// Items per message of a streamed request: about [`MESSAGE_SECONDS`] of the link as the
+    /// last answer measured it (before any, a sixteenth of the request, which is sized to take
+    /// [`STREAM_SECONDS`]).
+    pub fn per_message(&self) -> usize {
+        let n = match self.per_item {
+            Some(t) => MESSAGE_SECONDS / t,
+            None => self.current as f64 * MESSAGE_SECONDS / STREAM_SECONDS,
+        };
+        (n.ceil() as usize).clamp(1, self.current.max(1))
     }
 }
 
@@ -138,6 +158,8 @@ pub(super) struct LinkWatch {
     /// Interruptions this sync, and failures since the last answer that did not halve a size.
     pub interruptions: u32,
     pub in_a_row: u32,
+    /// The server streams pulls and takes streamed pushes (its catalog said so).
+    pub streams: bool,
 }
 
 impl LinkWatch {
@@ -149,7 +171,38 @@ impl LinkWatch {
             cost: Cost::default(),
             interruptions: 0,
             in_a_row: 0,
+            streams: false,
         }
+    }
+
+    fn streamed(&self, batch: Batch) -> bool {
+        self.streams && matches!(batch, Batch::Push | Batch::Pull)
+    }
+
+    /// Link time a request of `batch` may take, after `elapsed` of this sync.
+    fn budget_for(&self, batch: Batch, elapsed: Duration) -> f64 {
+        if self.streamed(batch) {
+            STREAM_SECONDS
+        } else {
+            self.budget(elapsed)
+        }
+    }
+
+    /// Entries per page of a streamed pull.
+    pub fn pull_page(&self) -> usize {
+        self.pull.per_message()
+    }
+
+    /// Changes per message of a streamed push.
+    pub fn push_frame(&self) -> usize {
+        self.push.per_message()
+    }
+
+    /// A streamed request was cut after some of its messages had arrived: the link's normal
+    /// life, and progress.
+    pub fn cut_after_progress(&mut self) {
+        self.interruptions += 1;
+        self.in_a_row = 0;
     }
 
     pub fn size(&mut self, batch: Batch) -> &mut Size {
@@ -186,7 +239,7 @@ impl LinkWatch {
         let took = took.as_secs_f64();
         self.cost.add(bytes, took);
         if let Some((batch, items)) = batch {
-            let (budget, overhead) = (self.budget(elapsed), self.overhead());
+            let (budget, overhead) = (self.budget_for(batch, elapsed), self.overhead());
             self.size(batch).succeeded(items, took, budget, overhead);
         }
     }
@@ -216,8 +269,14 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         // halved, which is progress of its own (at most log2 of the size). Any other failure
         // counts against the link: enough of them without an answer in between, and the link
         // is down, not small (a refused connection fails at once, whatever the size).
+        // A streamed request cut before its first message was too big for the link, if it was
+        // out long enough to be the link's doing at all (a refused connection fails at once).
+        let too_big = match batch {
+            Some(b) if link.streamed(b) => out_for > link.overhead(),
+            _ => out_for > budget,
+        };
         match batch.map(|b| link.size(b)) {
-            Some(s) if !s.at_minimum() && out_for > budget => s.interrupted(),
+            Some(s) if !s.at_minimum() && too_big => s.interrupted(),
             _ => link.in_a_row += 1,
         }
         tracing::debug!(
@@ -296,6 +355,20 @@ mod tests {
             s.interrupted();
         }
         assert!(s.at_minimum());
+    }
+
+    #[test]
+    fn a_streamed_message_is_a_quarter_second_of_the_link() {
+        let mut s = Size::new(160, 2000);
+        // Before any answer: a sixteenth of the request.
+        assert_eq!(s.per_message(), 10);
+        // 10 ms an item: 25 items a message, however large the request grows.
+        s.succeeded(160, 1.6, STREAM_SECONDS, 0.0);
+        assert_eq!((s.current, s.per_message()), (320, 25));
+        // Never more than the request itself.
+        let mut small = Size::new(4, 2000);
+        small.succeeded(4, 0.004, STREAM_SECONDS, 0.0);
+        assert_eq!(small.per_message(), small.current);
     }
 
     #[test]

@@ -55,6 +55,40 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         self.audit_batch(share.min(MAX_RIDING), true)
     }
 
+    /// The audit entries to ride on a streamed push of `changes` changes in messages of
+    /// `frame`: the trail's share, split evenly over the messages, each naming its own last
+    /// hash (the server checks each as it arrives); and the last entry's number.
+    pub(super) fn riding_audit_split(
+        &self,
+        changes: usize,
+        frame: usize,
+    ) -> Result<(Vec<AuditBatch>, Option<u64>)> {
+        if !self.compact_audit || self.report.audit_chain_broken {
+            return Ok((Vec::new(), None));
+        }
+        let messages = changes.div_ceil(frame.max(1));
+        let share = (changes as f64 * self.audit_per_change).ceil() as usize;
+        let mut entries = self.local.pending_audit(share.min(MAX_RIDING * messages))?;
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return Ok((Vec::new(), None));
+        };
+        let chain_hash = self.local.audit_chain_hash()?;
+        let per = entries.len().div_ceil(messages.max(1));
+        let mut out = Vec::with_capacity(messages);
+        while !entries.is_empty() {
+            let rest = entries.split_off(per.min(entries.len()));
+            let mut batch = std::mem::replace(&mut entries, rest);
+            let head = batch.last().map(|e| e.hash.clone());
+            strip_hashes(&mut batch);
+            out.push(AuditBatch {
+                chain_hash,
+                entries: batch,
+                head,
+            });
+        }
+        Ok((out, Some(last)))
+    }
+
     /// The next audit batch, or `None` when nothing is left to send (or the server refused the
     /// chain: it keeps an alert, and sending more would be refused the same way).
     pub(super) fn audit_request(&mut self) -> Result<Option<(&'static str, Vec<u8>, InFlight)>> {

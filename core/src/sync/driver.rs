@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::engine::{Moment, SyncEngine, SyncListener};
 use super::local::LocalState;
-use super::transport::{HttpRequest, HttpResponse, RetryPolicy, Transport};
+use super::transport::{Cut, HttpRequest, HttpResponse, RetryPolicy, Transport};
 use super::wire::server_error;
 use crate::error::{Error, Result};
 
@@ -26,20 +26,20 @@ impl CancelFlag {
 }
 
 /// Sends, retrying a busy server: 5xx and 429 answers are retried with backoff; no answer at
-/// all goes back to the engine, which builds the request again to suit the link (`adapt.rs`).
+/// all (with what of a cut answer arrived) goes back to the engine, which builds the request
+/// again to suit the link (`adapt.rs`).
 pub(crate) fn send_with_retry(
     transport: &dyn Transport,
     request: &HttpRequest,
     policy: &RetryPolicy,
     cancel: Option<&CancelFlag>,
-) -> Result<HttpResponse> {
+) -> Result<std::result::Result<HttpResponse, Cut>> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let failure = match transport.send(request) {
+        let failure = match transport.send_keeping_partial(request) {
             Ok(r) if r.status >= 500 || r.status == 429 => server_error(&r).to_string(),
-            Ok(r) => return Ok(r),
-            Err(e) => return Err(Error::Transport(e.message)),
+            answer => return Ok(answer),
         };
         if attempt >= policy.attempts.max(1) {
             return Err(Error::Transport(failure));
@@ -71,14 +71,15 @@ pub(crate) fn drive<L: LocalState + ?Sized>(
             return Err(Error::Cancelled);
         }
         let answer = if engine.send_once() {
-            transport
-                .send(&req)
-                .map_err(|e| Error::Transport(e.message))
+            Ok(transport.send_keeping_partial(&req))
         } else {
             send_with_retry(transport, &req, retry, cancel)
         };
         match answer {
-            Ok(response) => engine.handle_response(&response, now())?,
+            Ok(Ok(response)) => engine.handle_response(&response, now())?,
+            Ok(Err(cut)) => {
+                engine.handle_cut(&cut.error.message, cut.partial.as_ref(), now())?;
+            }
             Err(Error::Transport(reason)) => engine.handle_interruption(&reason, now())?,
             Err(e) => return Err(e),
         }

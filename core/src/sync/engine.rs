@@ -23,15 +23,15 @@ use serde::Serialize;
 use super::adapt::{Batch, LinkWatch};
 use super::download::Download;
 use super::local::LocalState;
+use super::push::Unanswered;
 use super::transport::{HttpRequest, HttpResponse, RetryPolicy};
 use super::wire::{decode, encode, is_wipe_order, request};
 use crate::error::{Error, Result};
-use crate::records::timestamp;
 use zoufang_protocol::messages::{
     CatalogRequest, CatalogResponse, ContentRef, EnrollRequest, EnrollResponse, PROTOCOL_VERSION,
-    Predecessor, PullRequest, PullResponse, PushRequest, PushResponse, SnapshotRequest,
-    SnapshotResponse, UserInfo,
+    Predecessor, SnapshotRequest, SnapshotResponse, UserInfo,
 };
+use zoufang_protocol::stream::CONTENT_TYPE as STREAM_TYPE;
 
 /// The time, as the engine is told it: the wall clock (for the server-offset measurement and
 /// the device time a push carries) and a monotonic reading since the sync began (for rates).
@@ -166,11 +166,15 @@ pub(super) enum InFlight {
     Enroll,
     /// With the last audit entry it carries, if any.
     Catalog(Option<u64>),
-    /// The changes it carries, and the last audit entry riding with them.
+    /// The changes it carries, and the last audit entry riding with them; a streamed push
+    /// also names its changes, to ask what arrived if it is cut.
     Push {
         changes: u64,
         audit: Option<u64>,
+        streamed: Option<Vec<u64>>,
     },
+    /// Asking which changes of a cut streamed push arrived.
+    Acks(Unanswered),
     Pull,
     Snapshot(String),
     /// With the last audit entry it carries (also while flushing the trail before a wipe).
@@ -196,6 +200,7 @@ impl InFlight {
             Self::Enroll => "enroll",
             Self::Catalog(_) => "catalog",
             Self::Push { .. } => "push",
+            Self::Acks(_) => "push_acks",
             Self::Pull => "pull",
             Self::Snapshot(_) => "snapshot",
             Self::Audit(_) => "audit",
@@ -246,10 +251,10 @@ pub struct SyncEngine<'a, L: LocalState + ?Sized> {
     phase: SyncPhase,
     pub(super) in_flight: Option<InFlight>,
     sent_at: Option<DateTime<Utc>>,
-    to_repair: Vec<String>,
+    pub(super) to_repair: Vec<String>,
     pub(super) uploads: Uploads,
     pub(super) phase_done: u64,
-    phase_total: u64,
+    pub(super) phase_total: u64,
     pub(super) report: SyncReport,
     pub(super) wiped: bool,
     pub(super) download: Option<Download>,
@@ -258,12 +263,14 @@ pub struct SyncEngine<'a, L: LocalState + ?Sized> {
     /// Pending audit entries per waiting change when the push began: each push takes that
     /// share of the trail.
     pub(super) audit_per_change: f64,
+    /// A streamed push was cut: what arrived of it is asked before anything else is sent.
+    pub(super) unanswered: Option<Unanswered>,
     /// Batch sizes and interruptions: how the link behaves this sync.
     pub(super) link: LinkWatch,
     /// When the request in flight was sent, since the sync began.
     pub(super) sent_elapsed: Duration,
     /// The body bytes of the request in flight.
-    sent_bytes: usize,
+    pub(super) sent_bytes: usize,
 }
 
 impl<L: LocalState + ?Sized> std::fmt::Debug for SyncEngine<'_, L> {
@@ -303,6 +310,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             download: None,
             compact_audit: false,
             audit_per_change: 0.0,
+            unanswered: None,
             link: LinkWatch::new(config.push_batch, config.pull_limit as usize, AUDIT_BATCH),
             sent_elapsed: Duration::ZERO,
             sent_bytes: 0,
@@ -398,32 +406,15 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                     }
                 },
                 SyncPhase::Catalog => self.catalog_request()?,
-                SyncPhase::Push => {
-                    let batch = self.local.outbox_batch(self.link.push.current)?;
-                    if batch.is_empty() {
+                SyncPhase::Push => match self.push_request(now)? {
+                    Some(r) => r,
+                    None => {
                         self.report.households_left += self.local.leave_former_areas()?;
                         self.enter(SyncPhase::Pull, 0);
                         continue;
                     }
-                    let changes = batch.len() as u64;
-                    let (audit_batch, audit) = self.riding_audit(batch.len())?;
-                    let body = encode(&PushRequest {
-                        protocol: PROTOCOL_VERSION,
-                        device_id: self.device_id(),
-                        device_time: timestamp(now.wall),
-                        changes: batch,
-                        audit: audit_batch,
-                    })?;
-                    ("/v1/push", body, InFlight::Push { changes, audit })
-                }
-                SyncPhase::Pull => {
-                    let body = encode(&PullRequest {
-                        protocol: PROTOCOL_VERSION,
-                        cursors: self.local.cursors()?,
-                        limit: u32::try_from(self.link.pull.current).unwrap_or(u32::MAX),
-                    })?;
-                    ("/v1/pull", body, InFlight::Pull)
-                }
+                },
+                SyncPhase::Pull => self.pull_request()?,
                 SyncPhase::Verify => {
                     let Some(village) = self.to_repair.last().cloned() else {
                         let pending = self.local.pending_audit_count()?;
@@ -491,6 +482,13 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         flight: InFlight,
         now: Moment,
     ) -> HttpRequest {
+        let streamed = matches!(
+            flight,
+            InFlight::Push {
+                streamed: Some(_),
+                ..
+            }
+        );
         self.in_flight = Some(flight);
         self.sent_at = Some(now.wall);
         self.sent_elapsed = now.elapsed;
@@ -498,7 +496,15 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         self.report.round_trips += 1;
         self.report.bytes_sent += body.len() as u64;
         let token = self.token().map(str::to_owned);
-        request(method, &path, token.as_deref(), body)
+        let mut req = request(method, &path, token.as_deref(), body);
+        if streamed {
+            // One zstd stream over messages: its own media type, no content coding.
+            req.headers
+                .retain(|(k, _)| k != "Content-Encoding" && k != "Content-Type");
+            req.headers
+                .push(("Content-Type".into(), STREAM_TYPE.into()));
+        }
+        req
     }
 
     /// Send the request in flight once, never through retries: an attachment chunk (after an
@@ -513,6 +519,51 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
     /// the link (`adapt.rs`), and the sync fails only when requests keep failing with no answer
     /// in between. `now` tells how long the request had been out.
     pub fn handle_interruption(&mut self, reason: &str, now: Moment) -> Result<()> {
+        self.handle_cut(reason, None, now)
+    }
+
+    /// As [`Self::handle_interruption`], with what of a cut answer arrived: the whole pages of a
+    /// streamed pull are applied, and count as progress.
+    pub fn handle_cut(
+        &mut self,
+        reason: &str,
+        partial: Option<&HttpResponse>,
+        now: Moment,
+    ) -> Result<()> {
+        if let Some(InFlight::Push {
+            streamed: Some(seqs),
+            audit,
+            ..
+        }) = &self.in_flight
+        {
+            // What of it arrived is asked next: the server applied every whole message.
+            let out_for = now.elapsed.saturating_sub(self.sent_elapsed);
+            let seqs_len = seqs.len();
+            self.unanswered = Some(Unanswered {
+                seqs: seqs.clone(),
+                audit: *audit,
+                out_for,
+            });
+            self.in_flight = None;
+            self.link.interruptions += 1;
+            tracing::debug!(
+                changes = seqs_len,
+                out_for_ms = out_for.as_millis() as u64,
+                "streamed push cut; asking what arrived"
+            );
+            return Ok(());
+        }
+        if let (Some(InFlight::Pull), Some(partial)) = (&self.in_flight, partial) {
+            self.report.bytes_received += partial.body.len() as u64;
+            // Progress: entries applied, or the last (empty) page read.
+            if partial.status == 200
+                && (self.handle_pull(partial, false)? > 0 || self.phase != SyncPhase::Pull)
+            {
+                self.in_flight = None;
+                self.link.cut_after_progress();
+                return Ok(());
+            }
+        }
         match self.in_flight.take() {
             Some(InFlight::Chunk { .. }) => self.chunk_interrupted(reason),
             _ if self.phase == SyncPhase::Wipe => {
@@ -546,7 +597,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         chunks.max(self.link_pause())
     }
 
-    fn measure_clock(&mut self, server_time: &str, now: Moment) {
+    pub(super) fn measure_clock(&mut self, server_time: &str, now: Moment) {
         let (Some(sent), Ok(server)) = (self.sent_at, DateTime::parse_from_rfc3339(server_time))
         else {
             return;
@@ -576,6 +627,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             return Ok(());
         }
         let mut batch = None;
+        let kind = flight.kind();
         match flight {
             InFlight::Enroll => {
                 let enrolled: EnrollResponse = decode(response)?;
@@ -597,19 +649,35 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 }
                 let waiting = self.local.outbox_len()?;
                 self.compact_audit = catalog.compact_audit;
+                self.link.streams = catalog.streams;
                 if self.compact_audit && waiting > 0 {
                     let trail = self.local.pending_audit_count()?;
                     self.audit_per_change = trail as f64 / waiting as f64;
                 }
                 self.enter(SyncPhase::Push, waiting);
             }
-            InFlight::Push { changes, audit } => {
+            InFlight::Push { changes, audit, .. } => {
                 self.handle_push(changes, audit, response, now)?;
                 let items = usize::try_from(changes).unwrap_or(usize::MAX);
                 batch = Some((Batch::Push, items));
             }
+            InFlight::Acks(asked) => {
+                let in_a_row = self.link.in_a_row;
+                let arrived = self.handle_acks(&asked, response)?;
+                self.link.answered(
+                    None,
+                    (self.sent_bytes + response.body.len(), took),
+                    now.elapsed,
+                );
+                if arrived == 0 {
+                    // Nothing of the cut push had arrived: the cut counts as one with no answer.
+                    self.link.in_a_row = in_a_row;
+                    self.push_cut_for_nothing(&asked, "the link dropped")?;
+                }
+                return Ok(());
+            }
             InFlight::Pull => {
-                batch = Some((Batch::Pull, self.handle_pull(response)?));
+                batch = Some((Batch::Pull, self.handle_pull(response, true)?));
             }
             InFlight::Audit(last) => {
                 batch = Some((Batch::Audit, self.handle_audit(last, response)?));
@@ -633,74 +701,15 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             }
         }
         let bytes = self.sent_bytes + response.body.len();
+        tracing::debug!(
+            request = kind,
+            sent = self.sent_bytes,
+            received = response.body.len(),
+            took_ms = took.as_millis() as u64,
+            "answered"
+        );
         self.link.answered(batch, (bytes, took), now.elapsed);
         Ok(())
-    }
-
-    fn handle_push(
-        &mut self,
-        n: u64,
-        audit: Option<u64>,
-        response: &HttpResponse,
-        now: Moment,
-    ) -> Result<()> {
-        let pushed: PushResponse = decode(response)?;
-        self.measure_clock(&pushed.server_time, now);
-        let (accepted, conflicts, rejected) = self.local.apply_acks(&pushed.acks)?;
-        if let (Some(last), Some(ack)) = (audit, &pushed.audit) {
-            self.apply_audit_ack(ack, last)?;
-        }
-        self.report.pushed += n;
-        self.report.accepted += accepted;
-        self.report.conflicts += conflicts;
-        self.report.rejected += rejected;
-        let with_code = |code: &str| {
-            let n = pushed
-                .acks
-                .iter()
-                .filter(|a| a.code.as_deref() == Some(code));
-            n.count() as u64
-        };
-        self.report.possible_duplicates += with_code("possible_duplicate");
-        self.report.handed_over += with_code("handed_over");
-        self.phase_done += n;
-        if pushed.acks.is_empty() {
-            return Err(Error::Server {
-                status: 200,
-                code: "no_acks".into(),
-                message: "the server acknowledged nothing".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Applies a page of the feed; returns its entries.
-    fn handle_pull(&mut self, response: &HttpResponse) -> Result<usize> {
-        let pulled: PullResponse = decode(response)?;
-        self.local.apply_pull(&pulled)?;
-        let n = pulled.entries.len() as u64;
-        self.report.pulled += n;
-        self.phase_done += n;
-        let more = if pulled.more {
-            self.link.pull.current as u64
-        } else {
-            0
-        };
-        self.phase_total = self.phase_done + more;
-        if !pulled.more {
-            // A household moved out of the user's areas by a reviewer leaves with this sync.
-            self.report.households_left += self.local.leave_former_areas()?;
-            let local = self.local.checksums()?;
-            self.to_repair = pulled
-                .checksums
-                .iter()
-                .filter(|(village, sum)| local.get(*village).copied().unwrap_or(0) != **sum)
-                .map(|(village, _)| village.clone())
-                .collect();
-            let n = self.to_repair.len() as u64;
-            self.enter(SyncPhase::Verify, n);
-        }
-        Ok(pulled.entries.len())
     }
 
     /// Records the sync's end and returns its report.

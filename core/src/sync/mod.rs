@@ -14,6 +14,8 @@ pub(crate) mod driver;
 pub mod engine;
 pub mod hlc;
 pub mod local;
+mod pull;
+mod push;
 pub(crate) mod settings;
 pub mod status;
 pub mod transport;
@@ -28,6 +30,6 @@ pub use status::{PendingAttachments, RejectedChange, SyncStatus};
 #[cfg(feature = "reqwest-transport")]
 pub use transport::ReqwestTransport;
 pub use transport::{
-    CONNECT_TIMEOUT, HttpRequest, HttpResponse, RetryPolicy, STALL_TIMEOUT, Transport,
+    CONNECT_TIMEOUT, Cut, HttpRequest, HttpResponse, RetryPolicy, STALL_TIMEOUT, Transport,
     TransportError,
 };

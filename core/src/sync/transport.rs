@@ -27,6 +27,24 @@ pub struct TransportError {
 
 pub trait Transport: Send + Sync {
     fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError>;
+
+    /// As [`Transport::send`], and when the answer is cut inside its body, what of it arrived
+    /// (a streamed answer's whole messages are usable: `zoufang_protocol::stream`). A transport
+    /// that cannot tell keeps the default: a cut answer is no answer.
+    fn send_keeping_partial(&self, request: &HttpRequest) -> Result<HttpResponse, Cut> {
+        self.send(request).map_err(|error| Cut {
+            error,
+            partial: None,
+        })
+    }
+}
+
+/// A request whose answer did not arrive whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    pub error: TransportError,
+    /// The status and the body bytes that came before the cut, if the answer had begun.
+    pub partial: Option<HttpResponse>,
 }
 
 /// How the driver retries a request that failed for reasons that may pass: no answer, HTTP
@@ -132,28 +150,39 @@ impl ReqwestTransport {
 #[cfg(feature = "reqwest-transport")]
 impl Transport for ReqwestTransport {
     fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+        self.send_keeping_partial(request).map_err(|cut| cut.error)
+    }
+
+    fn send_keeping_partial(&self, request: &HttpRequest) -> Result<HttpResponse, Cut> {
         let url = format!("{}{}", self.base_url, request.path);
-        let method =
-            reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| TransportError {
-                message: "invalid HTTP method".into(),
-            })?;
+        let failed = |message: String, partial: Option<HttpResponse>| Cut {
+            error: TransportError { message },
+            partial,
+        };
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| failed("invalid HTTP method".into(), None))?;
         let mut builder = self.client.request(method, &url).body(request.body.clone());
         for (k, v) in &request.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
         self.runtime.block_on(async move {
             // Without the URL: it is not personal, but errors should not depend on deployment details.
-            let response = builder.send().await.map_err(|e| TransportError {
-                message: format!("request failed: {}", describe(e)),
-            })?;
+            let mut response = builder
+                .send()
+                .await
+                .map_err(|e| failed(format!("request failed: {}", describe(e)), None))?;
             let status = response.status().as_u16();
-            let body = response.bytes().await.map_err(|e| TransportError {
-                message: format!("reading the response failed: {}", describe(e)),
-            })?;
-            Ok(HttpResponse {
-                status,
-                body: body.to_vec(),
-            })
+            let mut body = Vec::new();
+            loop {
+                match response.chunk().await {
+                    Ok(Some(piece)) => body.extend_from_slice(&piece),
+                    Ok(None) => return Ok(HttpResponse { status, body }),
+                    Err(e) => {
+                        let message = format!("reading the response failed: {}", describe(e));
+                        return Err(failed(message, Some(HttpResponse { status, body })));
+                    }
+                }
+            }
         })
     }
 }

@@ -26,6 +26,7 @@ use zoufang_protocol::messages::{
 };
 
 mod attachments;
+mod streams;
 
 use crate::blobs::ContentKey;
 use crate::storage::{DeviceAuth, ServerError, Storage};
@@ -413,11 +414,50 @@ async fn catalog(
             token_expires_at: Some(storage.renew_token(&auth, lifetime, now)?),
             form_publications: storage.form_publications()?,
             compact_audit: true,
+            streams: true,
             user: Some(auth.user),
         })
     })
     .await?;
     reply(&response)
+}
+
+/// The checks a push passes before anything is applied: the body's device is the token's, the
+/// batch is within bounds, the device's clock reading is an instant.
+fn checked_push(auth: &DeviceAuth, req: &PushRequest) -> Result<DateTime<Utc>, ServerError> {
+    if req.device_id != auth.device_id {
+        tracing::warn!(device = %auth.device_id, "push refused: the body names another device");
+        return Err(ServerError::Forbidden(
+            "the push names another device than the token's (a replayed body?)".into(),
+        ));
+    }
+    if req.changes.len() > MAX_PUSH_CHANGES {
+        return Err(ServerError::bad(
+            "too_many_changes",
+            format!("at most {MAX_PUSH_CHANGES} changes per push"),
+        ));
+    }
+    DateTime::parse_from_rfc3339(&req.device_time)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ServerError::bad("bad_message", "device_time is not an RFC 3339 instant"))
+}
+
+/// Applies a checked push and the audit entries riding on it (on the blocking pool).
+fn apply_push(
+    storage: &dyn Storage,
+    auth: &DeviceAuth,
+    req: PushRequest,
+    device_now: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<messages::Ack>, Option<messages::AuditUploadResponse>), ServerError> {
+    let acks = storage.push(auth, &req.changes, device_now, now)?;
+    // The trail's entries riding along: a transaction of their own, after the changes (a
+    // cut between the two leaves them pending on the device, sent again and deduplicated).
+    let audit = match req.audit {
+        Some(batch) => Some(storage.upload_audit(auth, &audit_upload(auth, batch), now)?),
+        None => None,
+    };
+    Ok((acks, audit))
 }
 
 async fn push(
@@ -426,38 +466,13 @@ async fn push(
     Msg(req, bytes): Msg<PushRequest>,
 ) -> ApiResult {
     let started = Instant::now();
-    if req.device_id != auth.device_id {
-        tracing::warn!(device = %auth.device_id, "push refused: the body names another device");
-        return Err(ServerError::Forbidden(
-            "the push names another device than the token's (a replayed body?)".into(),
-        )
-        .into());
-    }
-    if req.changes.len() > MAX_PUSH_CHANGES {
-        return Err(ServerError::bad(
-            "too_many_changes",
-            format!("at most {MAX_PUSH_CHANGES} changes per push"),
-        )
-        .into());
-    }
-    let device_now = DateTime::parse_from_rfc3339(&req.device_time)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| ServerError::bad("bad_message", "device_time is not an RFC 3339 instant"))?;
+    let device_now = checked_push(&auth, &req)?;
     let now = (state.clock)();
     let storage = state.storage.clone();
     let device = auth.device_id.clone();
     let count = req.changes.len();
-    let (acks, audit) = blocking(move || {
-        let acks = storage.push(&auth, &req.changes, device_now, now)?;
-        // The trail's entries riding along: a transaction of their own, after the changes (a
-        // cut between the two leaves them pending on the device, sent again and deduplicated).
-        let audit = match req.audit {
-            Some(batch) => Some(storage.upload_audit(&auth, &audit_upload(&auth, batch), now)?),
-            None => None,
-        };
-        Ok((acks, audit))
-    })
-    .await?;
+    let (acks, audit) =
+        blocking(move || apply_push(storage.as_ref(), &auth, req, device_now, now)).await?;
     tracing::info!(device = %device, changes = count, bytes = bytes, ms = started.elapsed().as_millis() as u64, "push");
     reply(&PushResponse {
         protocol: PROTOCOL_VERSION,
@@ -467,11 +482,45 @@ async fn push(
     })
 }
 
+/// What the server recorded for some of the device's changes: after a push cut on the way,
+/// the device learns which of its changes arrived without sending them again.
+async fn recorded_acks(
+    State(state): State<AppState>,
+    Device(auth): Device,
+    Msg(req, _): Msg<messages::AcksRequest>,
+) -> ApiResult {
+    if req.device_id != auth.device_id {
+        return Err(ServerError::Forbidden(
+            "the request names another device than the token's".into(),
+        )
+        .into());
+    }
+    if req.seqs.len() > MAX_PUSH_CHANGES * streams::MAX_STREAM_MESSAGES {
+        return Err(ServerError::bad("too_many_changes", "too many changes asked about").into());
+    }
+    let (storage, now) = (state.storage.clone(), (state.clock)());
+    let (acks, audit_through) = blocking(move || storage.recorded_acks(&auth, &req.seqs)).await?;
+    reply(&PushResponse {
+        protocol: PROTOCOL_VERSION,
+        server_time: now.to_rfc3339(),
+        acks,
+        audit: Some(messages::AuditUploadResponse {
+            protocol: PROTOCOL_VERSION,
+            server_time: now.to_rfc3339(),
+            accepted_through: audit_through,
+            chain_break: None,
+        }),
+    })
+}
+
 async fn pull(
     State(state): State<AppState>,
     Device(auth): Device,
     Msg(req, _): Msg<PullRequest>,
 ) -> ApiResult {
+    if let Some(page) = req.page {
+        return streams::pull_stream(&state, auth, req, page).await;
+    }
     let started = Instant::now();
     let (storage, now) = (state.storage.clone(), (state.clock)());
     let device = auth.device_id.clone();
@@ -595,6 +644,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll", post(enroll))
         .route("/v1/catalog", post(catalog))
         .route("/v1/push", post(push))
+        .route("/v1/push/stream", post(streams::push_stream))
+        .route("/v1/push/acks", post(recorded_acks))
         .route("/v1/pull", post(pull))
         .route("/v1/snapshot", post(snapshot))
         .route("/v1/conflicts", get(conflicts))

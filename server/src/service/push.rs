@@ -52,6 +52,20 @@ pub fn push(
     Ok(acks)
 }
 
+/// What was recorded for these changes of the device, and how far its audit trail is held.
+pub fn recorded_acks(tx: &mut dyn Tx, auth: &DeviceAuth, seqs: &[u64]) -> Result<(Vec<Ack>, u64)> {
+    let mut acks = Vec::new();
+    for seq in seqs {
+        if let Some(ack) = tx.previous_ack(&auth.lineage, *seq)? {
+            acks.push(ack);
+        }
+    }
+    let audit = tx
+        .device_audit_head(&auth.lineage)?
+        .map_or(0, |(seq, _, _)| seq);
+    Ok((acks, audit))
+}
+
 fn apply_change(tx: &mut dyn Tx, ctx: &PushContext<'_>, change: &Change) -> Result<Ack> {
     let seq = change.seq;
     let from = (seq, change.device_time.as_str());

@@ -177,6 +177,10 @@ impl<D: Transactions + 'static> Storage for D {
         repo::write(self, |tx| push::push(tx, auth, changes, device_now, now))
     }
 
+    fn recorded_acks(&self, auth: &DeviceAuth, seqs: &[u64]) -> Result<(Vec<Ack>, u64)> {
+        repo::read(self, |tx| push::recorded_acks(tx, auth, seqs))
+    }
+
     fn pull(
         &self,
         auth: &DeviceAuth,

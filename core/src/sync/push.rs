@@ -1,0 +1,158 @@
+//! The push phase: the outbox, in batches. To a server that takes streams (its catalog says
+//! so), a batch goes as a message stream (`zoufang_protocol::stream`) of small pushes, each
+//! applied by the server as it arrives: when the link cuts the request, the device asks which of
+//! its changes arrived (`/v1/push/acks`, a few bytes) instead of sending them again, so a cut
+//! costs the message in flight and a round trip, and requests can be long.
+
+use std::time::Duration;
+
+use super::engine::{InFlight, Moment, SyncEngine};
+use super::local::LocalState;
+use super::transport::HttpResponse;
+use super::wire::{decode, encode};
+use crate::error::{Error, Result};
+use crate::records::timestamp;
+use zoufang_protocol::messages::{AcksRequest, PROTOCOL_VERSION, PushRequest, PushResponse};
+use zoufang_protocol::stream::StreamWriter;
+
+/// A streamed push the link cut: its changes, the last audit entry riding on it, and how long
+/// it had been out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unanswered {
+    pub seqs: Vec<u64>,
+    pub audit: Option<u64>,
+    pub out_for: Duration,
+}
+
+type Request = (&'static str, Vec<u8>, InFlight);
+
+fn stream_failed(e: std::io::Error) -> Error {
+    Error::Storage(format!("cannot encode a stream: {e}"))
+}
+
+impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
+    /// The next push request, or `None` when the outbox is empty. After a cut, the question
+    /// of what arrived comes first.
+    pub(super) fn push_request(&mut self, now: Moment) -> Result<Option<Request>> {
+        if let Some(asked) = &self.unanswered {
+            let body = encode(&AcksRequest {
+                protocol: PROTOCOL_VERSION,
+                device_id: self.device_id(),
+                seqs: asked.seqs.clone(),
+            })?;
+            return Ok(Some(("/v1/push/acks", body, InFlight::Acks(asked.clone()))));
+        }
+        let batch = self.local.outbox_batch(self.link.push.current)?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let changes = batch.len() as u64;
+        let message = |changes, audit| PushRequest {
+            protocol: PROTOCOL_VERSION,
+            device_id: self.device_id(),
+            device_time: timestamp(now.wall),
+            changes,
+            audit,
+        };
+        if !self.link.streams {
+            let (riding, audit) = self.riding_audit(batch.len())?;
+            let body = encode(&message(batch, riding))?;
+            let flight = InFlight::Push {
+                changes,
+                audit,
+                streamed: None,
+            };
+            return Ok(Some(("/v1/push", body, flight)));
+        }
+        let seqs = batch.iter().map(|c| c.seq).collect();
+        let frame = self.link.push_frame();
+        let (riding, audit) = self.riding_audit_split(batch.len(), frame)?;
+        let mut riding = riding.into_iter();
+        let (mut writer, mut body) = (StreamWriter::new().map_err(stream_failed)?, Vec::new());
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let tail = rest.split_off(frame.min(rest.len()));
+            writer
+                .push(&message(rest, riding.next()))
+                .map_err(stream_failed)?;
+            body.append(&mut writer.take());
+            rest = tail;
+        }
+        body.append(&mut writer.finish().map_err(stream_failed)?);
+        let flight = InFlight::Push {
+            changes,
+            audit,
+            streamed: Some(seqs),
+        };
+        Ok(Some(("/v1/push/stream", body, flight)))
+    }
+
+    pub(super) fn handle_push(
+        &mut self,
+        n: u64,
+        audit: Option<u64>,
+        response: &HttpResponse,
+        now: Moment,
+    ) -> Result<()> {
+        let pushed: PushResponse = decode(response)?;
+        self.measure_clock(&pushed.server_time, now);
+        if n > 0 && pushed.acks.is_empty() {
+            return Err(Error::Server {
+                status: 200,
+                code: "no_acks".into(),
+                message: "the server acknowledged nothing".into(),
+            });
+        }
+        self.apply_push_answer(&pushed, audit)
+    }
+
+    /// The answer to "what arrived of this cut push"; returns how many of its changes had.
+    pub(super) fn handle_acks(
+        &mut self,
+        asked: &Unanswered,
+        response: &HttpResponse,
+    ) -> Result<usize> {
+        let answer: PushResponse = decode(response)?;
+        self.unanswered = None;
+        self.apply_push_answer(&answer, asked.audit)?;
+        Ok(answer.acks.len())
+    }
+
+    fn apply_push_answer(&mut self, pushed: &PushResponse, audit: Option<u64>) -> Result<()> {
+        let (accepted, conflicts, rejected) = self.local.apply_acks(&pushed.acks)?;
+        if let (Some(last), Some(ack)) = (audit, &pushed.audit) {
+            self.apply_audit_ack(ack, last)?;
+        }
+        let n = pushed.acks.len() as u64;
+        self.report.pushed += n;
+        self.report.accepted += accepted;
+        self.report.conflicts += conflicts;
+        self.report.rejected += rejected;
+        let with_code = |code: &str| {
+            let n = pushed
+                .acks
+                .iter()
+                .filter(|a| a.code.as_deref() == Some(code));
+            n.count() as u64
+        };
+        self.report.possible_duplicates += with_code("possible_duplicate");
+        self.report.handed_over += with_code("handed_over");
+        self.phase_done += n;
+        Ok(())
+    }
+
+    /// A streamed push was cut before any of it arrived: too big for the link if it was out
+    /// long enough to be the link's doing (then halved), a failure with no answer otherwise.
+    pub(super) fn push_cut_for_nothing(&mut self, asked: &Unanswered, reason: &str) -> Result<()> {
+        let link = &mut self.link;
+        if !link.push.at_minimum() && asked.out_for.as_secs_f64() > link.cost.overhead() {
+            link.push.interrupted();
+        } else {
+            link.in_a_row += 1;
+        }
+        if link.in_a_row > self.config.retry.attempts.max(1) {
+            return Err(Error::Transport(self.how_far(reason)));
+        }
+        Ok(())
+    }
+}
