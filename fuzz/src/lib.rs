@@ -132,6 +132,23 @@ fn every_message(body: &[u8]) {
     let _ = messages::decode::<AttachmentStatusRequest>(body);
     let _ = messages::decode::<AttachmentStatusResponse>(body);
     let _ = messages::decode::<ChunkResponse>(body);
+    let _ = messages::decode::<messages::AcksRequest>(body);
+    let _ = messages::decode::<messages::FeedEntry>(body);
+    // As a message stream (a streamed push or pull answer), read as the server and the
+    // device read one, a message at a time: whole messages, then an error or the end, never a
+    // panic (a few compressed bytes can hold many messages: the first hundred are enough).
+    let mut pushes = zoufang_protocol::stream::StreamReader::new(body);
+    for _ in 0..100 {
+        if !matches!(pushes.next_message::<PushRequest>(), Some(Ok(_))) {
+            break;
+        }
+    }
+    let mut pages = zoufang_protocol::stream::StreamReader::new(body);
+    for _ in 0..100 {
+        if !matches!(pages.next_message::<PullResponse>(), Some(Ok(_))) {
+            break;
+        }
+    }
 }
 
 /// A chunk body arriving in pieces of varied size: the verified content never exceeds the body.

@@ -16,6 +16,8 @@ use crate::messages::{DecodeError, MAX_MESSAGE_BYTES, decode_json};
 
 /// The media type of a message stream.
 pub const CONTENT_TYPE: &str = "application/vnd.zoufang.stream";
+/// Most messages in one streamed request (a server refuses more).
+pub const MAX_MESSAGES: usize = 64;
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
@@ -175,31 +177,20 @@ impl<R: Read> StreamReader<R> {
     fn line(&mut self) -> Result<Option<Vec<u8>>, StreamError> {
         let source = self.source()?;
         let mut line = Vec::new();
-        loop {
-            let buf = match source.fill_buf() {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(StreamError::Truncated);
-                }
-                Err(e) => return Err(StreamError::Read(e.to_string())),
-            };
-            if buf.is_empty() {
-                return Ok((!line.is_empty()).then_some(line));
-            }
-            let (take, ended) = match buf.iter().position(|b| *b == b'\n') {
-                Some(at) => (at + 1, true),
-                None => (buf.len(), false),
-            };
-            line.extend_from_slice(buf.get(..take).unwrap_or_default());
-            source.consume(take);
-            if line.len() > MAX_MESSAGE_BYTES + 1 {
-                return Err(StreamError::Message(DecodeError::Compression));
-            }
-            if ended {
+        let bound = MAX_MESSAGE_BYTES as u64 + 2;
+        match source.take(bound).read_until(b'\n', &mut line) {
+            Ok(0) => Ok(None),
+            Ok(_) if line.last() == Some(&b'\n') => {
                 line.pop();
-                return Ok(Some(line));
+                Ok(Some(line))
             }
+            Ok(_) if line.len() as u64 >= bound => {
+                Err(StreamError::Message(DecodeError::Compression))
+            }
+            // The body's clean end, after a message without its newline (a plain body).
+            Ok(_) => Ok(Some(line)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StreamError::Truncated),
+            Err(e) => Err(StreamError::Read(e.to_string())),
         }
     }
 }

@@ -33,6 +33,8 @@ const FIRST_OVERHEAD: f64 = 0.05;
 pub(super) const STREAM_SECONDS: f64 = 4.0;
 /// Link time of one message in a stream: what a cut costs at most.
 pub(super) const MESSAGE_SECONDS: f64 = 0.25;
+/// A link that carried something this recently is up, however often it drops.
+const LIVE_LINK: Duration = Duration::from_secs(10);
 
 /// The kinds of request whose size follows the link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +162,10 @@ pub(super) struct LinkWatch {
     pub in_a_row: u32,
     /// The server streams pulls and takes streamed pushes (its catalog said so).
     pub streams: bool,
+    /// When (since the sync began) the link last carried something useful, and when the last
+    /// request failed: a link that carried something lately is up, however often it drops.
+    pub last_progress: Duration,
+    pub last_failure: Duration,
 }
 
 impl LinkWatch {
@@ -172,6 +178,8 @@ impl LinkWatch {
             interruptions: 0,
             in_a_row: 0,
             streams: false,
+            last_progress: Duration::ZERO,
+            last_failure: Duration::ZERO,
         }
     }
 
@@ -188,9 +196,13 @@ impl LinkWatch {
         }
     }
 
-    /// Entries per page of a streamed pull.
+    /// Entries per page of a streamed pull (a stream holds at most `MAX_MESSAGES` pages).
     pub fn pull_page(&self) -> usize {
-        self.pull.per_message()
+        let fewest = self
+            .pull
+            .current
+            .div_ceil(zoufang_protocol::stream::MAX_MESSAGES);
+        self.pull.per_message().max(fewest)
     }
 
     /// Changes per message of a streamed push.
@@ -200,9 +212,15 @@ impl LinkWatch {
 
     /// A streamed request was cut after some of its messages had arrived: the link's normal
     /// life, and progress.
-    pub fn cut_after_progress(&mut self) {
+    pub fn cut_after_progress(&mut self, elapsed: Duration) {
         self.interruptions += 1;
         self.in_a_row = 0;
+        self.last_progress = elapsed;
+    }
+
+    /// The link carried something within [`LIVE_LINK`] of its last failure.
+    fn lately_alive(&self) -> bool {
+        self.last_failure.saturating_sub(self.last_progress) < LIVE_LINK
     }
 
     pub fn size(&mut self, batch: Batch) -> &mut Size {
@@ -236,6 +254,7 @@ impl LinkWatch {
         elapsed: Duration,
     ) {
         self.in_a_row = 0;
+        self.last_progress = elapsed;
         let took = took.as_secs_f64();
         self.cost.add(bytes, took);
         if let Some((batch, items)) = batch {
@@ -258,6 +277,7 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         let out_for = now.elapsed.saturating_sub(self.sent_elapsed).as_secs_f64();
         let link = &mut self.link;
         link.interruptions += 1;
+        link.last_failure = now.elapsed;
         let budget = link.budget(now.elapsed);
         let batch = match flight {
             InFlight::Push { .. } => Some(Batch::Push),
@@ -320,11 +340,13 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
     }
 
     /// The pause before the next request: after two failures in a row that were not the
-    /// request being too big (the link is down, not small); a cut is the link's normal life
-    /// otherwise.
+    /// request being too big, on a link that carried nothing for [`LIVE_LINK`] (it is down,
+    /// not small). A link that drops often but carries between the drops is retried at once: a
+    /// request sent right after a cut has the whole interval to the next one, a request sent
+    /// after a random pause may not.
     pub(super) fn link_pause(&self) -> Option<Duration> {
         let n = self.link.in_a_row;
-        (n >= 2).then(|| self.config.retry.delay(n - 1))
+        (n >= 2 && !self.link.lately_alive()).then(|| self.config.retry.delay(n - 1))
     }
 }
 

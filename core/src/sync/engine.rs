@@ -539,11 +539,10 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             // What of it arrived is asked next: the server applied every whole message.
             let out_for = now.elapsed.saturating_sub(self.sent_elapsed);
             let seqs_len = seqs.len();
-            self.unanswered = Some(Unanswered {
-                seqs: seqs.clone(),
-                audit: *audit,
-                out_for,
-            });
+            let (seqs, audit) = (seqs.clone(), *audit);
+            self.unanswered
+                .get_or_insert_with(Unanswered::default)
+                .add(&seqs, audit, out_for);
             self.in_flight = None;
             self.link.interruptions += 1;
             tracing::debug!(
@@ -560,7 +559,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 && (self.handle_pull(partial, false)? > 0 || self.phase != SyncPhase::Pull)
             {
                 self.in_flight = None;
-                self.link.cut_after_progress();
+                self.link.cut_after_progress(now.elapsed);
                 return Ok(());
             }
         }

@@ -24,7 +24,7 @@ use crate::service::pull::MAX_PULL_LIMIT;
 use crate::storage::{DeviceAuth, ServerError};
 
 /// Most messages in one streamed push (each at most `MAX_PUSH_CHANGES` changes).
-pub const MAX_STREAM_MESSAGES: usize = 64;
+pub const MAX_STREAM_MESSAGES: usize = zoufang_protocol::stream::MAX_MESSAGES;
 /// Silence inside a streamed push after which the server stops waiting for the rest (what
 /// arrived is applied and kept).
 const STREAM_IDLE: Duration = Duration::from_secs(30);
@@ -60,8 +60,10 @@ pub(super) async fn pull_stream(
     request: PullRequest,
     page: u32,
 ) -> ApiResult {
-    let page = page.clamp(1, MAX_PULL_LIMIT);
     let total = request.limit.clamp(1, MAX_STREAMED_PULL);
+    // At most MAX_STREAM_MESSAGES pages: each is a read transaction of its own.
+    let fewest = total.div_ceil(MAX_STREAM_MESSAGES as u32);
+    let page = page.clamp(fewest.max(1), MAX_PULL_LIMIT);
     let (storage, clock) = (state.storage.clone(), state.clock.clone());
     let device = auth.device_id.clone();
     let started = std::time::Instant::now();
