@@ -29,6 +29,27 @@ pub(crate) fn server_field(
     Ok(server_view::state(conn, entity, id)?.and_then(|s| field_value(&s, field)))
 }
 
+/// Field hashes to add to villages' checksums, written once per village when an answer is
+/// applied (a fresh pull brings thousands of records per village: one read and one write of the
+/// checksum each would be half a million statements for a township).
+#[derive(Debug, Default)]
+pub(crate) struct ChecksumAdds(std::collections::BTreeMap<String, u64>);
+
+impl ChecksumAdds {
+    fn add(&mut self, village: &str, hash: u64) {
+        let sum = self.0.entry(village.to_owned()).or_insert(0);
+        *sum = sum.wrapping_add(hash);
+    }
+
+    /// Writes them (the sums wrap, so their order among other adjustments does not matter).
+    fn write(self, conn: &Connection) -> Result<()> {
+        for (village, add) in self.0 {
+            adjust_checksum(conn, &village, None, Some(add))?;
+        }
+        Ok(())
+    }
+}
+
 /// Moves a village's checksum from one field hash to another.
 fn adjust_checksum(
     conn: &Connection,
@@ -87,8 +108,14 @@ pub(crate) fn apply_conflict(conn: &Connection, c: &ConflictInfo, at: &str) -> R
     server_view::upsert_conflict(conn, c)
 }
 
-/// Inserts a record the device did not have, or merges the server's fields into it.
-pub(crate) fn apply_record(conn: &Connection, r: &RecordState, at: &str) -> Result<()> {
+/// Inserts a record the device did not have (its fields' hashes go to `sums`), or merges the
+/// server's fields into it.
+pub(crate) fn apply_record(
+    conn: &Connection,
+    r: &RecordState,
+    at: &str,
+    sums: &mut ChecksumAdds,
+) -> Result<()> {
     if households::record_exists(conn, r.entity, &r.id)? {
         for (field, fv) in &r.fields {
             set_server_field(conn, r.entity, &r.id, field, &fv.value, fv.version, at)?;
@@ -121,7 +148,8 @@ pub(crate) fn apply_record(conn: &Connection, r: &RecordState, at: &str) -> Resu
     let sum = r.fields.iter().fold(0u64, |acc, (k, v)| {
         acc.wrapping_add(field_hash(r.entity, &r.id, k, v.version, &v.value))
     });
-    adjust_checksum(conn, &r.village_code, None, Some(sum))
+    sums.add(&r.village_code, sum);
+    Ok(())
 }
 
 pub(crate) fn apply_visit(conn: &Connection, v: &VisitRecord, seq: u64) -> Result<()> {
@@ -212,8 +240,10 @@ pub(crate) fn apply_snapshot(
         .records
         .iter()
         .filter(|r| r.entity == Entity::Member);
+    // The checksum is recounted below: what the records would add is not needed.
+    let mut unused = ChecksumAdds::default();
     for r in households.chain(members) {
-        apply_record(conn, r, at)?;
+        apply_record(conn, r, at, &mut unused)?;
     }
     for c in &snapshot.conflicts {
         server_view::upsert_conflict(conn, c)?;
@@ -232,9 +262,10 @@ pub(crate) fn apply_snapshot(
 
 /// Applies one pull batch and moves the cursors it names.
 pub(crate) fn apply_pull(conn: &Connection, response: &PullResponse, at: &str) -> Result<()> {
+    let mut sums = ChecksumAdds::default();
     for entry in &response.entries {
         match &entry.item {
-            FeedItem::Record { record } => apply_record(conn, record, at)?,
+            FeedItem::Record { record } => apply_record(conn, record, at, &mut sums)?,
             FeedItem::Field {
                 entity,
                 id,
@@ -255,6 +286,7 @@ pub(crate) fn apply_pull(conn: &Connection, response: &PullResponse, at: &str) -
             }
         }
     }
+    sums.write(conn)?;
     let mut settings = SyncSettings::load(conn)?;
     for (area, cursor) in &response.cursors {
         settings.cursors.insert(area.clone(), *cursor);
