@@ -160,6 +160,43 @@ fn finish<E: de::Error>(
     })
 }
 
+/// A `FeedItem` as serde writes it (`kind` first), decoded straight into its variant: the
+/// server reads every entry it serves from storage, and serde's way for an internally tagged
+/// enum buffers each whole item first (a fifth of a streamed pull's time on the server).
+pub fn decode_item(json: &str) -> serde_json::Result<FeedItem> {
+    let mut d = serde_json::Deserializer::from_str(json);
+    let item = d.deserialize_map(ItemVisitor)?;
+    d.end()?;
+    Ok(item)
+}
+
+struct ItemVisitor;
+
+impl<'de> Visitor<'de> for ItemVisitor {
+    type Value = FeedItem;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a feed item")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FeedItem, A::Error> {
+        let Some(first) = map.next_key::<String>()? else {
+            return Err(de::Error::missing_field("kind"));
+        };
+        if first == "kind" {
+            let kind: String = map.next_value()?;
+            return item(&kind, map).map(|(item, _, _)| item);
+        }
+        // Written some other way: the general path.
+        let mut all = Map::new();
+        all.insert(first, map.next_value()?);
+        while let Some((k, v)) = map.next_entry::<String, Json>()? {
+            all.insert(k, v);
+        }
+        FeedItem::deserialize(Json::Object(all)).map_err(de::Error::custom)
+    }
+}
+
 /// An item field before `kind`: the whole object as a value, then the item from it.
 fn general<'de, A: MapAccess<'de>>(
     first: String,
@@ -272,5 +309,27 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<FeedEntry>(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_stored_item_decodes_as_serde_does_in_any_field_order() {
+        for entry in entries() {
+            let text = serde_json::to_string(&entry.item).unwrap();
+            assert_eq!(decode_item(&text).unwrap(), entry.item);
+            // The same object with `kind` last takes the general way to the same item.
+            let Json::Object(mut m) = serde_json::to_value(&entry.item).unwrap() else {
+                panic!("an item is an object");
+            };
+            let kind = m.remove("kind").unwrap();
+            let rest = serde_json::to_string(&m).unwrap();
+            let reordered = format!("{},\"kind\":{kind}}}", rest.strip_suffix('}').unwrap());
+            assert!(!reordered.starts_with("{\"kind\""));
+            assert_eq!(decode_item(&reordered).unwrap(), entry.item);
+        }
+        assert!(decode_item("{\"kind\":\"nonsense\"}").is_err());
+        assert!(decode_item("{}").is_err());
+        assert!(
+            decode_item("{\"kind\":\"merged\",\"merged\":\"a\",\"survivor\":\"b\"} x").is_err()
+        );
     }
 }

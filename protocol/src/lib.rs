@@ -8,7 +8,7 @@
 pub mod audit;
 pub mod canonical;
 pub mod checksum;
-mod feed_entry;
+pub mod feed_entry;
 pub mod frames;
 pub mod messages;
 pub mod possession;

@@ -172,7 +172,7 @@ impl FeedRepo for PgTx<'_, '_> {
             Ok(FeedEntry {
                 seq: from_db(r.get(0)),
                 village_code: r.get(1),
-                item: serde_json::from_str(r.get(2))?,
+                item: zoufang_protocol::feed_entry::decode_item(r.get(2))?,
             })
         })
         .collect()

@@ -198,7 +198,7 @@ impl FeedRepo for SqliteTx<'_, '_> {
                 Ok(FeedEntry {
                     seq: from_db(seq),
                     village_code,
-                    item: serde_json::from_str(&payload)?,
+                    item: zoufang_protocol::feed_entry::decode_item(&payload)?,
                 })
             })
             .collect()
