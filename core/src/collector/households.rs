@@ -162,7 +162,8 @@ impl Collector {
                 fields.insert(k, v);
             }
         }
-        store::households::insert_household(tx, &id, &village_code, &fields, None, at)?;
+        store::households::insert_household(tx, &id, &village_code, &fields, None, at)?
+            .required()?;
         let action = Action {
             entity: "household",
             entity_id: &id,
@@ -201,7 +202,7 @@ impl Collector {
             let v = self.check_record_value(form, &b.member, &k, v)?;
             clean.insert(k, v);
         }
-        store::households::insert_member(tx, &id, household_id, &clean, None, at)?;
+        store::households::insert_member(tx, &id, household_id, &clean, None, at)?.required()?;
         let action = Action {
             entity: "member",
             entity_id: &id,

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value as Json};
 
 use super::{not_found, parse_object};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::records::{HEAD_RELATIONSHIP, Household, HouseholdSummary, Member};
 use zoufang_protocol::messages::Entity;
 
@@ -25,6 +25,44 @@ fn member_removed(fields: &Map<String, Json>) -> bool {
     text(fields, "status").is_some_and(|s| s != "present")
 }
 
+/// What inserting a record did. The lookups a caller would otherwise make first (is the id
+/// taken? is the member's household here?) are the insert's own checks: a township's pull
+/// inserts 250,000 records, and each lookup was a b-tree search of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Insert {
+    Done,
+    IdTaken,
+    /// A member whose household is not in the store (the foreign key refused it).
+    NoHousehold,
+}
+
+impl Insert {
+    /// For a record the device makes (a fresh id, a household it checked): anything but
+    /// `Done` is a fault.
+    pub(crate) fn required(self) -> Result<()> {
+        match self {
+            Self::Done => Ok(()),
+            Self::IdTaken => Err(Error::Storage("a new record's id is already used".into())),
+            Self::NoHousehold => Err(Error::Storage(
+                "a new member's household is not in the store".into(),
+            )),
+        }
+    }
+}
+
+fn inserted(changed: rusqlite::Result<usize>) -> Result<Insert> {
+    match changed {
+        Ok(0) => Ok(Insert::IdTaken),
+        Ok(_) => Ok(Insert::Done),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+        {
+            Ok(Insert::NoHousehold)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A new household row. `server_state` is the server's view when the record came from it.
 pub(crate) fn insert_household(
     conn: &Connection,
@@ -33,21 +71,20 @@ pub(crate) fn insert_household(
     fields: &Map<String, Json>,
     server_state: Option<&str>,
     at: &str,
-) -> Result<()> {
-    conn.prepare_cached(
+) -> Result<Insert> {
+    inserted(conn.prepare_cached(
         "INSERT INTO households (id, village_code, next_visit_due, status, fields, server_state, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, '{}'), ?7, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, '{}'), ?7, ?7) ON CONFLICT (id) DO NOTHING",
     )?
     .execute(params![
         id,
         village_code,
         text(fields, "next_visit_due"),
         household_status(fields),
-        Json::Object(fields.clone()).to_string(),
+        serde_json::to_string(fields)?,
         server_state,
         at
-    ])?;
-    Ok(())
+    ]))
 }
 
 /// A new member row; the household's head name follows when the member is its head.
@@ -58,10 +95,10 @@ pub(crate) fn insert_member(
     fields: &Map<String, Json>,
     server_state: Option<&str>,
     at: &str,
-) -> Result<()> {
-    conn.prepare_cached(
+) -> Result<Insert> {
+    let done = inserted(conn.prepare_cached(
         "INSERT INTO members (id, household_id, name, id_number, relationship, fields, removed, server_state, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, coalesce(?8, '{}'), ?9, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, coalesce(?8, '{}'), ?9, ?9) ON CONFLICT (id) DO NOTHING",
     )?
     .execute(params![
         id,
@@ -69,15 +106,15 @@ pub(crate) fn insert_member(
         text(fields, "name"),
         text(fields, "id_number"),
         text(fields, "relationship"),
-        Json::Object(fields.clone()).to_string(),
+        serde_json::to_string(fields)?,
         member_removed(fields),
         server_state,
         at
-    ])?;
-    if text(fields, "relationship").as_deref() == Some(HEAD_RELATIONSHIP) {
+    ]))?;
+    if done == Insert::Done && text(fields, "relationship").as_deref() == Some(HEAD_RELATIONSHIP) {
         refresh_head(conn, household_id)?;
     }
-    Ok(())
+    Ok(done)
 }
 
 pub(crate) fn exists(conn: &Connection, id: &str) -> Result<bool> {

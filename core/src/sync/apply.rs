@@ -7,6 +7,7 @@ use serde_json::{Map, Value as Json};
 
 use super::settings::SyncSettings;
 use crate::error::Result;
+use crate::store::households::Insert;
 use crate::store::{self, households, outbox, server_view};
 use zoufang_protocol::checksum::field_hash;
 use zoufang_protocol::messages::{
@@ -116,12 +117,6 @@ pub(crate) fn apply_record(
     at: &str,
     sums: &mut ChecksumAdds,
 ) -> Result<()> {
-    if households::record_exists(conn, r.entity, &r.id)? {
-        for (field, fv) in &r.fields {
-            set_server_field(conn, r.entity, &r.id, field, &fv.value, fv.version, at)?;
-        }
-        return Ok(());
-    }
     // A new record is written whole: its server view, local view and checksum in one go.
     let fields: Map<String, Json> = r
         .fields
@@ -130,19 +125,26 @@ pub(crate) fn apply_record(
         .collect();
     // The same text as an object of each field's {value, version}, without building one.
     let state = serde_json::to_string(&r.fields)?;
-    match r.entity {
+    let done = match r.entity {
         Entity::Household => {
-            households::insert_household(conn, &r.id, &r.village_code, &fields, Some(&state), at)?;
+            households::insert_household(conn, &r.id, &r.village_code, &fields, Some(&state), at)?
         }
-        Entity::Member => {
-            // A member arrives after its household; one whose household is not here is not ours.
-            let Some(household) = r.household_id.as_deref() else {
-                return Ok(());
-            };
-            if !households::exists(conn, household)? {
-                return Ok(());
+        // A member arrives after its household; one whose household is not here is not ours.
+        Entity::Member => match r.household_id.as_deref() {
+            Some(household) => {
+                households::insert_member(conn, &r.id, household, &fields, Some(&state), at)?
             }
-            households::insert_member(conn, &r.id, household, &fields, Some(&state), at)?;
+            None => Insert::NoHousehold,
+        },
+    };
+    match done {
+        Insert::Done => {}
+        Insert::NoHousehold => return Ok(()),
+        Insert::IdTaken => {
+            for (field, fv) in &r.fields {
+                set_server_field(conn, r.entity, &r.id, field, &fv.value, fv.version, at)?;
+            }
+            return Ok(());
         }
     }
     let sum = r.fields.iter().fold(0u64, |acc, (k, v)| {
