@@ -94,6 +94,10 @@ impl LocalState for Collector {
         Collector::apply_pull(self, pulled)
     }
 
+    fn pull_finished(&self) -> Result<()> {
+        self.finish_bulk_load()
+    }
+
     fn checksums(&self) -> Result<BTreeMap<String, u64>> {
         self.local_checksums()
     }

@@ -200,7 +200,17 @@ impl Collector {
     /// Applies one pull batch and moves the cursors, in one transaction.
     pub(crate) fn apply_pull(&self, response: &PullResponse) -> Result<()> {
         let at = timestamp(self.now());
-        self.write(|tx| apply::apply_pull(tx, response, &at))
+        self.write(|tx| {
+            if response.more {
+                store::bulk::begin_if_empty(tx)?;
+            }
+            apply::apply_pull(tx, response, &at)
+        })
+    }
+
+    /// Builds what a first pull set aside (`store::bulk`); a no-op otherwise.
+    pub(crate) fn finish_bulk_load(&self) -> Result<()> {
+        store::bulk::finish(&mut self.db.writer.lock())
     }
 
     pub(crate) fn local_checksums(&self) -> Result<BTreeMap<String, u64>> {
@@ -445,7 +455,12 @@ impl Collector {
         cancel: Option<&CancelFlag>,
     ) -> Result<()> {
         let clock = || self.now();
-        driver::drive(engine, transport, retry, &clock, listener, cancel)?;
+        let driven = driver::drive(engine, transport, retry, &clock, listener, cancel);
+        if !engine.wiped() {
+            // A pull that ended early (a cut, a failure) leaves no index set aside.
+            self.finish_bulk_load()?;
+        }
+        driven?;
         if engine.wiped() {
             self.db.destroy()?;
             return Err(Error::DeviceWiped);

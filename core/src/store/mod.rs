@@ -10,6 +10,7 @@
 
 pub(crate) mod attachments;
 pub(crate) mod audit;
+pub(crate) mod bulk;
 pub(crate) mod forms;
 pub(crate) mod households;
 pub(crate) mod meta;
@@ -217,6 +218,8 @@ pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Connections> {
     schema::migrations()
         .to_latest(&mut writer)
         .map_err(|e| Error::Migration(e.to_string()))?;
+    // A first pull killed before its end left indexes set aside.
+    bulk::finish(&mut writer)?;
     let reader = open_reader(path, options)?;
     Ok(Connections {
         writer: Mutex::new(writer),

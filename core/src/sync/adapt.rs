@@ -33,6 +33,9 @@ const FIRST_OVERHEAD: f64 = 0.05;
 pub(super) const STREAM_SECONDS: f64 = 4.0;
 /// Link time of one message in a stream: what a cut costs at most.
 pub(super) const MESSAGE_SECONDS: f64 = 0.25;
+/// Pages in a streamed pull, at least (when the link allows bigger ones): the phone applies
+/// one while the server reads and sends the next, instead of waiting for the whole answer.
+const PAGES_AT_LEAST: usize = 8;
 /// A link that carried something this recently is up, however often it drops.
 const LIVE_LINK: Duration = Duration::from_secs(10);
 
@@ -198,11 +201,10 @@ impl LinkWatch {
 
     /// Entries per page of a streamed pull (a stream holds at most `MAX_MESSAGES` pages).
     pub fn pull_page(&self) -> usize {
-        let fewest = self
-            .pull
-            .current
-            .div_ceil(zoufang_protocol::stream::MAX_MESSAGES);
-        self.pull.per_message().max(fewest)
+        let current = self.pull.current;
+        let fewest = current.div_ceil(zoufang_protocol::stream::MAX_MESSAGES);
+        let overlap = current.div_ceil(PAGES_AT_LEAST);
+        self.pull.per_message().min(overlap).max(fewest)
     }
 
     /// Changes per message of a streamed push.

@@ -70,18 +70,22 @@ pub(crate) fn drive<L: LocalState + ?Sized>(
         if cancel.is_some_and(CancelFlag::is_cancelled) {
             return Err(Error::Cancelled);
         }
-        let answer = if engine.send_once() {
-            Ok(transport.send_keeping_partial(&req))
+        if engine.receives_stream() {
+            receive_stream(engine, transport, &req, &now)?;
         } else {
-            send_with_retry(transport, &req, retry, cancel)
-        };
-        match answer {
-            Ok(Ok(response)) => engine.handle_response(&response, now())?,
-            Ok(Err(cut)) => {
-                engine.handle_cut(&cut.error.message, cut.partial.as_ref(), now())?;
+            let answer = if engine.send_once() {
+                Ok(transport.send_keeping_partial(&req))
+            } else {
+                send_with_retry(transport, &req, retry, cancel)
+            };
+            match answer {
+                Ok(Ok(response)) => engine.handle_response(&response, now())?,
+                Ok(Err(cut)) => {
+                    engine.handle_cut(&cut.error.message, cut.partial.as_ref(), now())?;
+                }
+                Err(Error::Transport(reason)) => engine.handle_interruption(&reason, now())?,
+                Err(e) => return Err(e),
             }
-            Err(Error::Transport(reason)) => engine.handle_interruption(&reason, now())?,
-            Err(e) => return Err(e),
         }
         if let Some(l) = listener {
             l.on_progress(engine.progress());
@@ -94,4 +98,24 @@ pub(crate) fn drive<L: LocalState + ?Sized>(
         l.on_progress(engine.progress());
     }
     Ok(())
+}
+
+/// Sends a streamed pull and applies its pages as they arrive.
+fn receive_stream<L: LocalState + ?Sized>(
+    engine: &mut SyncEngine<'_, L>,
+    transport: &dyn Transport,
+    request: &HttpRequest,
+    now: &dyn Fn() -> Moment,
+) -> Result<()> {
+    let mut handled = None;
+    let sent = transport.send_streaming(request, &mut |status, body| {
+        handled = Some(engine.handle_pull_stream(status, body, now()));
+    });
+    match (handled, sent) {
+        (Some(outcome), _) => outcome,
+        (None, Err(cut)) => engine.handle_interruption(&cut.error.message, now()),
+        (None, Ok(())) => Err(Error::Transport(
+            "the transport gave no answer and no error".into(),
+        )),
+    }
 }

@@ -252,6 +252,8 @@ pub struct SyncEngine<'a, L: LocalState + ?Sized> {
     pub(super) in_flight: Option<InFlight>,
     sent_at: Option<DateTime<Utc>>,
     pub(super) to_repair: Vec<String>,
+    /// The last page is applied; the store is told once its answer is released.
+    pub(super) pull_ended: bool,
     pub(super) uploads: Uploads,
     pub(super) phase_done: u64,
     pub(super) phase_total: u64,
@@ -293,6 +295,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             in_flight: None,
             sent_at: None,
             to_repair: Vec::new(),
+            pull_ended: false,
             uploads: Uploads {
                 unasked: VecDeque::new(),
                 ready: VecDeque::new(),
@@ -396,6 +399,9 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
 
     /// The next request to send, or `None` when the machine is done.
     pub fn next_request(&mut self, now: Moment) -> Result<Option<HttpRequest>> {
+        if std::mem::take(&mut self.pull_ended) {
+            self.local.pull_finished()?;
+        }
         loop {
             let (path, body, flight) = match self.phase {
                 SyncPhase::Enroll => match &self.enrolment {
@@ -709,6 +715,31 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         );
         self.link.answered(batch, (bytes, took), now.elapsed);
         Ok(())
+    }
+
+    /// A streamed pull's answer read to its end (`bytes` of body): the link's model learns
+    /// from it as from any answer.
+    pub(super) fn answered_pull(
+        &mut self,
+        bytes: usize,
+        entries: usize,
+        now: Moment,
+    ) -> Result<()> {
+        self.report.bytes_received += bytes as u64;
+        self.in_flight
+            .take()
+            .ok_or_else(|| Error::InvalidInput("a response without a request".into()))?;
+        let took = now.elapsed.saturating_sub(self.sent_elapsed);
+        let all = (self.sent_bytes + bytes, took);
+        self.link
+            .answered(Some((Batch::Pull, entries)), all, now.elapsed);
+        Ok(())
+    }
+
+    /// The request in flight is a streamed pull: its answer is best read as it arrives
+    /// ([`Self::handle_pull_stream`]).
+    pub fn receives_stream(&self) -> bool {
+        self.link.streams && matches!(self.in_flight, Some(InFlight::Pull))
     }
 
     /// Records the sync's end and returns its report.

@@ -40,6 +40,11 @@ pub trait LocalState {
     fn cursors(&self) -> Result<BTreeMap<String, u64>>;
     /// Applies a pull batch and moves the cursors it names.
     fn apply_pull(&self, pulled: &PullResponse) -> Result<()>;
+    /// The pull reached the end of the feed: the store finishes what it deferred while pages
+    /// were arriving (a fresh store's indexes). Called once the last page's answer is released.
+    fn pull_finished(&self) -> Result<()> {
+        Ok(())
+    }
     fn checksums(&self) -> Result<BTreeMap<String, u64>>;
     fn apply_snapshot(&self, village: &str, snapshot: &SnapshotResponse) -> Result<()>;
 

@@ -16,6 +16,8 @@ pub mod hlc;
 pub mod local;
 mod pull;
 mod push;
+#[cfg(feature = "reqwest-transport")]
+mod reqwest_transport;
 pub(crate) mod settings;
 pub mod status;
 pub mod transport;
@@ -26,9 +28,9 @@ pub use engine::{
     Moment, SyncConfig, SyncEngine, SyncListener, SyncPhase, SyncProgress, SyncReport,
 };
 pub use local::LocalState;
-pub use status::{PendingAttachments, RejectedChange, SyncStatus};
 #[cfg(feature = "reqwest-transport")]
-pub use transport::ReqwestTransport;
+pub use reqwest_transport::ReqwestTransport;
+pub use status::{PendingAttachments, RejectedChange, SyncStatus};
 pub use transport::{
     CONNECT_TIMEOUT, Cut, HttpRequest, HttpResponse, RetryPolicy, STALL_TIMEOUT, Transport,
     TransportError,

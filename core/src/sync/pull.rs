@@ -4,7 +4,9 @@
 //! flight, and the pages before it count, so requests can be long (few round trips) without a
 //! cut throwing them away.
 
-use super::engine::{InFlight, SyncEngine, SyncPhase};
+use std::io::Read;
+
+use super::engine::{InFlight, Moment, SyncEngine, SyncPhase};
 use super::local::LocalState;
 use super::transport::HttpResponse;
 use super::wire::{encode, server_error};
@@ -31,34 +33,69 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         if response.status != 200 {
             return Err(server_error(response));
         }
-        let mut pages = StreamReader::new(response.body.as_slice());
-        let (mut entries, mut read) = (0, 0);
+        let read = self.apply_pages(response.body.as_slice())?;
+        if complete {
+            read.whole()?;
+        }
+        Ok(read.entries)
+    }
+
+    /// Applies the pages of a body as they arrive, until it ends, fails or the feed ends.
+    fn apply_pages(&mut self, body: impl Read) -> Result<PagesRead> {
+        let mut pages = StreamReader::new(body);
+        let mut read = PagesRead::default();
         while self.phase() == SyncPhase::Pull {
             match pages.next_message::<PullResponse>() {
                 None => break,
                 Some(Ok(page)) => {
-                    read += 1;
-                    entries += self.apply_page(&page)?;
+                    read.pages += 1;
+                    read.entries += self.apply_page(&page)?;
                 }
-                // The link's doing: what came whole is applied, the rest comes again.
-                Some(Err(_)) if !complete => break,
+                // A cut (what came whole is applied, the rest comes again) or a bad page: the
+                // caller knows which.
                 Some(Err(e)) => {
-                    return Err(Error::Server {
-                        status: 200,
-                        code: "bad_message".into(),
-                        message: e.to_string(),
-                    });
+                    read.stopped = Some(e.to_string());
+                    break;
                 }
             }
         }
-        if complete && read == 0 {
-            return Err(Error::Server {
-                status: 200,
-                code: "bad_message".into(),
-                message: "the pull's answer holds no page".into(),
-            });
+        Ok(read)
+    }
+
+    /// A streamed pull's answer as it arrives (`Transport::send_streaming`): its pages are
+    /// applied while the rest is on its way. A cut body counts as a cut answer whose whole
+    /// pages arrived.
+    pub fn handle_pull_stream(
+        &mut self,
+        status: u16,
+        body: &mut dyn Read,
+        now: Moment,
+    ) -> Result<()> {
+        if status != 200 {
+            // An error's text is short; a cut inside it is still that status.
+            let mut text = Vec::new();
+            let _ = body.take(64 * 1024).read_to_end(&mut text);
+            let response = HttpResponse { status, body: text };
+            return self.handle_response(&response, now);
         }
-        Ok(entries)
+        let mut counted = Counted {
+            body,
+            bytes: 0,
+            failure: None,
+        };
+        let read = self.apply_pages(&mut counted)?;
+        let bytes = counted.bytes;
+        if let Some(reason) = counted.failure {
+            self.report.bytes_received += bytes as u64;
+            if read.entries > 0 || self.phase() != SyncPhase::Pull {
+                self.in_flight = None;
+                self.link.cut_after_progress(now.elapsed);
+                return Ok(());
+            }
+            return self.handle_cut(&reason, None, now);
+        }
+        read.whole()?;
+        self.answered_pull(bytes, read.entries, now)
     }
 
     /// One page of the feed, applied with its cursors; returns its entries. The last page
@@ -78,6 +115,7 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
             // A household moved out of the user's areas by a reviewer leaves with this sync.
             self.report.households_left += self.local.leave_former_areas()?;
             let local = self.local.checksums()?;
+            self.pull_ended = true;
             self.to_repair = pulled
                 .checksums
                 .iter()
@@ -88,5 +126,56 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
             self.enter(SyncPhase::Verify, n);
         }
         Ok(pulled.entries.len())
+    }
+}
+
+/// What [`SyncEngine::apply_pages`] read of a body.
+#[derive(Debug, Default)]
+struct PagesRead {
+    pages: usize,
+    entries: usize,
+    /// Why reading stopped before the body's end, if it did.
+    stopped: Option<String>,
+}
+
+impl PagesRead {
+    /// For an answer that arrived whole: a page that does not decode, or no page at all, is the
+    /// server's fault, not the link's.
+    fn whole(&self) -> Result<()> {
+        let bad = |message: String| Error::Server {
+            status: 200,
+            code: "bad_message".into(),
+            message,
+        };
+        if let Some(e) = &self.stopped {
+            return Err(bad(e.clone()));
+        }
+        if self.pages == 0 {
+            return Err(bad("the pull's answer holds no page".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A body read through: its bytes counted, and the link's failure kept (a cut is not a bad
+/// page).
+struct Counted<'a> {
+    body: &'a mut dyn Read,
+    bytes: usize,
+    failure: Option<String>,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.body.read(buf) {
+            Ok(n) => {
+                self.bytes += n;
+                Ok(n)
+            }
+            Err(e) => {
+                self.failure = Some(e.to_string());
+                Err(e)
+            }
+        }
     }
 }
