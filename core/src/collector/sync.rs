@@ -456,11 +456,15 @@ impl Collector {
     ) -> Result<()> {
         let clock = || self.now();
         let driven = driver::drive(engine, transport, retry, &clock, listener, cancel);
-        if !engine.wiped() {
-            // A pull that ended early (a cut, a failure) leaves no index set aside.
-            self.finish_bulk_load()?;
-        }
+        // A pull that ended early (a cut, a failure) leaves no index set aside; the sync's own
+        // error, if any, is the one reported.
+        let finished = if engine.wiped() {
+            Ok(())
+        } else {
+            self.finish_bulk_load()
+        };
         driven?;
+        finished?;
         if engine.wiped() {
             self.db.destroy()?;
             return Err(Error::DeviceWiped);

@@ -76,6 +76,11 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
             let mut text = Vec::new();
             let _ = body.take(64 * 1024).read_to_end(&mut text);
             let response = HttpResponse { status, body: text };
+            if status >= 500 || status == 429 {
+                // A busy server: tried again, as the driver retries any other request.
+                let reason = server_error(&response).to_string();
+                return self.handle_interruption(&reason, now);
+            }
             return self.handle_response(&response, now);
         }
         let mut counted = Counted {
