@@ -560,13 +560,11 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         }
         if let (Some(InFlight::Pull), Some(partial)) = (&self.in_flight, partial) {
             self.report.bytes_received += partial.body.len() as u64;
-            // Progress: entries applied, or the last (empty) page read.
-            if partial.status == 200
-                && (self.handle_pull(partial, false)? > 0 || self.phase != SyncPhase::Pull)
-            {
-                self.in_flight = None;
-                self.link.cut_after_progress(now.elapsed);
-                return Ok(());
+            if partial.status == 200 {
+                let entries = self.handle_pull(partial, false)?;
+                if self.pull_cut_kept(entries, now) {
+                    return Ok(());
+                }
             }
         }
         match self.in_flight.take() {

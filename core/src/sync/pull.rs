@@ -92,15 +92,24 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         let bytes = counted.bytes;
         if let Some(reason) = counted.failure {
             self.report.bytes_received += bytes as u64;
-            if read.entries > 0 || self.phase() != SyncPhase::Pull {
-                self.in_flight = None;
-                self.link.cut_after_progress(now.elapsed);
+            if self.pull_cut_kept(read.entries, now) {
                 return Ok(());
             }
             return self.handle_cut(&reason, None, now);
         }
         read.whole()?;
         self.answered_pull(bytes, read.entries, now)
+    }
+
+    /// A pull cut after `entries` were applied: progress if any were (or the last, empty page
+    /// was read), and the request is over; otherwise the caller counts it as a cut for nothing.
+    pub(super) fn pull_cut_kept(&mut self, entries: usize, now: Moment) -> bool {
+        let kept = entries > 0 || self.phase() != SyncPhase::Pull;
+        if kept {
+            self.in_flight = None;
+            self.link.cut_after_progress(now.elapsed);
+        }
+        kept
     }
 
     /// One page of the feed, applied with its cursors; returns its entries. The last page

@@ -75,6 +75,7 @@ impl Transport for ReqwestTransport {
     fn send_keeping_partial(&self, request: &HttpRequest) -> Result<HttpResponse, Cut> {
         let builder = self.builder(request)?;
         self.runtime.block_on(async move {
+            // Without the URL: it is not personal, but errors should not depend on deployment details.
             let mut response = builder
                 .send()
                 .await
@@ -189,6 +190,7 @@ impl Read for Arriving {
     }
 }
 
+/// A transport failure in words, without the URL; a stall says it is one.
 fn describe(e: reqwest::Error) -> String {
     if e.is_connect() {
         return "cannot connect to the server".into();
