@@ -23,12 +23,12 @@ use crate::bench_sync::{enroll, seed_rounds, server_err, transport};
 use crate::sample::Rng;
 use crate::{Failure, fail};
 
-/// Records every request body, and how many of its bytes are the audit trail.
+/// Records every request (the audit trail's share is counted after the sync, outside its
+/// time) and the bytes of every answer.
 struct Recording {
     inner: ReqwestTransport,
-    bodies: Mutex<Vec<Vec<u8>>>,
-    audit_bytes: Mutex<u64>,
-    all_bytes: Mutex<u64>,
+    requests: Mutex<Vec<HttpRequest>>,
+    answer_bytes: Mutex<u64>,
 }
 
 /// Bytes of `body` that are audit entries: the body less the same request without them.
@@ -56,10 +56,9 @@ fn audit_part(request: &HttpRequest) -> u64 {
 
 impl Transport for Recording {
     fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
-        *self.audit_bytes.lock() += audit_part(request);
-        self.bodies.lock().push(request.body.clone());
+        self.requests.lock().push(request.clone());
         let response = self.inner.send(request)?;
-        *self.all_bytes.lock() += (request.body.len() + response.body.len()) as u64;
+        *self.answer_bytes.lock() += response.body.len() as u64;
         Ok(response)
     }
 }
@@ -178,9 +177,8 @@ pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         )?;
         let recording = Recording {
             inner: transport(&server.url)?,
-            bodies: Mutex::new(Vec::new()),
-            audit_bytes: Mutex::new(0),
-            all_bytes: Mutex::new(0),
+            requests: Mutex::new(Vec::new()),
+            answer_bytes: Mutex::new(0),
         };
         let started = Instant::now();
         let r = c.sync(&recording, None, None)?;
@@ -190,7 +188,11 @@ pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         // The floor: the same bodies, posted to a handler that only inserts their rows.
         let bed = floor(&dir.path().join(format!("floor{n}.db")))?;
         let t = transport(&bed.url)?;
-        let bodies = std::mem::take(&mut *recording.bodies.lock());
+        let requests = std::mem::take(&mut *recording.requests.lock());
+        let audit_bytes: u64 = requests.iter().map(audit_part).sum();
+        let all_bytes = requests.iter().map(|r| r.body.len() as u64).sum::<u64>()
+            + *recording.answer_bytes.lock();
+        let bodies: Vec<Vec<u8>> = requests.into_iter().map(|r| r.body).collect();
         let started = Instant::now();
         for body in bodies {
             let a = t
@@ -207,8 +209,7 @@ pub fn run(visits: usize, json_output: bool) -> Result<Vec<Json>, Failure> {
         }
         let floor_time = started.elapsed();
         let ratio = ms(took) / ms(floor_time).max(1e-9);
-        let audit_share =
-            *recording.audit_bytes.lock() as f64 / (*recording.all_bytes.lock()).max(1) as f64;
+        let audit_share = audit_bytes as f64 / all_bytes.max(1) as f64;
         if !json_output {
             outln!(
                 "{:<28} {:.0} ms ({:.0} visits/s, {} round trips, {} KB up, {} KB down, {left} left) vs the floor {:.0} ms: {ratio:.2}x (target <= 2x); audit {:.1}% of the bytes (target <= 15%)",
