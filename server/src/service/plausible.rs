@@ -30,7 +30,7 @@ pub fn visit_time_refusal(
     seq: u64,
     visit: &VisitRecord,
 ) -> Result<Option<Ack>> {
-    let Some(published) = tx.form_published_at(&visit.form_id, visit.form_version)? else {
+    let Some(published) = ctx.form_published_at(tx, &visit.form_id, visit.form_version)? else {
         let m = "the visit's form version is not published on this server";
         return Ok(Some(rejected(seq, "unknown_form", m)));
     };

@@ -171,12 +171,7 @@ pub fn resolve_conflict(
             "the conflict is already resolved",
         ));
     }
-    let ctx = PushContext {
-        auth,
-        received_at: ts(now),
-        skewed: false,
-        clock_offset: chrono::TimeDelta::zero(),
-    };
+    let ctx = PushContext::new(auth, ts(now), chrono::TimeDelta::zero());
     // Reviewer resolutions are not device changes: sequence 0, never deduplicated.
     let at = ts(now);
     let edit = FieldEdit {

@@ -27,12 +27,7 @@ pub fn push(
     now: DateTime<Utc>,
 ) -> Result<Vec<Ack>> {
     let offset = device_now - now;
-    let ctx = PushContext {
-        auth,
-        received_at: ts(now),
-        skewed: offset.abs() > CLOCK_SKEW_LIMIT,
-        clock_offset: offset,
-    };
+    let ctx = PushContext::new(auth, ts(now), offset);
     let mut acks = Vec::with_capacity(changes.len());
     let former = handover::former_areas(tx, &auth.user.id, now)?;
     for change in changes {

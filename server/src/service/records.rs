@@ -4,7 +4,8 @@
 //! device in scope; a resolution closes it. Every accepted change gets the next server sequence
 //! number, enters the feed and moves the village's checksum.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value as Json};
 use zoufang_protocol::checksum::field_hash;
@@ -31,9 +32,39 @@ pub struct PushContext<'a> {
     pub skewed: bool,
     /// The sender's clock minus the server's, as its push reported it.
     pub clock_offset: chrono::TimeDelta,
+    /// Publication times of the form versions this push's visits name, read once a push:
+    /// a form's row carries its whole definition, pages of it read for every visit otherwise.
+    published: RefCell<HashMap<(String, u32), Option<String>>>,
 }
 
-impl PushContext<'_> {
+impl<'a> PushContext<'a> {
+    /// Changes written at `received_at` by a sender whose clock is `clock_offset` ahead.
+    pub fn new(auth: &'a DeviceAuth, received_at: String, clock_offset: chrono::TimeDelta) -> Self {
+        Self {
+            auth,
+            received_at,
+            skewed: clock_offset.abs() > super::push::CLOCK_SKEW_LIMIT,
+            clock_offset,
+            published: RefCell::default(),
+        }
+    }
+
+    /// When this form version was published here, if it was.
+    pub fn form_published_at(
+        &self,
+        tx: &mut dyn Tx,
+        form_id: &str,
+        version: u32,
+    ) -> Result<Option<String>> {
+        let key = (form_id.to_owned(), version);
+        if let Some(at) = self.published.borrow().get(&key) {
+            return Ok(at.clone());
+        }
+        let at = tx.form_published_at(form_id, version)?;
+        self.published.borrow_mut().insert(key, at.clone());
+        Ok(at)
+    }
+
     fn writer(&self, seq: u64, device_time: &str) -> StoredWriter {
         StoredWriter {
             device: self.auth.lineage.clone(),
@@ -393,12 +424,7 @@ pub fn write_fields_as_server(
     fields: &[(&str, Json)],
     at: &str,
 ) -> Result<()> {
-    let ctx = PushContext {
-        auth,
-        received_at: at.to_owned(),
-        skewed: false,
-        clock_offset: chrono::TimeDelta::zero(),
-    };
+    let ctx = PushContext::new(auth, at.to_owned(), chrono::TimeDelta::zero());
     let household = tx
         .locate(entity, id)?
         .map_or_else(|| id.to_owned(), |(_, h)| h);
