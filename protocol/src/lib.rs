@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod canonical;
+pub mod change_entry;
 pub mod checksum;
 pub mod feed_entry;
 pub mod frames;

@@ -172,8 +172,8 @@ pub struct AttachmentRecord {
     pub created_at: String,
 }
 
-/// One change of a device's outbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One change of a device's outbox (decoded by `crate::change_entry`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Change {
     /// Numbered per device, never reused: the server deduplicates on (device, seq).
     pub seq: u64,

@@ -74,7 +74,7 @@ pub(crate) fn batch(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
             seq: u64::try_from(seq).unwrap_or(0),
             hlc,
             device_time,
-            op: serde_json::from_str(&change)?,
+            op: zoufang_protocol::change_entry::decode_op(&change)?,
         })
     })
     .collect()

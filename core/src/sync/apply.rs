@@ -174,7 +174,7 @@ pub(crate) fn apply_ack(conn: &Connection, ack: &Ack, at: &str) -> Result<Option
     let Some(change) = outbox::take(conn, ack.seq)? else {
         return Ok(None);
     };
-    let op: ChangeOp = serde_json::from_str(&change)?;
+    let op = zoufang_protocol::change_entry::decode_op(&change)?;
     if ack.outcome == Outcome::Rejected {
         let code = ack.code.as_deref().unwrap_or("rejected");
         let message = ack.message.as_deref().unwrap_or("");
