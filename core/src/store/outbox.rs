@@ -87,14 +87,11 @@ pub(crate) fn len(conn: &Connection) -> Result<u64> {
 /// Removes an acknowledged entry and returns its change as stored (`None` if already gone:
 /// an acknowledgement that arrives twice).
 pub(crate) fn take(conn: &Connection, seq: u64) -> Result<Option<String>> {
-    let change: Option<String> = conn
-        .prepare_cached("SELECT change FROM outbox WHERE seq = ?1")?
+    // One lookup, not a read and then a delete: a push's acknowledgements take each entry.
+    let change = conn
+        .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING change")?
         .query_row([sql_seq(seq)], |r| r.get(0))
         .optional()?;
-    if change.is_some() {
-        conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-            .execute([sql_seq(seq)])?;
-    }
     Ok(change)
 }
 
