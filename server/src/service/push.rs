@@ -231,19 +231,19 @@ fn submit_visit(
     if let Some(h) = &visit.household_id {
         visit.household_id = Some(merges::survivor_of(tx, h)?);
     }
-    let visit = &visit;
-    if let Some(refusal) = links_refusal(tx, ctx, seq, visit)? {
+    if let Some(refusal) = links_refusal(tx, ctx, seq, &visit)? {
         return Ok(refusal);
     }
     let server_seq = next_seq(tx)?;
-    tx.insert_visit(visit, server_seq, &ctx.auth.lineage)?;
+    tx.insert_visit(&visit, server_seq, &ctx.auth.lineage)?;
+    let (household, village) = (visit.household_id.clone(), visit.village_code.clone());
     let item = FeedItem::Visit {
-        visit: Box::new(visit.clone()),
+        visit: Box::new(visit),
     };
-    tx.append_feed(server_seq, &visit.village_code, &ctx.auth.lineage, &item)?;
-    if let Some(h) = &visit.household_id {
+    tx.append_feed(server_seq, &village, &ctx.auth.lineage, &item)?;
+    if let Some(h) = &household {
         // The next visit follows the household's category, from this one.
-        super::due::apply_rule(tx, h, &visit.village_code, &ctx.received_at)?;
+        super::due::apply_rule(tx, h, &village, &ctx.received_at)?;
     }
     Ok(applied(seq, Outcome::Applied, server_seq, None, None))
 }
