@@ -191,12 +191,13 @@ impl Say<'_> {
         let secs = run.elapsed.as_secs_f64();
         let ratio = secs / ideal.max(1e-9);
         let line = format!(
-            "{secs:.1} s vs {ideal:.1} s for the clean sync's {} KB at {rate_kb:.0} KB/s: {ratio:.2}x (target <= {target}x); {} syncs, {} cuts, {} connections, {} KB moved{}{}",
+            "{secs:.1} s vs {ideal:.1} s for the clean sync's {} KB at {rate_kb:.0} KB/s: {ratio:.2}x (target <= {target}x); {} syncs, {} cuts, {} connections, {} KB sent on the link ({:.0}% of its time){}{}",
             clean_bytes / 1024,
             run.syncs,
             run.stats.cuts,
             run.stats.connections,
-            link_bytes(&run.stats) / 1024,
+            run.stats.sent_bytes / 1024,
+            100.0 * run.stats.sent_bytes as f64 / (rate_kb * KB) / secs.max(1e-9),
             if done { "" } else { "; NOT ALL ARRIVED" },
             run.last_error
                 .as_deref()
@@ -207,7 +208,7 @@ impl Say<'_> {
             &line,
             json!({"name": key, "seconds": secs, "ideal_seconds": ideal, "ratio": ratio, "target_ratio": target,
                    "all_arrived": done, "syncs": run.syncs, "cuts": run.stats.cuts, "connections": run.stats.connections,
-                   "bytes_moved": link_bytes(&run.stats), "clean_bytes": clean_bytes, "round_trips": run.report.round_trips,
+                   "bytes_moved": link_bytes(&run.stats), "bytes_sent_on_link": run.stats.sent_bytes, "clean_bytes": clean_bytes, "round_trips": run.report.round_trips,
                    "last_error": run.last_error}),
         );
     }

@@ -7,9 +7,13 @@
 //!   time, cuts of every open connection at each multiple of an interval, a stall of the open
 //!   connections without closing them, a freeze of the whole link.
 //!
-//! Each direction of a connection is a reader thread, which applies the byte faults and books
-//! the bytes on the link's timeline, and a writer thread, which delivers them when the timeline
-//! says they arrive. A cut closes both sockets and drops what was booked but not delivered.
+//! Each direction of a connection is a reader thread, which applies the byte faults, and a
+//! writer thread, which delivers bytes when the link's timeline says they arrive. With a rate,
+//! the readers queue their bytes per direction of each connection (a flow) and one scheduler
+//! sends them a piece at a time, taking turns between the flows that have something to send,
+//! as a radio's scheduler does: the capacity is shared, but a small answer coming down does
+//! not wait behind everything a phone queued going up. A cut closes both sockets and drops
+//! what was queued or sent but not delivered.
 
 #![allow(clippy::indexing_slicing)] // offsets within a fixed buffer, checked by the reads
 
@@ -56,6 +60,11 @@ pub struct LinkStats {
     pub connections: u64,
     /// Connections stalled by [`FaultProxy::stall_open_connections`].
     pub stalled: u64,
+    /// Bytes a rated link sent, both ways: what it spent its time on (the bytes read from
+    /// either side, `up_bytes` and `down_bytes`, include what a cut dropped before sending).
+    pub sent_bytes: u64,
+    /// Of which server to device.
+    pub sent_down_bytes: u64,
 }
 
 /// One proxied connection: its two sockets and what the link did to it.
@@ -91,23 +100,45 @@ struct Link {
     /// When the link has sent everything booked so far.
     free_at: Instant,
     open: Vec<Arc<Conn>>,
+    /// Bytes waiting for a rated link, per direction of each connection.
+    flows: Vec<Flow>,
+    /// The flow whose turn is next.
+    turn: usize,
+}
+
+/// One direction of one connection on a rated link: what its reader queued, and its writer.
+#[derive(Debug)]
+struct Flow {
+    conn: Arc<Conn>,
+    dir: Direction,
+    waiting: std::collections::VecDeque<Queued>,
+    out: mpsc::Sender<Piece>,
+}
+
+#[derive(Debug)]
+enum Queued {
+    Bytes(Vec<u8>),
+    /// Deliver what came before, then cut the connection.
+    CutAfter,
+    /// The reader has ended: the writer ends after what came before.
+    Closed,
 }
 
 impl Link {
-    /// Books `n` bytes of `conn` read at `now` on the link; returns when they arrive.
-    fn book(&mut self, conn: &Conn, n: usize, now: Instant) -> Instant {
-        let mut begin = now.max(self.free_at).max(conn.ready_at);
-        if let Some((from, length)) = self.faults.freeze {
-            let (from, to) = (self.started + from, self.started + from + length);
-            if begin >= from && begin < to {
-                begin = to;
+    /// When bytes of `conn` read at `now` arrive on a link without a rate.
+    fn book(&self, conn: &Conn, now: Instant) -> Instant {
+        self.unfrozen(now.max(conn.ready_at)) + self.faults.rtt / 2
+    }
+
+    /// `at`, or the end of the freeze it falls in.
+    fn unfrozen(&self, at: Instant) -> Instant {
+        match self.faults.freeze {
+            Some((from, length)) => {
+                let (from, to) = (self.started + from, self.started + from + length);
+                if at >= from && at < to { to } else { at }
             }
+            None => at,
         }
-        let sending = self.faults.rate.map_or(Duration::ZERO, |r| {
-            Duration::from_secs_f64(n as f64 / r.max(1) as f64)
-        });
-        self.free_at = begin + sending;
-        self.free_at + self.faults.rtt / 2
     }
 }
 
@@ -131,6 +162,7 @@ impl std::fmt::Debug for FaultProxy {
 const PIECE: usize = 1024;
 
 /// What a reader hands its writer.
+#[derive(Debug)]
 enum Piece {
     Bytes(Instant, Vec<u8>),
     /// Deliver what came before, then cut the connection.
@@ -151,6 +183,8 @@ impl FaultProxy {
             truncate_armed: false,
             free_at: now,
             open: Vec::new(),
+            flows: Vec::new(),
+            turn: 0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let accept = {
@@ -161,12 +195,16 @@ impl FaultProxy {
             let (link, stop) = (link.clone(), stop.clone());
             std::thread::spawn(move || cut_on_schedule(&link, &stop))
         };
+        let scheduler = {
+            let (link, stop) = (link.clone(), stop.clone());
+            std::thread::spawn(move || schedule(&link, &stop))
+        };
         Ok(Self {
             url: format!("http://{addr}"),
             link,
             stop,
             addr,
-            threads: vec![accept, cutter],
+            threads: vec![accept, cutter, scheduler],
         })
     }
 
@@ -282,6 +320,104 @@ fn cut_on_schedule(link: &Mutex<Link>, stop: &AtomicBool) {
     }
 }
 
+/// Queues a reader's piece on its flow (made at its first piece).
+fn queue(
+    l: &mut Link,
+    (conn, dir): (&Arc<Conn>, Direction),
+    out: &mpsc::Sender<Piece>,
+    piece: Queued,
+) {
+    let flow = l
+        .flows
+        .iter_mut()
+        .find(|f| Arc::ptr_eq(&f.conn, conn) && f.dir == dir);
+    match flow {
+        Some(f) => f.waiting.push_back(piece),
+        // A connection that ended before sending anything has nothing to deliver.
+        None if matches!(piece, Queued::Closed) => {}
+        None => l.flows.push(Flow {
+            conn: conn.clone(),
+            dir,
+            waiting: [piece].into(),
+            out: out.clone(),
+        }),
+    }
+}
+
+/// Sends the flows' bytes at the link's rate, a piece at a time, each flow in turn.
+fn schedule(link: &Mutex<Link>, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        let wait = {
+            let mut l = link.lock();
+            let now = Instant::now();
+            let free = l.unfrozen(l.free_at.max(now));
+            if free > now {
+                free - now
+            } else {
+                send_next(&mut l, now)
+            }
+        };
+        std::thread::sleep(wait.min(Duration::from_millis(5)));
+    }
+}
+
+/// Sends the next flow's turn: up to a [`PIECE`] of its bytes (its small pieces together, so
+/// turns are fair in bytes, not in pieces); returns how long until the link is free again.
+fn send_next(l: &mut Link, now: Instant) -> Duration {
+    // What was queued on a cut connection is lost with it.
+    l.flows.retain(|f| !f.conn.is_cut());
+    let n = l.flows.len();
+    let ready = (0..n)
+        .map(|i| (l.turn + i) % n)
+        .find(|&i| l.flows[i].conn.ready_at <= now && !l.flows[i].waiting.is_empty());
+    let Some(i) = ready else {
+        return Duration::from_millis(1);
+    };
+    l.turn = i + 1;
+    let (mut bytes, mut then) = (Vec::new(), None);
+    while let Some(piece) = l.flows[i].waiting.pop_front() {
+        match piece {
+            Queued::Bytes(mut b) => {
+                bytes.append(&mut b);
+                let next_fits = matches!(l.flows[i].waiting.front(),
+                    Some(Queued::Bytes(b)) if bytes.len() + b.len() <= PIECE);
+                if !next_fits {
+                    break;
+                }
+            }
+            other => {
+                then = Some(other);
+                break;
+            }
+        }
+    }
+    if !bytes.is_empty() {
+        let rate = l.faults.rate.unwrap_or(u64::MAX).max(1);
+        l.free_at = now + Duration::from_secs_f64(bytes.len() as f64 / rate as f64);
+        let arrives = l.free_at + l.faults.rtt / 2;
+        l.stats.sent_bytes += bytes.len() as u64;
+        if l.flows[i].dir == Direction::Down {
+            l.stats.sent_down_bytes += bytes.len() as u64;
+        }
+        if l.flows[i].out.send(Piece::Bytes(arrives, bytes)).is_err() {
+            l.flows.remove(i);
+            return Duration::ZERO;
+        }
+    }
+    match then {
+        Some(Queued::CutAfter) => {
+            let _ = l.flows[i].out.send(Piece::CutAfter);
+            l.flows.remove(i);
+        }
+        // Dropping the flow drops its sender: the writer ends after what it holds.
+        Some(Queued::Closed) => {
+            l.flows.remove(i);
+        }
+        _ => {}
+    }
+    l.free_at.saturating_duration_since(now)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Up,
@@ -309,7 +445,7 @@ fn read_side(
     mut from: TcpStream,
     dir: Direction,
     link: &Mutex<Link>,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     out: &mpsc::Sender<Piece>,
 ) {
     let mut buf = [0u8; PIECE];
@@ -334,23 +470,42 @@ fn read_side(
                     .map(|rate| Duration::from_secs_f64(pass as f64 / rate.max(1) as f64)),
                 Direction::Down => None,
             };
-            let arrives = l.book(conn, pass, Instant::now());
+            let arrives = if l.faults.rate.is_some() {
+                // The scheduler sends it when the flow's turn comes.
+                queue(
+                    &mut l,
+                    (conn, dir),
+                    out,
+                    Queued::Bytes(buf[..pass].to_vec()),
+                );
+                if cut_after {
+                    queue(&mut l, (conn, dir), out, Queued::CutAfter);
+                }
+                None
+            } else {
+                Some(l.book(conn, Instant::now()))
+            };
             (pass, cut_after, pause, arrives)
         };
-        if out
-            .send(Piece::Bytes(arrives, buf[..pass].to_vec()))
-            .is_err()
-        {
-            break;
+        if let Some(arrives) = arrives {
+            if out
+                .send(Piece::Bytes(arrives, buf[..pass].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+            if cut_after {
+                let _ = out.send(Piece::CutAfter);
+            }
         }
         if let Some(p) = pause {
             std::thread::sleep(p);
         }
         if cut_after {
-            let _ = out.send(Piece::CutAfter);
             break;
         }
     }
+    queue(&mut link.lock(), (conn, dir), out, Queued::Closed);
     // A stalled connection the device gave up on: free its threads (its bytes never arrive).
     if conn.stalled.load(Ordering::SeqCst) {
         conn.cut();
