@@ -5,6 +5,7 @@
 //! them and inserts their rows (each change, each audit entry) into SQLite, one fsynced
 //! transaction per request (target ≤ 2×). Also: the audit trail's share of the sync's bytes.
 
+use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,9 @@ use rusqlite::Connection;
 use serde_json::{Value as Json, json};
 use zoufang_core::protocol::messages::{self, CatalogRequest, PushRequest, Role};
 use zoufang_core::protocol::stream::{decode_stream, encode_stream};
-use zoufang_core::sync::{HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError};
+use zoufang_core::sync::{
+    Cut, HttpRequest, HttpResponse, ReqwestTransport, Transport, TransportError,
+};
 use zoufang_core::{Collector, StoreOptions};
 use zoufang_server::{AppState, BackgroundServer, SqliteStorage};
 
@@ -54,12 +57,48 @@ fn audit_part(request: &HttpRequest) -> u64 {
     without.map_or(0, |w| total.saturating_sub(w))
 }
 
+/// Forwards everything to the default transport, streamed answers as they arrive included, so
+/// the sync runs as `zoufang device sync` runs it.
 impl Transport for Recording {
     fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
         self.requests.lock().push(request.clone());
         let response = self.inner.send(request)?;
         *self.answer_bytes.lock() += response.body.len() as u64;
         Ok(response)
+    }
+
+    fn reads_while_sending(&self) -> bool {
+        self.inner.reads_while_sending()
+    }
+
+    fn send_streaming(
+        &self,
+        request: &HttpRequest,
+        receive: &mut dyn FnMut(u16, &mut dyn Read),
+    ) -> Result<(), Cut> {
+        self.requests.lock().push(request.clone());
+        let mut bytes = 0;
+        let sent = self.inner.send_streaming(request, &mut |status, body| {
+            let mut counted = Counting { body, bytes: 0 };
+            receive(status, &mut counted);
+            bytes = counted.bytes;
+        });
+        *self.answer_bytes.lock() += bytes;
+        sent
+    }
+}
+
+/// A body whose bytes are counted as they are read.
+struct Counting<'a> {
+    body: &'a mut dyn Read,
+    bytes: u64,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.body.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
     }
 }
 

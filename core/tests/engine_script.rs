@@ -27,10 +27,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::json;
+use std::io::Read as _;
 use zoufang_core::protocol::audit::{self, AuditAction, AuditEntry, HashAlgorithm};
 use zoufang_core::protocol::frames::FrameReader;
 use zoufang_core::protocol::messages::{self as m, Ack, ChangeOp, ContentRef, Entity, Outcome};
-use zoufang_core::protocol::stream::{decode_stream, encode_stream};
+use zoufang_core::protocol::stream::{CONTENT_TYPE as STREAM_TYPE, decode_stream, encode_stream};
 use zoufang_core::sync::{
     HttpRequest, HttpResponse, LocalState, Moment, SyncConfig, SyncEngine, SyncReport,
 };
@@ -331,7 +332,10 @@ struct Server {
     recorded: BTreeMap<u64, Ack>,
     /// The server streams (pushes and pulls as message streams, `/v1/push/acks`).
     streams: bool,
-    /// What arrived of an answer the link cut (a streamed pull's first pages).
+    /// The server answers a streamed push as it applies it, message by message.
+    answers_as_applied: bool,
+    /// What arrived of an answer the link cut (a streamed pull's first pages, a streamed
+    /// push's first answers).
     partial: Option<HttpResponse>,
 }
 
@@ -603,6 +607,7 @@ impl Server {
                     form_publications: Vec::new(),
                     compact_audit: false,
                     streams: self.streams,
+                    answers_as_applied: self.answers_as_applied,
                 })
             }
             "/v1/push/stream" => {
@@ -614,19 +619,54 @@ impl Server {
                 } else {
                     messages.len()
                 };
-                let mut acks = Vec::new();
-                for message in messages.into_iter().take(arrived) {
-                    acks.extend(self.push(message, fault).acks);
+                let answers: Vec<m::PushResponse> = messages
+                    .into_iter()
+                    .take(arrived)
+                    .map(|message| self.push(message, fault))
+                    .collect();
+                let as_applied = self.answers_as_applied
+                    && req
+                        .headers
+                        .iter()
+                        .any(|(k, v)| k == "Accept" && v == STREAM_TYPE);
+                if as_applied {
+                    // Each message's answer as it is applied; a cut takes the last one's.
+                    let delivered = if fault == Fault::PartialChunk {
+                        arrived.saturating_sub(1)
+                    } else if fault == Fault::LostAnswer {
+                        0
+                    } else {
+                        answers.len()
+                    };
+                    for a in answers.iter().take(delivered) {
+                        self.delivered_acks.extend(a.acks.iter().map(|a| a.seq));
+                    }
+                    let stream: Vec<m::PushStreamAnswer> = answers
+                        .into_iter()
+                        .map(m::PushStreamAnswer::Applied)
+                        .collect();
+                    if fault == Fault::PartialChunk {
+                        self.partial = Some(HttpResponse {
+                            status: 200,
+                            body: encode_stream(&stream[..delivered]).unwrap(),
+                        });
+                    }
+                    HttpResponse {
+                        status: 200,
+                        body: encode_stream(&stream).unwrap(),
+                    }
+                } else {
+                    let acks: Vec<Ack> = answers.into_iter().flat_map(|a| a.acks).collect();
+                    if fault == Fault::None || fault == Fault::DuplicateAcks {
+                        self.delivered_acks.extend(acks.iter().map(|a| a.seq));
+                    }
+                    answer(&m::PushResponse {
+                        protocol: m::PROTOCOL_VERSION,
+                        server_time: NOW.into(),
+                        acks,
+                        audit: None,
+                    })
                 }
-                if fault == Fault::None || fault == Fault::DuplicateAcks {
-                    self.delivered_acks.extend(acks.iter().map(|a| a.seq));
-                }
-                answer(&m::PushResponse {
-                    protocol: m::PROTOCOL_VERSION,
-                    server_time: NOW.into(),
-                    acks,
-                    audit: None,
-                })
             }
             "/v1/push/acks" => {
                 let r: m::AcksRequest = m::decode(&req.body).unwrap();
@@ -736,6 +776,15 @@ impl Server {
 
 // ----- the driver ----------------------------------------------------------------------------
 
+/// A body's end where the link cut it.
+struct CutHere;
+
+impl std::io::Read for CutHere {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("the link dropped"))
+    }
+}
+
 /// One sync as the real driver runs it, with the schedule's faults; the time moves a second
 /// per request.
 fn sync_once(
@@ -752,6 +801,8 @@ fn sync_once(
         Ok(e) => e,
         Err(e) => return (Err(e), false),
     };
+    // The script hands a cut streamed answer's first messages over, as a duplex transport does.
+    engine.set_reads_while_sending(true);
     let mut step = 0u64;
     let now = |step: u64| Moment {
         wall: chrono::DateTime::parse_from_rfc3339(NOW).unwrap().to_utc()
@@ -767,15 +818,24 @@ fn sync_once(
                 engine.phase()
             );
             let fault = faults.next().unwrap_or(Fault::None);
+            // As the real driver does: a streamed answer is read as it arrives.
+            let streamed = engine.receives_stream();
+            let at = || now(step);
             match server.handle(&req, fault) {
                 Some(r) if r.status >= 500 => {
                     engine.handle_interruption("server error", now(step))?
                 }
-                Some(r) => engine.handle_response(&r, now(step))?,
-                None => {
-                    let partial = server.partial.take();
-                    engine.handle_cut("cut", partial.as_ref(), now(step))?
+                Some(r) if streamed => {
+                    engine.handle_stream(r.status, &mut r.body.as_slice(), &at)?
                 }
+                Some(r) => engine.handle_response(&r, now(step))?,
+                None => match server.partial.take() {
+                    Some(p) if streamed => {
+                        let mut cut = p.body.as_slice().chain(CutHere);
+                        engine.handle_stream(p.status, &mut cut, &at)?
+                    }
+                    partial => engine.handle_cut("cut", partial.as_ref(), now(step))?,
+                },
             }
         }
         Ok(())
@@ -835,12 +895,14 @@ proptest! {
         contested in prop::collection::btree_set(0u8..3, 0..2),
         wipe_at in prop::option::weighted(0.1, 1u32..60),
         streams in any::<bool>(),
+        answers_as_applied in any::<bool>(),
     ) {
         let local = Local(RefCell::new(Device::default()));
         let mut server = Server {
             contested: contested.iter().map(|f| format!("f{f}")).collect(),
             wipe_from: wipe_at,
             streams,
+            answers_as_applied,
             ..Server::default()
         };
         let mut wiped = false;

@@ -55,6 +55,7 @@ impl Transport for HeldServer {
                     form_publications: Vec::new(),
                     compact_audit: false,
                     streams: false,
+                    answers_as_applied: false,
                 })
             }
             _ => {

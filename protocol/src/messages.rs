@@ -282,6 +282,28 @@ pub struct PushResponse {
     pub audit: Option<AuditUploadResponse>,
 }
 
+/// One message of a streamed push's answer when the device asks for the answer as a stream
+/// too (`Accept: application/vnd.zoufang.stream`): each applied message's acknowledgements,
+/// sent the moment it is applied, while the rest of the push is still on its way; or, last,
+/// why the server stopped. A cut then costs the device only the messages whose answers had
+/// not come back, which it sends again (the server acknowledges a change it holds again,
+/// without applying it twice) instead of asking what arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PushStreamAnswer {
+    Applied(PushResponse),
+    Refused(StreamRefusal),
+}
+
+/// Why the server stopped reading a streamed push whose answer had begun: the status and
+/// error it would have answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRefusal {
+    pub protocol: u32,
+    pub status: u16,
+    pub error: ErrorDetail,
+}
+
 /// `POST /v1/push/acks`: what the server recorded for these changes of the device (after a
 /// streamed push was cut, the device learns which of its messages arrived). Answered as a
 /// [`PushResponse`] with the acknowledgements the server holds (changes it never received are
@@ -492,6 +514,10 @@ pub struct CatalogResponse {
     /// streams (`crate::stream`).
     #[serde(default)]
     pub streams: bool,
+    /// The server answers a streamed push as it applies it ([`PushStreamAnswer`]), when asked
+    /// to: after a cut the device sends again what was not acknowledged instead of asking.
+    #[serde(default)]
+    pub answers_as_applied: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -770,5 +796,41 @@ mod tests {
             DecodeError::Compression
         );
         assert_eq!(protocol_of(&bomb), None);
+    }
+
+    /// Both shapes of a streamed push's answer read back as themselves, an ack that carries a
+    /// value and a conflict included; a message of neither shape is an error.
+    #[test]
+    fn a_streamed_push_answer_is_acks_or_a_refusal() {
+        let applied = PushStreamAnswer::Applied(PushResponse {
+            protocol: PROTOCOL_VERSION,
+            server_time: "2026-12-06T03:00:00Z".into(),
+            acks: vec![Ack {
+                seq: 7,
+                outcome: Outcome::Applied,
+                version: Some(3),
+                value: Some(serde_json::json!({"error": "a value named like a refusal"})),
+                conflict: None,
+                code: None,
+                message: None,
+            }],
+            audit: None,
+        });
+        let refused = PushStreamAnswer::Refused(StreamRefusal {
+            protocol: PROTOCOL_VERSION,
+            status: 400,
+            error: ErrorDetail {
+                code: "bad_message".into(),
+                message: "line 1".into(),
+            },
+        });
+        for answer in [applied, refused] {
+            let json = serde_json::to_vec(&answer).unwrap();
+            assert_eq!(
+                serde_json::from_slice::<PushStreamAnswer>(&json).unwrap(),
+                answer
+            );
+        }
+        assert!(serde_json::from_str::<PushStreamAnswer>(r#"{"protocol":1}"#).is_err());
     }
 }

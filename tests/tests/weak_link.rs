@@ -16,11 +16,12 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use zoufang_core::protocol::messages::PushRequest;
-use zoufang_core::protocol::messages::Role;
-use zoufang_core::protocol::stream::{decode_stream, encode_stream};
+use std::io::Read as _;
+
+use zoufang_core::protocol::messages::{PushRequest, PushStreamAnswer, Role};
+use zoufang_core::protocol::stream::{StreamWriter, decode_stream, encode_stream};
 use zoufang_core::sync::{
-    HttpRequest, HttpResponse, LocalState, ReqwestTransport, STALL_TIMEOUT, Transport,
+    Cut, HttpRequest, HttpResponse, LocalState, ReqwestTransport, STALL_TIMEOUT, Transport,
     TransportError,
 };
 use zoufang_core::{Collector, Error};
@@ -277,4 +278,132 @@ fn a_cut_push_is_asked_about_not_sent_again() {
         lost.is_subset(&resent),
         "changes lost in the cut were not sent again"
     );
+}
+
+/// A server that answers a streamed push as it applies it: the phone reads each message's
+/// acknowledgements while sending, so after a cut it knows what arrived but the last moments,
+/// and sends the rest again at once instead of asking. What arrived without its answer
+/// coming back is sent twice and applied once; what was acknowledged is never sent again.
+#[test]
+fn a_push_answered_as_applied_is_resumed_without_asking() {
+    let server = TestServer::start();
+    let phone = coordinator_with_visits(&server, "maha", 60);
+    let link = CutAfterSomeAnswers {
+        inner: ReqwestTransport::new(&server.url).unwrap(),
+        cut_done: Default::default(),
+        arrived: Default::default(),
+        acked: Default::default(),
+        seen: Default::default(),
+    };
+    let report = phone.collector.sync(&link, None, None).unwrap();
+    assert!(nothing_waiting(&phone.collector), "{report:?}");
+    let held = server.storage.stats().unwrap();
+    assert_eq!((held.households, held.visits), (60, 60));
+
+    let seen = link.seen.lock();
+    let first = seen
+        .iter()
+        .position(|(p, _)| p == "/v1/push/stream")
+        .expect("a streamed push");
+    assert_eq!(seen[first + 1].0, "/v1/push/stream", "no question asked");
+    assert!(seen.iter().all(|(p, _)| p != "/v1/push/acks"));
+    let resent: BTreeSet<u64> = seen[first + 1..]
+        .iter()
+        .flat_map(|(_, s)| s.iter().copied())
+        .collect();
+    let (arrived, acked) = (link.arrived.lock(), link.acked.lock());
+    let cut: BTreeSet<u64> = seen[first].1.iter().copied().collect();
+    let unacked: BTreeSet<u64> = cut.difference(&acked).copied().collect();
+    assert!(!acked.is_empty() && !unacked.is_empty());
+    assert!(
+        resent.is_disjoint(&acked),
+        "acknowledged changes were sent again"
+    );
+    assert!(
+        unacked.is_subset(&resent),
+        "unacknowledged changes were not sent again"
+    );
+    // The message whose answer the cut took: arrived, applied, sent again, held once.
+    assert!(arrived.difference(&acked).next().is_some());
+}
+
+/// Lets the first half of the first streamed push's messages reach the server, hands the
+/// phone the answers to all of them but the last (the cut took it), then cuts.
+struct CutAfterSomeAnswers {
+    inner: ReqwestTransport,
+    cut_done: std::sync::atomic::AtomicBool,
+    arrived: parking_lot::Mutex<BTreeSet<u64>>,
+    acked: parking_lot::Mutex<BTreeSet<u64>>,
+    seen: parking_lot::Mutex<Vec<(String, Vec<u64>)>>,
+}
+
+impl CutAfterSomeAnswers {
+    fn record(&self, request: &HttpRequest) -> Vec<PushRequest> {
+        let (messages, _) = decode_stream::<PushRequest>(&request.body);
+        let seqs = if request.path == "/v1/push/stream" {
+            messages
+                .iter()
+                .flat_map(|m| m.changes.iter().map(|c| c.seq))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.seen.lock().push((request.path.clone(), seqs));
+        messages
+    }
+}
+
+impl Transport for CutAfterSomeAnswers {
+    fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+        self.record(request);
+        self.inner.send(request)
+    }
+
+    fn reads_while_sending(&self) -> bool {
+        true
+    }
+
+    fn send_streaming(
+        &self,
+        request: &HttpRequest,
+        receive: &mut dyn FnMut(u16, &mut dyn std::io::Read),
+    ) -> Result<(), Cut> {
+        let messages = self.record(request);
+        if request.path != "/v1/push/stream" || self.cut_done.swap(true, Ordering::SeqCst) {
+            return self.inner.send_streaming(request, receive);
+        }
+        assert!(messages.len() >= 4, "a push stream of several messages");
+        let half = &messages[..messages.len() / 2];
+        let seqs = half.iter().flat_map(|m| m.changes.iter().map(|c| c.seq));
+        self.arrived.lock().extend(seqs);
+        let mut arrived = request.clone();
+        arrived.body = encode_stream(half).unwrap();
+        let answer = self.inner.send(&arrived).unwrap();
+        let (mut answers, _) = decode_stream::<PushStreamAnswer>(&answer.body);
+        assert_eq!(answers.len(), half.len(), "one answer per message");
+        answers.pop();
+        for a in &answers {
+            let PushStreamAnswer::Applied(a) = a else {
+                panic!("refused: {a:?}")
+            };
+            self.acked.lock().extend(a.acks.iter().map(|k| k.seq));
+        }
+        let mut writer = StreamWriter::new().unwrap();
+        let mut body = Vec::new();
+        for a in &answers {
+            writer.push(a).unwrap();
+            body.append(&mut writer.take());
+        }
+        receive(200, &mut body.as_slice().chain(CutHere));
+        Ok(())
+    }
+}
+
+/// A body's end where the link cut it.
+struct CutHere;
+
+impl std::io::Read for CutHere {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("the link dropped"))
+    }
 }

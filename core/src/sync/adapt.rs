@@ -32,7 +32,7 @@ const FIRST_OVERHEAD: f64 = 0.05;
 /// loses little to one and pays its round trip once.
 pub(super) const STREAM_SECONDS: f64 = 4.0;
 /// Link time of one message in a stream: what a cut costs at most.
-pub(super) const MESSAGE_SECONDS: f64 = 0.25;
+pub(super) const MESSAGE_SECONDS: f64 = 0.08;
 /// Pages in a streamed pull, at least (when the link allows bigger ones): the phone applies
 /// one while the server reads and sends the next, instead of waiting for the whole answer.
 const PAGES_AT_LEAST: usize = 8;
@@ -96,12 +96,12 @@ impl Size {
     }
 
     /// Items per message of a streamed request: about [`MESSAGE_SECONDS`] of the link as the
-    /// last answer measured it (before any, a sixteenth of the request, which is sized to take
-    /// [`STREAM_SECONDS`]).
+    /// last answer measured it (before any, a sixteenth of the request: each message is a
+    /// transaction on the server, and the link is not known yet).
     pub fn per_message(&self) -> usize {
         let n = match self.per_item {
             Some(t) => MESSAGE_SECONDS / t,
-            None => self.current as f64 * MESSAGE_SECONDS / STREAM_SECONDS,
+            None => self.current as f64 / 16.0,
         };
         (n.ceil() as usize).clamp(1, self.current.max(1))
     }
@@ -165,6 +165,14 @@ pub(super) struct LinkWatch {
     pub in_a_row: u32,
     /// The server streams pulls and takes streamed pushes (its catalog said so).
     pub streams: bool,
+    /// The transport reads answers while sending (the driver says so).
+    pub reads_while_sending: bool,
+    /// ...and the server answers a streamed push as it applies it (its catalog said so): after
+    /// a cut, what was not acknowledged is sent again rather than asked about...
+    pub duplex: bool,
+    /// ...unless cuts keep coming with no answer at all (a proxy on the way may hold the
+    /// answers back): streamed pushes cut in a row before any answer came.
+    pub silent_cuts: u32,
     /// When (since the sync began) the link last carried something useful, and when the last
     /// request failed: a link that carried something lately is up, however often it drops.
     pub last_progress: Duration,
@@ -181,6 +189,9 @@ impl LinkWatch {
             interruptions: 0,
             in_a_row: 0,
             streams: false,
+            reads_while_sending: false,
+            duplex: false,
+            silent_cuts: 0,
             last_progress: Duration::ZERO,
             last_failure: Duration::ZERO,
         }
@@ -382,13 +393,13 @@ mod tests {
     }
 
     #[test]
-    fn a_streamed_message_is_a_quarter_second_of_the_link() {
+    fn a_streamed_message_is_a_moment_of_the_link() {
         let mut s = Size::new(160, 2000);
         // Before any answer: a sixteenth of the request.
         assert_eq!(s.per_message(), 10);
-        // 10 ms an item: 25 items a message, however large the request grows.
+        // 10 ms an item: 8 items a message (80 ms), however large the request grows.
         s.succeeded(160, 1.6, STREAM_SECONDS, 0.0);
-        assert_eq!((s.current, s.per_message()), (320, 25));
+        assert_eq!((s.current, s.per_message()), (320, 8));
         // Never more than the request itself.
         let mut small = Size::new(4, 2000);
         small.succeeded(4, 0.004, STREAM_SECONDS, 0.0);

@@ -61,6 +61,7 @@ pub(crate) fn drive<L: LocalState + ?Sized>(
     listener: Option<&dyn SyncListener>,
     cancel: Option<&CancelFlag>,
 ) -> Result<()> {
+    engine.set_reads_while_sending(transport.reads_while_sending());
     let started = Instant::now();
     let now = || Moment {
         wall: clock(),
@@ -100,7 +101,7 @@ pub(crate) fn drive<L: LocalState + ?Sized>(
     Ok(())
 }
 
-/// Sends a streamed pull and applies its pages as they arrive.
+/// Sends a streamed request and applies its answer's messages as they arrive.
 fn receive_stream<L: LocalState + ?Sized>(
     engine: &mut SyncEngine<'_, L>,
     transport: &dyn Transport,
@@ -109,7 +110,7 @@ fn receive_stream<L: LocalState + ?Sized>(
 ) -> Result<()> {
     let mut handled = None;
     let sent = transport.send_streaming(request, &mut |status, body| {
-        handled = Some(engine.handle_pull_stream(status, body, now()));
+        handled = Some(engine.handle_stream(status, body, now));
     });
     match (handled, sent) {
         (Some(outcome), _) => outcome,

@@ -15,6 +15,7 @@
 //! next sync resumes from there.
 
 use std::collections::VecDeque;
+use std::io::Read;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,7 +26,7 @@ use super::download::Download;
 use super::local::LocalState;
 use super::push::Unanswered;
 use super::transport::{HttpRequest, HttpResponse, RetryPolicy};
-use super::wire::{decode, encode, is_wipe_order, request};
+use super::wire::{decode, encode, is_wipe_order, request, server_error};
 use crate::error::{Error, Result};
 use zoufang_protocol::messages::{
     CatalogRequest, CatalogResponse, ContentRef, EnrollRequest, EnrollResponse, PROTOCOL_VERSION,
@@ -354,6 +355,13 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         self.phase
     }
 
+    /// The transport hands an answer over while its request is still being sent
+    /// ([`super::Transport::reads_while_sending`]): a streamed push's answers can then come
+    /// back before a cut, if the server sends them as it applies the push.
+    pub fn set_reads_while_sending(&mut self, yes: bool) {
+        self.link.reads_while_sending = yes;
+    }
+
     pub fn progress(&self) -> SyncProgress {
         SyncProgress {
             phase: self.phase,
@@ -509,6 +517,10 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 .retain(|(k, _)| k != "Content-Encoding" && k != "Content-Type");
             req.headers
                 .push(("Content-Type".into(), STREAM_TYPE.into()));
+            if self.link.duplex {
+                // Its answer as a stream too: each message's acknowledgements as it is applied.
+                req.headers.push(("Accept".into(), STREAM_TYPE.into()));
+            }
         }
         req
     }
@@ -542,21 +554,10 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             ..
         }) = &self.in_flight
         {
-            // What of it arrived is asked next: the server applied every whole message.
-            let out_for = now.elapsed.saturating_sub(self.sent_elapsed);
-            let seqs_len = seqs.len();
+            // No answer began: sent again or asked about (`push.rs`); the server applied every
+            // whole message that arrived.
             let (seqs, audit) = (seqs.clone(), *audit);
-            self.unanswered
-                .get_or_insert_with(Unanswered::default)
-                .add(&seqs, audit, out_for);
-            self.in_flight = None;
-            self.link.interruptions += 1;
-            tracing::debug!(
-                changes = seqs_len,
-                out_for_ms = out_for.as_millis() as u64,
-                "streamed push cut; asking what arrived"
-            );
-            return Ok(());
+            return self.push_stream_cut(&seqs, false, audit, reason, now);
         }
         if let (Some(InFlight::Pull), Some(partial)) = (&self.in_flight, partial) {
             self.report.bytes_received += partial.body.len() as u64;
@@ -653,6 +654,8 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
                 let waiting = self.local.outbox_len()?;
                 self.compact_audit = catalog.compact_audit;
                 self.link.streams = catalog.streams;
+                self.link.duplex =
+                    catalog.streams && catalog.answers_as_applied && self.link.reads_while_sending;
                 if self.compact_audit && waiting > 0 {
                     let trail = self.local.pending_audit_count()?;
                     self.audit_per_change = trail as f64 / waiting as f64;
@@ -734,10 +737,47 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
         Ok(())
     }
 
-    /// The request in flight is a streamed pull: its answer is best read as it arrives
-    /// ([`Self::handle_pull_stream`]).
+    /// The request in flight is a streamed pull or push: its answer is best read as it arrives
+    /// ([`Self::handle_stream`]).
     pub fn receives_stream(&self) -> bool {
-        self.link.streams && matches!(self.in_flight, Some(InFlight::Pull))
+        self.link.streams
+            && matches!(
+                self.in_flight,
+                Some(
+                    InFlight::Pull
+                        | InFlight::Push {
+                            streamed: Some(_),
+                            ..
+                        }
+                )
+            )
+    }
+
+    /// The answer to a streamed request as it arrives (`Transport::send_streaming`): a pull's
+    /// pages or a push's acknowledgements are applied while the rest is on its way; a body cut
+    /// by the link keeps what came whole. `now` is read as the answer goes.
+    pub fn handle_stream(
+        &mut self,
+        status: u16,
+        body: &mut dyn Read,
+        now: &dyn Fn() -> Moment,
+    ) -> Result<()> {
+        if status != 200 {
+            // An error's text is short; a cut inside it is still that status.
+            let mut text = Vec::new();
+            let _ = body.take(64 * 1024).read_to_end(&mut text);
+            let response = HttpResponse { status, body: text };
+            if status >= 500 || status == 429 {
+                // A busy server: tried again, as the driver retries any other request.
+                let reason = server_error(&response).to_string();
+                return self.handle_interruption(&reason, now());
+            }
+            return self.handle_response(&response, now());
+        }
+        match &self.in_flight {
+            Some(InFlight::Push { .. }) => self.handle_push_stream(body, now),
+            _ => self.handle_pull_stream(body, now()),
+        }
     }
 
     /// Records the sync's end and returns its report.

@@ -65,24 +65,7 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
     /// A streamed pull's answer as it arrives (`Transport::send_streaming`): its pages are
     /// applied while the rest is on its way. A cut body counts as a cut answer whose whole
     /// pages arrived.
-    pub fn handle_pull_stream(
-        &mut self,
-        status: u16,
-        body: &mut dyn Read,
-        now: Moment,
-    ) -> Result<()> {
-        if status != 200 {
-            // An error's text is short; a cut inside it is still that status.
-            let mut text = Vec::new();
-            let _ = body.take(64 * 1024).read_to_end(&mut text);
-            let response = HttpResponse { status, body: text };
-            if status >= 500 || status == 429 {
-                // A busy server: tried again, as the driver retries any other request.
-                let reason = server_error(&response).to_string();
-                return self.handle_interruption(&reason, now);
-            }
-            return self.handle_response(&response, now);
-        }
+    pub(super) fn handle_pull_stream(&mut self, body: &mut dyn Read, now: Moment) -> Result<()> {
         let mut counted = Counted {
             body,
             bytes: 0,
@@ -173,10 +156,10 @@ impl PagesRead {
 
 /// A body read through: its bytes counted, and the link's failure kept (a cut is not a bad
 /// page).
-struct Counted<'a> {
-    body: &'a mut dyn Read,
-    bytes: usize,
-    failure: Option<String>,
+pub(super) struct Counted<'a> {
+    pub body: &'a mut dyn Read,
+    pub bytes: usize,
+    pub failure: Option<String>,
 }
 
 impl Read for Counted<'_> {

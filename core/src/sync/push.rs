@@ -9,16 +9,23 @@
 //! records meanwhile was tried: it saved little on a link cut every 2 s and cost much on one
 //! cut every half second, where the questions it piled up no longer fit between two cuts.
 
+use std::collections::HashSet;
+use std::io::Read;
 use std::time::Duration;
 
+use super::adapt::Batch;
 use super::engine::{InFlight, Moment, SyncEngine};
 use super::local::LocalState;
+use super::pull::Counted;
 use super::transport::HttpResponse;
 use super::wire::{decode, encode};
 use crate::error::{Error, Result};
 use crate::records::timestamp;
-use zoufang_protocol::messages::{AcksRequest, PROTOCOL_VERSION, PushRequest, PushResponse};
-use zoufang_protocol::stream::{MAX_MESSAGES, StreamWriter};
+use zoufang_protocol::messages::{
+    AcksRequest, ErrorDetail, PROTOCOL_VERSION, PushRequest, PushResponse, PushStreamAnswer,
+    StreamRefusal,
+};
+use zoufang_protocol::stream::{MAX_MESSAGES, StreamReader, StreamWriter};
 
 /// Changes asked about in one question, at most.
 const MOST_ASKED: usize = 500;
@@ -42,6 +49,18 @@ impl Unanswered {
 }
 
 type Request = (&'static str, Vec<u8>, InFlight);
+
+/// An answer message that does not decode: the server's fault, never retried as a cut.
+fn bad_answer(message: String) -> StreamRefusal {
+    StreamRefusal {
+        protocol: PROTOCOL_VERSION,
+        status: 200,
+        error: ErrorDetail {
+            code: "bad_message".into(),
+            message,
+        },
+    }
+}
 
 fn stream_failed(e: std::io::Error) -> Error {
     Error::Storage(format!("cannot encode a stream: {e}"))
@@ -141,7 +160,9 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         response: &HttpResponse,
     ) -> Result<usize> {
         let answer: PushResponse = decode(response)?;
-        // Asked and answered: what arrived is acknowledged, the rest goes again.
+        // Asked and answered: what arrived is acknowledged, the rest goes again (and after a
+        // cut, sent again unasked if the server answers as it applies).
+        self.link.silent_cuts = 0;
         if let Some(waiting) = &mut self.unanswered {
             waiting.seqs.retain(|s| !asked.seqs.contains(s));
             if waiting.seqs.is_empty() {
@@ -173,6 +194,132 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         self.report.handed_over += with_code("handed_over");
         self.phase_done += n;
         Ok(())
+    }
+
+    /// A streamed push's answer read as it arrives: each message's acknowledgements are
+    /// applied the moment they come, while the server applies the next. When the link cuts it,
+    /// what was acknowledged is done; the rest stays in the outbox. From a server seen to
+    /// answer as it applies (this sync), the rest is simply sent again: only what arrived in
+    /// the last moments before the cut is sent twice, and the server acknowledges it again
+    /// without applying it twice, which costs less than a round trip to ask. Otherwise the
+    /// device asks what arrived ([`Unanswered`]).
+    pub(super) fn handle_push_stream(
+        &mut self,
+        body: &mut dyn Read,
+        now: &dyn Fn() -> Moment,
+    ) -> Result<()> {
+        let Some(InFlight::Push {
+            changes,
+            audit,
+            streamed: Some(seqs),
+        }) = self.in_flight.clone()
+        else {
+            return Err(Error::InvalidInput("a push's answer without a push".into()));
+        };
+        let mut counted = Counted {
+            body,
+            bytes: 0,
+            failure: None,
+        };
+        let (mut answers, mut acked) = (0, HashSet::new());
+        let mut reader = StreamReader::new(&mut counted);
+        let refused = loop {
+            match reader.next_message::<PushStreamAnswer>() {
+                None => break None,
+                Some(Ok(PushStreamAnswer::Applied(answer))) => {
+                    if answers == 0 {
+                        self.measure_clock(&answer.server_time, now());
+                    }
+                    answers += 1;
+                    acked.extend(answer.acks.iter().map(|a| a.seq));
+                    self.apply_push_answer(&answer, audit)?;
+                }
+                Some(Ok(PushStreamAnswer::Refused(r))) => break Some(r),
+                Some(Err(e)) => break Some(bad_answer(e.to_string())),
+            }
+        };
+        drop(reader);
+        self.report.bytes_received += counted.bytes as u64;
+        let unacked: Vec<u64> = seqs.into_iter().filter(|s| !acked.contains(s)).collect();
+        let cut = match (counted.failure, refused) {
+            (Some(reason), _) => reason,
+            (None, Some(r)) if r.status < 500 && r.status != 429 => {
+                self.in_flight = None;
+                return Err(Error::Server {
+                    status: r.status,
+                    code: r.error.code,
+                    message: r.error.message,
+                });
+            }
+            (None, Some(r)) => r.error.message,
+            (None, None) if changes > 0 && acked.is_empty() => {
+                self.in_flight = None;
+                return Err(Error::Server {
+                    status: 200,
+                    code: "no_acks".into(),
+                    message: "the server acknowledged nothing".into(),
+                });
+            }
+            (None, None) => {
+                // Whole. A change the server did not acknowledge stays in the outbox.
+                self.in_flight = None;
+                self.link.silent_cuts = 0;
+                let took = now().elapsed.saturating_sub(self.sent_elapsed);
+                let bytes = self.sent_bytes + counted.bytes;
+                let items = usize::try_from(changes).unwrap_or(usize::MAX);
+                let elapsed = now().elapsed;
+                self.link
+                    .answered(Some((Batch::Push, items)), (bytes, took), elapsed);
+                return Ok(());
+            }
+        };
+        self.push_stream_cut(&unacked, answers > 0, audit, &cut, now())
+    }
+
+    /// A streamed push cut (by the link or a busy server) with `unacked` of its changes not
+    /// acknowledged, after `answered` (some of its answers had come back).
+    pub(super) fn push_stream_cut(
+        &mut self,
+        unacked: &[u64],
+        answered: bool,
+        audit: Option<u64>,
+        reason: &str,
+        now: Moment,
+    ) -> Result<()> {
+        self.in_flight = None;
+        let out_for = now.elapsed.saturating_sub(self.sent_elapsed);
+        let link = &mut self.link;
+        link.silent_cuts = if answered { 0 } else { link.silent_cuts + 1 };
+        // Sent again only while answers do come back before cuts: a proxy that holds them
+        // until the end would have the device send the same changes forever.
+        let resend = link.duplex && link.silent_cuts < 2;
+        tracing::debug!(
+            unacked = unacked.len(),
+            out_for_ms = out_for.as_millis() as u64,
+            answered,
+            resend,
+            "streamed push cut"
+        );
+        if unacked.is_empty() || (resend && answered) {
+            link.cut_after_progress(now.elapsed);
+            return Ok(());
+        }
+        if !resend {
+            self.unanswered
+                .get_or_insert_with(Unanswered::default)
+                .add(unacked, audit, out_for);
+            link.interruptions += 1;
+            return Ok(());
+        }
+        // Nothing came back: sent again, smaller if the request was too big for the link.
+        link.interruptions += 1;
+        link.last_failure = now.elapsed;
+        let nothing = Unanswered {
+            seqs: Vec::new(),
+            audit,
+            out_for,
+        };
+        self.push_cut_for_nothing(&nothing, reason)
     }
 
     /// A streamed push was cut before any of it arrived: too big for the link if it was out

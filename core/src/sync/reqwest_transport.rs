@@ -95,6 +95,11 @@ impl Transport for ReqwestTransport {
         })
     }
 
+    /// hyper reads the answer while it is still writing the body.
+    fn reads_while_sending(&self) -> bool {
+        true
+    }
+
     fn send_streaming(
         &self,
         request: &HttpRequest,

@@ -39,6 +39,14 @@ pub trait Transport: Send + Sync {
         })
     }
 
+    /// Whether [`Transport::send_streaming`] hands the answer over while the request's body is
+    /// still being sent (HTTP/1.1 allows it; many clients read only once they have sent
+    /// everything). Then the server acknowledges a streamed push message by message as it
+    /// applies it, and a cut costs only what had not been acknowledged. The default: no.
+    fn reads_while_sending(&self) -> bool {
+        false
+    }
+
     /// Sends, and hands the answer to `receive` as it arrives: its status and a reader of its
     /// body that yields bytes as they come and fails (an I/O error) where the link cut it, so
     /// the engine applies a streamed answer's messages while the rest is still on its way.

@@ -415,6 +415,7 @@ async fn catalog(
             form_publications: storage.form_publications()?,
             compact_audit: true,
             streams: true,
+            answers_as_applied: true,
             user: Some(auth.user),
         })
     })

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use zoufang_protocol::messages::{
-    PROTOCOL_VERSION, PullRequest, PullResponse, PushRequest, PushResponse,
+    Ack, AuditUploadResponse, ErrorDetail, PROTOCOL_VERSION, PullRequest, PullResponse,
+    PushRequest, PushResponse, PushStreamAnswer, StreamRefusal,
 };
 use zoufang_protocol::stream::{CONTENT_TYPE, StreamError, StreamReader, StreamWriter};
 
@@ -21,7 +23,7 @@ use super::{
     ApiResult, AppState, Device, MAX_BODY_BYTES, apply_push, blocking, checked_push, reply,
 };
 use crate::service::pull::MAX_PULL_LIMIT;
-use crate::storage::{DeviceAuth, ServerError};
+use crate::storage::{DeviceAuth, ServerError, Storage};
 
 /// Most messages in one streamed push (each at most `MAX_PUSH_CHANGES` changes).
 pub const MAX_STREAM_MESSAGES: usize = zoufang_protocol::stream::MAX_MESSAGES;
@@ -188,47 +190,43 @@ fn arriving(body: Body) -> Arriving {
 }
 
 /// `POST /v1/push/stream`: a push as a stream of [`PushRequest`] messages, each checked and
-/// applied (its own transaction) as it arrives; the answer holds every acknowledgement. A cut
-/// body keeps what was applied, and the device asks what arrived.
+/// applied (its own transaction) as it arrives. A device that accepts a stream in return gets
+/// each message's acknowledgements the moment it is applied ([`push_answered_as_applied`]);
+/// otherwise the answer holds every acknowledgement at the end. A cut body keeps what was
+/// applied.
 pub(super) async fn push_stream(
     State(state): State<AppState>,
     Device(auth): Device,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
+    let accepts_stream = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim() == CONTENT_TYPE));
+    if accepts_stream {
+        return Ok(push_answered_as_applied(&state, auth, body));
+    }
     let started = std::time::Instant::now();
     let (storage, clock) = (state.storage.clone(), state.clock.clone());
     let now = clock.clone();
     let device = auth.device_id.clone();
     let body = arriving(body);
     let outcome = blocking(move || {
-        let mut reader = StreamReader::new(body);
-        let (mut acks, mut audit, mut messages) = (Vec::new(), None, 0);
-        loop {
-            let req: PushRequest = match reader.next_message() {
-                None => break,
-                Some(Ok(req)) => req,
-                Some(Err(StreamError::Message(e))) => {
-                    return Err(ServerError::bad("bad_message", e.to_string()));
-                }
-                Some(Err(_)) => return Ok(None),
-            };
-            messages += 1;
-            if messages > MAX_STREAM_MESSAGES {
-                let m = format!("at most {MAX_STREAM_MESSAGES} messages per streamed push");
-                return Err(ServerError::bad("too_many_changes", m));
-            }
-            if req.protocol != PROTOCOL_VERSION {
-                return Err(ServerError::Protocol {
-                    got: req.protocol,
-                    supported: PROTOCOL_VERSION,
-                });
-            }
-            let device_now = checked_push(&auth, &req)?;
-            let (more, answer) = apply_push(storage.as_ref(), &auth, req, device_now, clock())?;
-            acks.extend(more);
-            audit = answer.or(audit);
-        }
-        Ok(Some((acks, audit, messages)))
+        let (mut acks, mut audit) = (Vec::new(), None);
+        let messages = apply_messages(
+            storage.as_ref(),
+            &auth,
+            &*clock,
+            body,
+            &mut |more, answer| {
+                acks.extend(more);
+                audit = answer.or(audit.take());
+                true
+            },
+        )?;
+        Ok(messages.map(|m| (acks, audit, m)))
     })
     .await?;
     let Some((acks, audit, messages)) = outcome else {
@@ -244,4 +242,108 @@ pub(super) async fn push_stream(
         acks,
         audit,
     })
+}
+
+/// A streamed push answered as a stream of [`PushStreamAnswer`]s: the answer begins at once,
+/// each applied message's acknowledgements follow it while the device is still sending, and a
+/// refusal (a bad message, a storage failure) ends it as its last message.
+fn push_answered_as_applied(state: &AppState, auth: DeviceAuth, body: Body) -> Response {
+    let started = std::time::Instant::now();
+    let (storage, clock) = (state.storage.clone(), state.clock.clone());
+    let device = auth.device_id.clone();
+    let body = arriving(body);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
+    tokio::task::spawn_blocking(move || {
+        let Ok(mut writer) = StreamWriter::new() else {
+            return;
+        };
+        let mut changes = 0;
+        let mut answer = |message: &PushStreamAnswer| {
+            if writer.push(message).is_err() {
+                return false;
+            }
+            send_all(&tx, &mut vec![Bytes::from(writer.take())])
+        };
+        let outcome = apply_messages(
+            storage.as_ref(),
+            &auth,
+            &*clock,
+            body,
+            &mut |acks, audit| {
+                changes += acks.len();
+                answer(&PushStreamAnswer::Applied(PushResponse {
+                    protocol: PROTOCOL_VERSION,
+                    server_time: clock().to_rfc3339(),
+                    acks,
+                    audit,
+                }))
+            },
+        );
+        let ms = started.elapsed().as_millis() as u64;
+        match outcome {
+            Ok(Some(messages)) => {
+                tracing::info!(device = %device, changes, messages, ms, "push (streamed, answered as applied)");
+            }
+            Ok(None) => {
+                tracing::info!(device = %device, changes, ms, "push (streamed, answered as applied) cut; what arrived is kept");
+            }
+            Err(e) => {
+                if e.status() >= 500 {
+                    tracing::error!(code = e.code(), "streamed push failed: {e}");
+                }
+                answer(&PushStreamAnswer::Refused(StreamRefusal {
+                    protocol: PROTOCOL_VERSION,
+                    status: e.status(),
+                    error: ErrorDetail {
+                        code: e.code().to_owned(),
+                        message: e.to_string(),
+                    },
+                }));
+            }
+        }
+        if let Ok(tail) = writer.finish() {
+            send_all(&tx, &mut vec![Bytes::from(tail)]);
+        }
+    });
+    stream_body(rx)
+}
+
+/// Reads a streamed push's messages as they arrive and applies each, handing its
+/// acknowledgements and audit answer to `applied` (which returns false once nobody listens).
+/// Returns the messages applied, `None` if the body was cut (or the answer's reader went).
+fn apply_messages(
+    storage: &dyn Storage,
+    auth: &DeviceAuth,
+    clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
+    body: Arriving,
+    applied: &mut dyn FnMut(Vec<Ack>, Option<AuditUploadResponse>) -> bool,
+) -> Result<Option<usize>, ServerError> {
+    let mut reader = StreamReader::new(body);
+    let mut messages = 0;
+    loop {
+        let req: PushRequest = match reader.next_message() {
+            None => return Ok(Some(messages)),
+            Some(Ok(req)) => req,
+            Some(Err(StreamError::Message(e))) => {
+                return Err(ServerError::bad("bad_message", e.to_string()));
+            }
+            Some(Err(_)) => return Ok(None),
+        };
+        messages += 1;
+        if messages > MAX_STREAM_MESSAGES {
+            let m = format!("at most {MAX_STREAM_MESSAGES} messages per streamed push");
+            return Err(ServerError::bad("too_many_changes", m));
+        }
+        if req.protocol != PROTOCOL_VERSION {
+            return Err(ServerError::Protocol {
+                got: req.protocol,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        let device_now = checked_push(auth, &req)?;
+        let (acks, audit) = apply_push(storage, auth, req, device_now, clock())?;
+        if !applied(acks, audit) {
+            return Ok(None);
+        }
+    }
 }
