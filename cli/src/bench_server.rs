@@ -69,6 +69,7 @@ fn device_pushes(storage: &dyn Storage, i: usize) -> Result<(String, Vec<Vec<u8>
                 device_time: now.to_rfc3339(),
                 changes,
                 audit: None,
+                held: Vec::new(),
             })
             .map_err(|e| fail("bench", e.to_string()))
         })

@@ -175,6 +175,7 @@ pub fn run(
             .map(|r| vec![change(1, r)])
             .unwrap_or_default(),
         audit: None,
+        held: Vec::new(),
     })
     .map_err(|e| fail("bench", e.to_string()))?;
     let batch = messages::encode(&PushRequest {
@@ -187,6 +188,7 @@ pub fn run(
             .map(|(i, r)| change(i as u64 + 1, r))
             .collect(),
         audit: None,
+        held: Vec::new(),
     })
     .map_err(|e| fail("bench", e.to_string()))?;
     let zstd_one = *compressed_answers.first().unwrap_or(&1) as f64;
@@ -476,6 +478,7 @@ pub fn run(
                         device_time: chrono::Utc::now().to_rfc3339(),
                         changes: make_batch(i, r),
                         audit: None,
+                        held: Vec::new(),
                     })
                     .ok()
                 })

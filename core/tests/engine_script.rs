@@ -334,6 +334,11 @@ struct Server {
     streams: bool,
     /// The server answers a streamed push as it applies it, message by message.
     answers_as_applied: bool,
+    /// Changes named as held and found so, and pushes refused for naming one not held.
+    held_named: u32,
+    not_held: u32,
+    /// The devices' first push batch (at least 3): large ones make streams of many messages.
+    push_batch: usize,
     /// What arrived of an answer the link cut (a streamed pull's first pages, a streamed
     /// push's first answers).
     partial: Option<HttpResponse>,
@@ -619,16 +624,47 @@ impl Server {
                 } else {
                     messages.len()
                 };
-                let answers: Vec<m::PushResponse> = messages
-                    .into_iter()
-                    .take(arrived)
-                    .map(|message| self.push(message, fault))
-                    .collect();
                 let as_applied = self.answers_as_applied
                     && req
                         .headers
                         .iter()
                         .any(|(k, v)| k == "Accept" && v == STREAM_TYPE);
+                // Changes taken as arrived: answered as recorded, or the push is refused.
+                let held = messages.first().map(|m| m.held.clone()).unwrap_or_default();
+                assert!(
+                    as_applied || held.is_empty(),
+                    "held named to a server that cannot"
+                );
+                if held.iter().any(|seq| !self.recorded.contains_key(seq)) {
+                    let refusal = m::PushStreamAnswer::Refused(m::StreamRefusal {
+                        protocol: m::PROTOCOL_VERSION,
+                        status: 409,
+                        error: m::ErrorDetail {
+                            code: "not_held".into(),
+                            message: "scripted".into(),
+                        },
+                    });
+                    self.not_held += 1;
+                    return match fault {
+                        Fault::LostAnswer | Fault::PartialChunk => None,
+                        _ => Some(HttpResponse {
+                            status: 200,
+                            body: encode_stream(&[refusal]).unwrap(),
+                        }),
+                    };
+                }
+                let mut answers: Vec<m::PushResponse> = messages
+                    .into_iter()
+                    .take(arrived)
+                    .map(|message| self.push(message, fault))
+                    .collect();
+                if let Some(first) = answers.first_mut() {
+                    let mut acks: Vec<Ack> =
+                        held.iter().map(|s| self.recorded[s].clone()).collect();
+                    self.held_named += acks.len() as u32;
+                    acks.append(&mut first.acks);
+                    first.acks = acks;
+                }
                 if as_applied {
                     // Each message's answer as it is applied; a cut takes the last one's.
                     let delivered = if fault == Fault::PartialChunk {
@@ -793,7 +829,7 @@ fn sync_once(
     faults: &mut dyn Iterator<Item = Fault>,
 ) -> (Result<SyncReport>, bool) {
     let config = SyncConfig {
-        push_batch: 3,
+        push_batch: server.push_batch.max(3),
         pull_limit: 4,
         ..SyncConfig::default()
     };
@@ -820,7 +856,17 @@ fn sync_once(
             let fault = faults.next().unwrap_or(Fault::None);
             // As the real driver does: a streamed answer is read as it arrives.
             let streamed = engine.receives_stream();
-            let at = || now(step);
+            // Within a request time moves 10 ms a look, so answers come at a pace.
+            let looks = std::cell::Cell::new(0u64);
+            let at = || {
+                looks.set(looks.get() + 1);
+                let t = now(step);
+                let later = 10 * looks.get();
+                Moment {
+                    wall: t.wall + chrono::TimeDelta::milliseconds(later as i64),
+                    elapsed: t.elapsed + Duration::from_millis(later),
+                }
+            };
             match server.handle(&req, fault) {
                 Some(r) if r.status >= 500 => {
                     engine.handle_interruption("server error", now(step))?
@@ -863,10 +909,14 @@ struct Round {
 
 fn round() -> impl Strategy<Value = Round> {
     (
-        prop::collection::vec(
-            (any::<u8>(), prop::option::weighted(0.2, 1usize..200_000)),
-            0..6,
-        ),
+        prop_oneof![
+            3 => prop::collection::vec(
+                (any::<u8>(), prop::option::weighted(0.2, 1usize..200_000)),
+                0..6,
+            ),
+            // A day's fieldwork at once: pushes of many messages, cut between their answers.
+            1 => prop::collection::vec((any::<u8>(), Just(None)), 20..48),
+        ],
         prop::collection::vec((0usize..2, 1u64..1000), 0..8),
         prop::option::weighted(0.2, 0usize..2),
         prop::collection::vec(any::<u8>(), 0..40),
@@ -896,6 +946,7 @@ proptest! {
         wipe_at in prop::option::weighted(0.1, 1u32..60),
         streams in any::<bool>(),
         answers_as_applied in any::<bool>(),
+        push_batch in prop_oneof![Just(3usize), 3usize..60],
     ) {
         let local = Local(RefCell::new(Device::default()));
         let mut server = Server {
@@ -903,6 +954,7 @@ proptest! {
             wipe_from: wipe_at,
             streams,
             answers_as_applied,
+            push_batch,
             ..Server::default()
         };
         let mut wiped = false;

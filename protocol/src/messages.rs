@@ -238,6 +238,12 @@ pub struct PushRequest {
     /// [`PushResponse::audit`]. What is left goes up with `/v1/audit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditBatch>,
+    /// Changes of this device the device takes the server to hold already: they went in the
+    /// last moments before a cut took their answers. The server answers them first with what it
+    /// recorded, and applies this message only if it holds every one; otherwise it refuses with
+    /// `not_held` (409) and the device sends them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,6 +45,7 @@ fn forge(server: &TestServer, phone: &Device, ops: Vec<ChangeOp>) -> Vec<Ack> {
         device_time: now,
         changes,
         audit: None,
+        held: Vec::new(),
     })
     .unwrap();
     let response = send_as(server, phone, "POST", "/v1/push", body);

@@ -96,6 +96,7 @@ fn a_dibao_households_next_visit_follows_its_frequency_and_a_typed_date_is_refus
             },
         }],
         audit: None,
+        held: Vec::new(),
     })
     .unwrap();
     let r = send_as(&server, &aga, "POST", "/v1/push", body);

@@ -173,6 +173,7 @@ fn push_body(device_id: &str, changes: Vec<ChangeOp>) -> Vec<u8> {
             })
             .collect(),
         audit: None,
+        held: Vec::new(),
     })
     .unwrap()
 }
@@ -487,4 +488,60 @@ fn raw_post(addr: &std::net::SocketAddr, path: &str) -> String {
         .next()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A push that names as held (`PushRequest::held`) a change the server never received is
+/// refused before anything is applied: a gap in what a device pushed would let a later change
+/// (a visit) land without the one it depends on (its household). Naming what did arrive gets
+/// its recorded answer back, first.
+#[test]
+fn a_push_naming_as_held_what_never_arrived_applies_nothing() {
+    let server = Server::start(RateLimits::default());
+    let dir = tempfile::tempdir().unwrap();
+    let a = Collector::open(&dir.path().join("a.db"), &StoreOptions::default()).unwrap();
+    let recorder = Recorder {
+        inner: server.transport(),
+        sent: Mutex::new(Vec::new()),
+    };
+    phone(VILLAGE, &a, &server, "coord-a");
+    a.sync(&recorder, None, None).unwrap();
+    let (token, pushed) = {
+        let sent = recorder.sent.lock();
+        let push = sent.iter().find(|r| r.path == "/v1/push/stream").unwrap();
+        let (messages, _) = decode_stream::<PushRequest>(&push.body);
+        (bearer(push), messages[0].changes[0].seq)
+    };
+    let device = server.storage.devices().unwrap()[0].id.clone();
+    let household = |held: Vec<u64>| {
+        let mut body: PushRequest = messages::decode(&push_body(
+            &device,
+            vec![ChangeOp::CreateHousehold {
+                id: uuid::Uuid::now_v7().to_string(),
+                village_code: VILLAGE.into(),
+                fields: obj(json!({"urban_rural": "rural", "address": "五组"})),
+            }],
+        ))
+        .unwrap();
+        body.held = held;
+        messages::encode(&body).unwrap()
+    };
+    let t = server.transport();
+    let before = server.state();
+    let r = post(&t, "/v1/push", &token, household(vec![pushed, 9_999]));
+    assert_eq!(code(&r), (409, "not_held".into()));
+    assert_eq!(server.state(), before, "nothing applied after a gap");
+
+    let r = post(&t, "/v1/push", &token, household(vec![pushed]));
+    assert_eq!(r.status, 200);
+    let answer: PushResponse = messages::decode(&r.body).unwrap();
+    let answered: Vec<(u64, messages::Outcome)> =
+        answer.acks.iter().map(|a| (a.seq, a.outcome)).collect();
+    assert_eq!(
+        answered,
+        [
+            (pushed, messages::Outcome::Applied),
+            (10_000, messages::Outcome::Applied)
+        ]
+    );
+    assert_ne!(server.state(), before);
 }

@@ -173,6 +173,9 @@ pub(super) struct LinkWatch {
     /// ...unless cuts keep coming with no answer at all (a proxy on the way may hold the
     /// answers back): streamed pushes cut in a row before any answer came.
     pub silent_cuts: u32,
+    /// Changes taken as arrived that had not, this sync: each makes the guess one message more
+    /// careful, and a few stop it (`push::taken_as_arrived`).
+    pub wrong_guesses: u32,
     /// When (since the sync began) the link last carried something useful, and when the last
     /// request failed: a link that carried something lately is up, however often it drops.
     pub last_progress: Duration,
@@ -192,6 +195,7 @@ impl LinkWatch {
             reads_while_sending: false,
             duplex: false,
             silent_cuts: 0,
+            wrong_guesses: 0,
             last_progress: Duration::ZERO,
             last_failure: Duration::ZERO,
         }

@@ -268,6 +268,9 @@ pub struct SyncEngine<'a, L: LocalState + ?Sized> {
     pub(super) audit_per_change: f64,
     /// A streamed push was cut: what arrived of it is asked before anything else is sent.
     pub(super) unanswered: Option<Unanswered>,
+    /// Changes of a cut streamed push taken as arrived (their answers were on the way): the
+    /// next push names them instead of sending them again.
+    pub(super) held: Vec<u64>,
     /// Batch sizes and interruptions: how the link behaves this sync.
     pub(super) link: LinkWatch,
     /// When the request in flight was sent, since the sync began.
@@ -315,6 +318,7 @@ impl<'a, L: LocalState + ?Sized> SyncEngine<'a, L> {
             compact_audit: false,
             audit_per_change: 0.0,
             unanswered: None,
+            held: Vec::new(),
             link: LinkWatch::new(config.push_batch, config.pull_limit as usize, AUDIT_BATCH),
             sent_elapsed: Duration::ZERO,
             sent_bytes: 0,

@@ -29,6 +29,8 @@ use zoufang_protocol::stream::{MAX_MESSAGES, StreamReader, StreamWriter};
 
 /// Changes asked about in one question, at most.
 const MOST_ASKED: usize = 500;
+/// Wrong guesses of what arrived before a cut after which a sync guesses no more.
+const MOST_WRONG_GUESSES: u32 = 4;
 
 /// Streamed pushes the link cut: their changes, the last audit entry riding on them, and how
 /// long the last had been out.
@@ -86,21 +88,25 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
             })?;
             return Ok(Some(("/v1/push/acks", body, InFlight::Acks(asked))));
         }
-        let batch = self.local.outbox_batch(limit)?;
+        let mut batch = self.local.outbox_batch(limit)?;
         if batch.is_empty() {
             return Ok(None);
         }
+        // Taken as arrived before the last cut: named, not sent again (`PushRequest::held`).
+        let held = std::mem::take(&mut self.held);
+        batch.retain(|c| !held.contains(&c.seq));
         let changes = batch.len() as u64;
-        let message = |changes, audit| PushRequest {
+        let message = |changes, audit, held| PushRequest {
             protocol: PROTOCOL_VERSION,
             device_id: self.device_id(),
             device_time: timestamp(now.wall),
             changes,
             audit,
+            held,
         };
         if !self.link.streams {
             let (riding, audit) = self.riding_audit(batch.len())?;
-            let body = encode(&message(batch, riding))?;
+            let body = encode(&message(batch, riding, Vec::new()))?;
             let flight = InFlight::Push {
                 changes,
                 audit,
@@ -108,7 +114,8 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
             };
             return Ok(Some(("/v1/push", body, flight)));
         }
-        let seqs = batch.iter().map(|c| c.seq).collect();
+        let seqs = held.iter().copied().chain(batch.iter().map(|c| c.seq));
+        let seqs = seqs.collect();
         let frame = self
             .link
             .push_frame()
@@ -116,11 +123,13 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         let (riding, audit) = self.riding_audit_split(batch.len(), frame)?;
         let mut riding = riding.into_iter();
         let (mut writer, mut body) = (StreamWriter::new().map_err(stream_failed)?, Vec::new());
-        let mut rest = batch;
-        while !rest.is_empty() {
+        let (mut rest, mut held) = (batch, (!held.is_empty()).then_some(held));
+        // At least one message: the held changes alone, when nothing else is left.
+        while !rest.is_empty() || held.is_some() {
             let tail = rest.split_off(frame.min(rest.len()));
+            let first = held.take().unwrap_or_default();
             writer
-                .push(&message(rest, riding.next()))
+                .push(&message(rest, riding.next(), first))
                 .map_err(stream_failed)?;
             body.append(&mut writer.take());
             rest = tail;
@@ -216,21 +225,25 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         else {
             return Err(Error::InvalidInput("a push's answer without a push".into()));
         };
+        // The answer's head came the moment the server began: a round trip after sending on a
+        // live connection, two on a new one.
+        let head = now().elapsed;
         let mut counted = Counted {
             body,
             bytes: 0,
             failure: None,
         };
-        let (mut answers, mut acked) = (0, HashSet::new());
+        let (mut arrivals, mut acked) = (Vec::new(), HashSet::new());
         let mut reader = StreamReader::new(&mut counted);
         let refused = loop {
             match reader.next_message::<PushStreamAnswer>() {
                 None => break None,
                 Some(Ok(PushStreamAnswer::Applied(answer))) => {
-                    if answers == 0 {
-                        self.measure_clock(&answer.server_time, now());
+                    let at = now();
+                    if arrivals.is_empty() {
+                        self.measure_clock(&answer.server_time, at);
                     }
-                    answers += 1;
+                    arrivals.push((at.elapsed, answer.acks.len()));
                     acked.extend(answer.acks.iter().map(|a| a.seq));
                     self.apply_push_answer(&answer, audit)?;
                 }
@@ -242,7 +255,24 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         self.report.bytes_received += counted.bytes as u64;
         let unacked: Vec<u64> = seqs.into_iter().filter(|s| !acked.contains(s)).collect();
         let cut = match (counted.failure, refused) {
-            (Some(reason), _) => reason,
+            (Some(reason), _) => {
+                let at = now().elapsed;
+                let wrong = self.link.wrong_guesses;
+                if self.link.duplex && wrong < MOST_WRONG_GUESSES {
+                    let one_way = head.saturating_sub(self.sent_elapsed) / 4;
+                    let margin = 0.2 + 0.5 * f64::from(wrong);
+                    self.held = taken_as_arrived(&arrivals, one_way, at, &unacked, margin);
+                }
+
+                reason
+            }
+            (None, Some(r)) if r.error.code == "not_held" => {
+                // A guess was wrong: what was named goes again, and the next guesses are warier.
+                tracing::debug!("changes taken as arrived had not; sending them again");
+                self.in_flight = None;
+                self.link.wrong_guesses += 1;
+                return Ok(());
+            }
             (None, Some(r)) if r.status < 500 && r.status != 429 => {
                 self.in_flight = None;
                 return Err(Error::Server {
@@ -273,7 +303,7 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
                 return Ok(());
             }
         };
-        self.push_stream_cut(&unacked, answers > 0, audit, &cut, now())
+        self.push_stream_cut(&unacked, !arrivals.is_empty(), audit, &cut, now())
     }
 
     /// A streamed push cut (by the link or a busy server) with `unacked` of its changes not
@@ -298,6 +328,7 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
             out_for_ms = out_for.as_millis() as u64,
             answered,
             resend,
+            taken_as_arrived = self.held.len(),
             "streamed push cut"
         );
         if unacked.is_empty() || (resend && answered) {
@@ -335,5 +366,81 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
             return Err(Error::Transport(self.how_far(reason)));
         }
         Ok(())
+    }
+}
+
+/// Of a cut stream's unacknowledged changes (in order), those taken as arrived: the messages
+/// whose answers were due within a one-way trip after the cut (`at`), at the pace the answers
+/// had come (`arrivals`: when each came, and how many changes it answered) while it lasted,
+/// less `margin` messages for safety (the server's own time between a message's arrival and its answer is
+/// another margin). A wrong guess costs the next request (`not_held`); none at all costs a
+/// round trip's worth of changes sent twice.
+fn taken_as_arrived(
+    arrivals: &[(Duration, usize)],
+    one_way: Duration,
+    at: Duration,
+    unacked: &[u64],
+    margin: f64,
+) -> Vec<u64> {
+    let (Some(&(first, _)), Some(&(last, per_message))) = (arrivals.first(), arrivals.last())
+    else {
+        return Vec::new();
+    };
+    if arrivals.len() < 3 {
+        return Vec::new();
+    }
+    let pace = last.saturating_sub(first).as_secs_f64() / (arrivals.len() - 1) as f64;
+    if pace <= 0.0 {
+        return Vec::new();
+    }
+    // Answers late at the cut say the flow had slowed: no more than one pace of lateness counts.
+    let late = at.saturating_sub(last).as_secs_f64().min(pace);
+    let due = (late + one_way.as_secs_f64()) / pace;
+    let messages = (due - margin).floor().max(0.0) as usize;
+    let n = messages.saturating_mul(per_message).min(unacked.len());
+    unacked.get(..n).unwrap_or_default().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn changes_whose_answers_were_due_are_taken_as_arrived() {
+        // Answers of 10 changes every 70 ms; the last came 20 ms before the cut; 75 ms one way:
+        // the next answer was due 50 ms after the cut (its message reached the server 25 ms
+        // before it), the one after at 120 ms (too late). 1.36 messages due: one taken.
+        let arrivals: Vec<_> = (0..5).map(|i| (MS(500 + 70 * i), 10)).collect();
+        let unacked: Vec<u64> = (51..=100).collect();
+        let taken = taken_as_arrived(&arrivals, MS(75), MS(800), &unacked, 0.2);
+        assert_eq!(taken, (51..=60).collect::<Vec<_>>());
+        // A message that would have reached the server just before the cut (1.1 due) is not.
+        assert!(taken_as_arrived(&arrivals, MS(75), MS(782), &unacked, 0.2).is_empty());
+        // More careful after wrong guesses.
+        assert!(taken_as_arrived(&arrivals, MS(75), MS(800), &unacked, 0.7).is_empty());
+        // Answers that had stopped coming well before the cut: one pace of lateness counts.
+        assert_eq!(
+            taken_as_arrived(&arrivals, MS(75), MS(1100), &unacked, 0.2),
+            (51..=60).collect::<Vec<_>>()
+        );
+        // A long trip: several messages, never more than what is unacknowledged.
+        assert_eq!(
+            taken_as_arrived(&arrivals, MS(2000), MS(800), &unacked, 0.2),
+            unacked
+        );
+    }
+
+    #[test]
+    fn too_few_answers_tell_no_pace() {
+        let unacked: Vec<u64> = (1..=30).collect();
+        for n in 0..3 {
+            let arrivals: Vec<_> = (0..n).map(|i| (MS(100 * i), 10)).collect();
+            assert!(taken_as_arrived(&arrivals, MS(500), MS(1000), &unacked, 0.2).is_empty());
+        }
+        // Answers all at one instant: no pace either.
+        let bunched = vec![(MS(100), 10); 4];
+        assert!(taken_as_arrived(&bunched, MS(500), MS(1000), &unacked, 0.2).is_empty());
     }
 }

@@ -432,7 +432,7 @@ fn checked_push(auth: &DeviceAuth, req: &PushRequest) -> Result<DateTime<Utc>, S
             "the push names another device than the token's (a replayed body?)".into(),
         ));
     }
-    if req.changes.len() > MAX_PUSH_CHANGES {
+    if req.changes.len() > MAX_PUSH_CHANGES || req.held.len() > MAX_PUSH_CHANGES {
         return Err(ServerError::bad(
             "too_many_changes",
             format!("at most {MAX_PUSH_CHANGES} changes per push"),
@@ -451,7 +451,8 @@ fn apply_push(
     device_now: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<(Vec<messages::Ack>, Option<messages::AuditUploadResponse>), ServerError> {
-    let acks = storage.push(auth, &req.changes, device_now, now)?;
+    let mut acks = held_acks(storage, auth, &req.held)?;
+    acks.extend(storage.push(auth, &req.changes, device_now, now)?);
     // The trail's entries riding along: a transaction of their own, after the changes (a
     // cut between the two leaves them pending on the device, sent again and deduplicated).
     let audit = match req.audit {
@@ -459,6 +460,27 @@ fn apply_push(
         None => None,
     };
     Ok((acks, audit))
+}
+
+/// What was recorded for the changes a device takes the server to hold (`PushRequest::held`);
+/// refused if one did not arrive, so nothing is applied after a gap.
+fn held_acks(
+    storage: &dyn Storage,
+    auth: &DeviceAuth,
+    held: &[u64],
+) -> Result<Vec<messages::Ack>, ServerError> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (acks, _) = storage.recorded_acks(auth, held)?;
+    let recorded: std::collections::HashSet<u64> = acks.iter().map(|a| a.seq).collect();
+    if held.iter().any(|seq| !recorded.contains(seq)) {
+        return Err(ServerError::Conflict {
+            code: "not_held",
+            message: "changes the device took as arrived had not; they must be sent again".into(),
+        });
+    }
+    Ok(acks)
 }
 
 async fn push(
