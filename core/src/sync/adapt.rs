@@ -31,7 +31,9 @@ const FIRST_OVERHEAD: f64 = 0.05;
 /// Link time a streamed request may take: a cut keeps its whole messages, so a long request
 /// loses little to one and pays its round trip once.
 pub(super) const STREAM_SECONDS: f64 = 4.0;
-/// Link time of one message in a stream: what a cut costs at most.
+/// Link time of one message in a stream: what a cut costs at most, and how soon the first
+/// answer can come back (on a link cut every half second, several must be answered between
+/// two cuts). Smaller costs bytes: each message carries its own header and audit head.
 pub(super) const MESSAGE_SECONDS: f64 = 0.08;
 /// Pages in a streamed pull, at least (when the link allows bigger ones): the phone applies
 /// one while the server reads and sends the next, instead of waiting for the whole answer.

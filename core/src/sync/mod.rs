@@ -16,6 +16,7 @@ pub mod hlc;
 pub mod local;
 mod pull;
 mod push;
+mod push_answers;
 #[cfg(feature = "reqwest-transport")]
 mod reqwest_transport;
 pub(crate) mod settings;
