@@ -253,7 +253,10 @@ fn push_answered_as_applied(state: &AppState, auth: DeviceAuth, body: Body) -> R
     let device = auth.device_id.clone();
     let body = arriving(body);
     let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
+    // The request's span (its route) goes with the work that outlives the handler.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
         let Ok(mut writer) = StreamWriter::new() else {
             return;
         };
