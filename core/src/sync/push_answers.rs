@@ -35,11 +35,11 @@ fn bad_answer(message: String) -> StreamRefusal {
 impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
     /// A streamed push's answer read as it arrives: each message's acknowledgements are
     /// applied the moment they come, while the server applies the next. When the link cuts it,
-    /// what was acknowledged is done; the rest stays in the outbox. From a server seen to
-    /// answer as it applies (this sync), the rest is simply sent again: only what arrived in
-    /// the last moments before the cut is sent twice, and the server acknowledges it again
-    /// without applying it twice, which costs less than a round trip to ask. Otherwise the
-    /// device asks what arrived ([`Unanswered`]).
+    /// what was acknowledged is done; the rest stays in the outbox. From a server that answers
+    /// as it applies, the rest is sent again at once, less what was surely on its way (named
+    /// as `held`): what arrived unanswered is acknowledged again without being applied twice,
+    /// which costs less than a round trip to ask. Otherwise the device asks what arrived
+    /// ([`Unanswered`]).
     pub(super) fn handle_push_stream(
         &mut self,
         body: &mut dyn Read,
@@ -91,7 +91,6 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
                     let margin = 0.2 + 0.5 * f64::from(wrong);
                     self.held = taken_as_arrived(&arrivals, one_way, at, &unacked, margin);
                 }
-
                 reason
             }
             (None, Some(r)) if r.error.code == "not_held" => {
