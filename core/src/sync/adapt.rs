@@ -175,8 +175,8 @@ pub(super) struct LinkWatch {
     /// ...unless cuts keep coming with no answer at all (a proxy on the way may hold the
     /// answers back): streamed pushes cut in a row before any answer came.
     pub silent_cuts: u32,
-    /// Changes taken as arrived that had not, this sync: each makes the guess one message more
-    /// careful, and a few stop it (`push::taken_as_arrived`).
+    /// Changes taken as arrived that had not, this sync: each makes the guess half a message
+    /// more careful, and four stop it (`push_answers::taken_as_arrived`).
     pub wrong_guesses: u32,
     /// When (since the sync began) the link last carried something useful, and when the last
     /// request failed: a link that carried something lately is up, however often it drops.
