@@ -191,6 +191,25 @@ fn a_photo_crosses_a_link_cut_every_two_seconds_resuming_at_each_cut() {
     assert!(took < needs * 2.0, "{took:.1} s vs {needs:.1} s: {stats:?}");
 }
 
+/// Notes a request in `seen` (its path, and a push stream's changes); returns a push stream's
+/// messages.
+fn record(
+    seen: &parking_lot::Mutex<Vec<(String, Vec<u64>)>>,
+    request: &HttpRequest,
+) -> Vec<PushRequest> {
+    let (messages, _) = decode_stream::<PushRequest>(&request.body);
+    let seqs = if request.path == "/v1/push/stream" {
+        messages
+            .iter()
+            .flat_map(|m| m.changes.iter().map(|c| c.seq))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    seen.lock().push((request.path.clone(), seqs));
+    messages
+}
+
 /// A link that cuts the first streamed push after half of its messages have reached the
 /// server (the server sees them whole and applies them, as it does before a real cut), and
 /// records every request the phone makes.
@@ -205,16 +224,7 @@ struct CutFirstPushHalfway {
 
 impl Transport for CutFirstPushHalfway {
     fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
-        let (messages, _) = decode_stream::<PushRequest>(&request.body);
-        let seqs = if request.path == "/v1/push/stream" {
-            messages
-                .iter()
-                .flat_map(|m| m.changes.iter().map(|c| c.seq))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        self.seen.lock().push((request.path.clone(), seqs));
+        let messages = record(&self.seen, request);
         let first =
             request.path == "/v1/push/stream" && !self.cut_done.swap(true, Ordering::SeqCst);
         if first {
@@ -337,25 +347,9 @@ struct CutAfterSomeAnswers {
     seen: parking_lot::Mutex<Vec<(String, Vec<u64>)>>,
 }
 
-impl CutAfterSomeAnswers {
-    fn record(&self, request: &HttpRequest) -> Vec<PushRequest> {
-        let (messages, _) = decode_stream::<PushRequest>(&request.body);
-        let seqs = if request.path == "/v1/push/stream" {
-            messages
-                .iter()
-                .flat_map(|m| m.changes.iter().map(|c| c.seq))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        self.seen.lock().push((request.path.clone(), seqs));
-        messages
-    }
-}
-
 impl Transport for CutAfterSomeAnswers {
     fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
-        self.record(request);
+        record(&self.seen, request);
         self.inner.send(request)
     }
 
@@ -368,7 +362,7 @@ impl Transport for CutAfterSomeAnswers {
         request: &HttpRequest,
         receive: &mut dyn FnMut(u16, &mut dyn std::io::Read),
     ) -> Result<(), Cut> {
-        let messages = self.record(request);
+        let messages = record(&self.seen, request);
         if request.path != "/v1/push/stream" || self.cut_done.swap(true, Ordering::SeqCst) {
             return self.inner.send_streaming(request, receive);
         }
