@@ -74,7 +74,8 @@ impl<L: LocalState + ?Sized> SyncEngine<'_, L> {
         }
         // Taken as arrived before the last cut: named, not sent again (`PushRequest::held`).
         let held = std::mem::take(&mut self.held);
-        batch.retain(|c| !held.contains(&c.seq));
+        let named: std::collections::HashSet<u64> = held.iter().copied().collect();
+        batch.retain(|c| !named.contains(&c.seq));
         let changes = batch.len() as u64;
         let message = |changes, audit, held| PushRequest {
             protocol: PROTOCOL_VERSION,
